@@ -1,0 +1,15 @@
+//! The history Lambda: configuration, one Redis connection, one HTTP client for the
+//! JWKS, the router. Nothing else.
+
+use logstream_shared::config::{Config, exit_on_error};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    logstream_shared::telemetry::init();
+    let config = exit_on_error("logstream-history", Config::from_env());
+    let state = exit_on_error(
+        "logstream-history",
+        logstream_history::HistoryState::from_config(&config, reqwest::Client::new()),
+    );
+    lambda_http::run(logstream_history::router(state, &config.cors_origins)).await
+}

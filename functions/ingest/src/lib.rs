@@ -1,0 +1,487 @@
+//! The ingest function: the pipeline side of logstream.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /jobs` | creates a job, returns its ingest token |
+//! | `POST /jobs/{id}/logs` | appends a batch of lines (JSON or `text/plain`) |
+//! | `POST /jobs/{id}/events` | appends a stage event |
+//! | `PUT /jobs/{id}/status` | moves the job through its states |
+//!
+//! A batch is parsed and sanitized completely before Redis is touched, then appended
+//! by one script in one round trip: it is stored whole or not at all.
+//!
+//! A job's owner, token hash and secrets never change after creation, so they are
+//! cached per process ([`JobCache`]): the hot path (a batch for a job this instance has
+//! seen) is a single Redis round trip. The append script checks the job's `generation`
+//! so a cached entry for an expired-and-recreated job id is noticed and reloaded.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE};
+use serde::{Deserialize, Serialize};
+
+use logstream_shared::auth::{IngestKey, bearer, new_ingest_token, random_hex, token_hash, token_matches};
+use logstream_shared::config::{Config, ConfigError};
+use logstream_shared::error::ApiError;
+use logstream_shared::http::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
+use logstream_shared::model::{EntryBody, EntryId, JobId, JobStatus, LineStream, NewEntry, StageStatus, now_ms};
+use logstream_shared::sanitize::Sanitizer;
+use logstream_shared::store::{AppendOutcome, LogStore, NewJob, StatusOutcome, StoreError};
+
+/// Most lines one request may carry.
+pub const MAX_LINES_PER_REQUEST: usize = 10_000;
+/// Most literal secrets one job may register, and their length bounds.
+pub const MAX_SECRETS: usize = 100;
+pub const MIN_SECRET_LEN: usize = 4;
+pub const MAX_SECRET_LEN: usize = 4096;
+/// Longest owner id and stage name.
+pub const MAX_NAME_LEN: usize = 256;
+/// Largest `seq` that survives the round trip through Lua's doubles exactly.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
+/// Everything the ingest routes share, built once per process.
+pub struct IngestState {
+    store: LogStore,
+    key: IngestKey,
+    jobs: JobCache,
+}
+
+impl IngestState {
+    pub fn new(store: LogStore, key: IngestKey) -> Arc<Self> {
+        Arc::new(Self { store, key, jobs: JobCache::default() })
+    }
+
+    /// Reads what the ingest function needs from `config` (`REDIS_URL`,
+    /// `LOGSTREAM_INGEST_KEY`); connects lazily.
+    pub fn from_config(config: &Config) -> Result<Arc<Self>, ConfigError> {
+        let url = config.require_redis_url()?;
+        let key = IngestKey::new(config.require_ingest_key()?.expose());
+        let store = LogStore::open(url, config.retention())
+            .map_err(|e| ConfigError::Invalid { var: "REDIS_URL", reason: e.to_string() })?;
+        Ok(Self::new(store, key))
+    }
+
+    pub fn store(&self) -> &LogStore {
+        &self.store
+    }
+}
+
+/// The ingest routes, without fallbacks (see [`logstream_shared::http::finish`]).
+pub fn routes(state: Arc<IngestState>) -> Router {
+    Router::new()
+        .route("/jobs", post(create_job))
+        .route("/jobs/{id}/logs", post(post_logs))
+        .route("/jobs/{id}/events", post(post_event))
+        .route("/jobs/{id}/status", put(put_status))
+        .with_state(state)
+}
+
+/// The ingest function's whole router, as its Lambda serves it.
+pub fn router(state: Arc<IngestState>, cors_origins: &[HeaderValue]) -> Router {
+    finish(routes(state), cors_origins)
+}
+
+/// What a job's writes need to know, fixed at its creation.
+struct JobSettings {
+    token_hash: String,
+    generation: String,
+    sanitizer: Sanitizer,
+}
+
+/// Per-process cache of [`JobSettings`]. Bounded: cleared when full, which only costs
+/// one extra read per active job.
+#[derive(Default)]
+struct JobCache {
+    map: Mutex<HashMap<JobId, Arc<JobSettings>>>,
+}
+
+const JOB_CACHE_CAP: usize = 4096;
+
+impl JobCache {
+    fn get(&self, job: &JobId) -> Option<Arc<JobSettings>> {
+        self.map.lock().ok()?.get(job).cloned()
+    }
+
+    fn put(&self, job: &JobId, settings: Arc<JobSettings>) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= JOB_CACHE_CAP {
+                map.clear();
+            }
+            map.insert(job.clone(), settings);
+        }
+    }
+
+    fn forget(&self, job: &JobId) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(job);
+        }
+    }
+}
+
+impl IngestState {
+    async fn load_settings(&self, job: &JobId) -> Result<Option<Arc<JobSettings>>, StoreError> {
+        let Some(meta) = self.store.job_meta(job).await? else {
+            self.jobs.forget(job);
+            return Ok(None);
+        };
+        let settings = Arc::new(JobSettings {
+            token_hash: meta.token_hash,
+            generation: meta.generation,
+            sanitizer: Sanitizer::new(&meta.secrets),
+        });
+        self.jobs.put(job, settings.clone());
+        Ok(Some(settings))
+    }
+
+    /// Checks the bearer credential against `job` and returns the job's settings.
+    /// The ingest key may write to any job; a job token only to its own job. Someone
+    /// holding neither learns nothing about which jobs exist (401 either way).
+    async fn authorize(&self, headers: &HeaderMap, job: &JobId) -> Result<Arc<JobSettings>, ApiError> {
+        let token = bearer(headers).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        let service = self.key.matches(token);
+        let refused = || ApiError::unauthorized("token is not valid for this job");
+        let cached = self.jobs.get(job);
+        if let Some(settings) = &cached
+            && (service || token_matches(token, &settings.token_hash))
+        {
+            return Ok(settings.clone());
+        }
+        // Not cached, or the token did not match a possibly outdated entry: read again.
+        match self.load_settings(job).await? {
+            Some(settings) if service || token_matches(token, &settings.token_hash) => Ok(settings),
+            Some(_) => Err(refused()),
+            None if service => Err(ApiError::job_not_found()),
+            None => Err(refused()),
+        }
+    }
+
+    /// Sanitizes and appends `lines` as one batch, reloading the job's settings once if
+    /// the job was recreated since they were cached.
+    async fn append_lines(
+        &self,
+        job: &JobId,
+        mut settings: Arc<JobSettings>,
+        seq: Option<u64>,
+        lines: &[RawLine<'_>],
+    ) -> Result<AppendOutcome, ApiError> {
+        let now = now_ms();
+        for _ in 0..2 {
+            let mut batch = settings.sanitizer.batch();
+            let entries: Vec<String> = lines
+                .iter()
+                .map(|line| {
+                    NewEntry {
+                        ts: line.ts.unwrap_or(now),
+                        body: EntryBody::Line { stream: line.stream, text: batch.line(&line.text).into_owned() },
+                    }
+                    .to_stored_json()
+                })
+                .collect();
+            match self.store.append(job, &settings.generation, seq, &entries).await? {
+                AppendOutcome::Stale => {
+                    settings = self.load_settings(job).await?.ok_or_else(ApiError::job_not_found)?;
+                }
+                outcome => return Ok(outcome),
+            }
+        }
+        Err(ApiError::conflict("job_changed", "the job was recreated during the request; retry"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateJob {
+    job_id: Option<String>,
+    owner: String,
+    #[serde(default)]
+    secrets: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Created {
+    job_id: JobId,
+    ingest_token: String,
+    status: JobStatus,
+}
+
+#[tracing::instrument(skip_all)]
+async fn create_job(
+    State(state): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let token = bearer(&headers).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+    if !state.key.matches(token) {
+        return Err(ApiError::unauthorized("creating jobs needs the ingest key"));
+    }
+    let req: CreateJob = parse_json(&body)?;
+    let job = match &req.job_id {
+        Some(raw) => JobId::parse(raw).map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?,
+        None => JobId::generate(),
+    };
+    let owner = req.owner.trim();
+    if owner.is_empty() || owner.len() > MAX_NAME_LEN || owner.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_owner",
+            format!("owner must be 1-{MAX_NAME_LEN} characters without control characters"),
+        ));
+    }
+    if req.secrets.len() > MAX_SECRETS {
+        return Err(ApiError::bad_request("invalid_secrets", format!("at most {MAX_SECRETS} secrets per job")));
+    }
+    if let Some(bad) = req.secrets.iter().position(|s| s.len() < MIN_SECRET_LEN || s.len() > MAX_SECRET_LEN) {
+        return Err(ApiError::bad_request(
+            "invalid_secrets",
+            format!("secrets[{bad}] must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} bytes (shorter would redact ordinary text)"),
+        ));
+    }
+    let ingest_token = new_ingest_token();
+    let hash = token_hash(&ingest_token);
+    let generation = random_hex(8);
+    let new = NewJob {
+        owner,
+        token_hash: &hash,
+        secrets: &req.secrets,
+        generation: &generation,
+        created_at: now_ms(),
+    };
+    if !state.store.create_job(&job, &new).await? {
+        return Err(ApiError::conflict("job_exists", "a job with this id exists"));
+    }
+    state.jobs.put(
+        &job,
+        Arc::new(JobSettings { token_hash: hash, generation, sanitizer: Sanitizer::new(&req.secrets) }),
+    );
+    tracing::info!(job_id = %job, "job created");
+    Ok((StatusCode::CREATED, Json(Created { job_id: job, ingest_token, status: JobStatus::Queued })))
+}
+
+#[derive(Debug, Deserialize)]
+struct LineBatch {
+    lines: Vec<LineIn>,
+    seq: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LineIn {
+    #[serde(default = "default_stream")]
+    stream: LineStream,
+    text: String,
+    ts: Option<u64>,
+}
+
+fn default_stream() -> LineStream {
+    LineStream::Stdout
+}
+
+/// One line before sanitizing.
+struct RawLine<'a> {
+    stream: LineStream,
+    text: Cow<'a, str>,
+    ts: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    stream: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Accepted {
+    accepted: usize,
+    first_id: Option<EntryId>,
+    last_id: Option<EntryId>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+#[tracing::instrument(skip_all, fields(job_id = %job))]
+async fn post_logs(
+    State(state): State<Arc<IngestState>>,
+    JobPath(job): JobPath,
+    ApiQuery(query): ApiQuery<LogsQuery>,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Result<Json<Accepted>, ApiError> {
+    let settings = state.authorize(&headers, &job).await?;
+    let (lines, seq) = if is_plain_text(&headers) {
+        let stream = match query.stream.as_deref() {
+            None => LineStream::Stdout,
+            Some(raw) => raw.parse().map_err(|()| {
+                ApiError::bad_request("invalid_stream", "stream must be stdout, stderr or system")
+            })?,
+        };
+        let lines: Vec<RawLine<'_>> =
+            split_lines(&body).into_iter().map(|text| RawLine { stream, text, ts: None }).collect();
+        (lines, None)
+    } else {
+        let batch: LineBatch = parse_json(&body)?;
+        let lines = batch
+            .lines
+            .into_iter()
+            .map(|l| RawLine { stream: l.stream, text: Cow::Owned(l.text), ts: l.ts })
+            .collect();
+        (lines, batch.seq)
+    };
+    if lines.is_empty() {
+        return Err(ApiError::bad_request("no_lines", "the batch has no lines"));
+    }
+    if lines.len() > MAX_LINES_PER_REQUEST {
+        return Err(ApiError::too_large(
+            "too_many_lines",
+            format!("{} lines in one request; the limit is {MAX_LINES_PER_REQUEST}", lines.len()),
+        ));
+    }
+    if seq.is_some_and(|s| s > MAX_SEQ) {
+        return Err(ApiError::bad_request("invalid_seq", format!("seq must be at most {MAX_SEQ}")));
+    }
+    match state.append_lines(&job, settings, seq, &lines).await? {
+        AppendOutcome::Appended { first, last } => Ok(Json(Accepted {
+            accepted: lines.len(),
+            first_id: Some(first),
+            last_id: Some(last),
+            duplicate: false,
+        })),
+        AppendOutcome::Duplicate => {
+            Ok(Json(Accepted { accepted: 0, first_id: None, last_id: None, duplicate: true }))
+        }
+        AppendOutcome::Terminal(status) => Err(finished(status)),
+        AppendOutcome::NotFound | AppendOutcome::Stale => Err(ApiError::job_not_found()),
+    }
+}
+
+fn is_plain_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/plain"))
+}
+
+/// Splits a `text/plain` body into lines: `\n` ends a line, a `\r` just before it is
+/// part of the line ending (CRLF), a final newline does not start an empty line, and
+/// invalid UTF-8 becomes U+FFFD.
+fn split_lines(body: &[u8]) -> Vec<Cow<'_, str>> {
+    if body.is_empty() {
+        return Vec::new();
+    }
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    body.split(|&b| b == b'\n')
+        .map(|line| String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)))
+        .collect()
+}
+
+fn finished(status: JobStatus) -> ApiError {
+    ApiError::conflict("job_finished", format!("the job has finished ({status}); it takes no more writes"))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventIn {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    status: StageStatus,
+    ts: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct EventStored {
+    id: EntryId,
+}
+
+#[tracing::instrument(skip_all, fields(job_id = %job))]
+async fn post_event(
+    State(state): State<Arc<IngestState>>,
+    JobPath(job): JobPath,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Result<Json<EventStored>, ApiError> {
+    let settings = state.authorize(&headers, &job).await?;
+    let event: EventIn = parse_json(&body)?;
+    if event.kind != "stage" {
+        return Err(ApiError::bad_request("invalid_event", "type must be \"stage\""));
+    }
+    let name = event.name.trim();
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(ApiError::bad_request("invalid_event", format!("name must be 1-{MAX_NAME_LEN} bytes")));
+    }
+    let name = settings.sanitizer.batch().line(name).into_owned();
+    let entry = NewEntry {
+        ts: event.ts.unwrap_or_else(now_ms),
+        body: EntryBody::Stage { name, status: event.status },
+    }
+    .to_stored_json();
+    match state.store.append(&job, &settings.generation, None, &[entry]).await? {
+        AppendOutcome::Appended { first, .. } => Ok(Json(EventStored { id: first })),
+        AppendOutcome::Terminal(status) => Err(finished(status)),
+        AppendOutcome::Stale => {
+            state.jobs.forget(&job);
+            Err(ApiError::conflict("job_changed", "the job was recreated during the request; retry"))
+        }
+        AppendOutcome::NotFound | AppendOutcome::Duplicate => Err(ApiError::job_not_found()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusIn {
+    status: JobStatus,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusOut {
+    status: JobStatus,
+}
+
+#[tracing::instrument(skip_all, fields(job_id = %job))]
+async fn put_status(
+    State(state): State<Arc<IngestState>>,
+    JobPath(job): JobPath,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Result<Json<StatusOut>, ApiError> {
+    state.authorize(&headers, &job).await?;
+    let StatusIn { status } = parse_json(&body)?;
+    if status == JobStatus::Queued {
+        return Err(ApiError::bad_request("invalid_status", "status must be running, ready or failed"));
+    }
+    match state.store.set_status(&job, status, now_ms()).await? {
+        StatusOutcome::Changed { .. } => {
+            tracing::info!(%status, "job status changed");
+            Ok(Json(StatusOut { status }))
+        }
+        StatusOutcome::Same => Ok(Json(StatusOut { status })),
+        StatusOutcome::Forbidden { current } => Err(ApiError::conflict(
+            "invalid_transition",
+            format!("a {current} job cannot become {status}"),
+        )),
+        StatusOutcome::NotFound => Err(ApiError::job_not_found()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_splits_on_newlines_and_crlf() {
+        assert_eq!(split_lines(b"a\nb\r\nc"), ["a", "b", "c"]);
+        assert_eq!(split_lines(b"a\n"), ["a"]);
+        assert_eq!(split_lines(b"\n"), [""]);
+        assert_eq!(split_lines(b"a\n\nb\n"), ["a", "", "b"]);
+        assert!(split_lines(b"").is_empty());
+    }
+
+    #[test]
+    fn plain_text_keeps_progress_carriage_returns_inside_a_line() {
+        assert_eq!(split_lines(b"10%\r50%\r\n"), ["10%\r50%"]);
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_replacement_characters() {
+        assert_eq!(split_lines(b"ok \xff\xfe end\n"), ["ok \u{fffd}\u{fffd} end"]);
+    }
+}

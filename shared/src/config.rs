@@ -1,0 +1,268 @@
+//! Configuration from the environment, read once when a function starts.
+//!
+//! Every function and `logstream dev` read the same variables (SPEC "Configuration").
+//! [`Config::from_lookup`] takes the lookup as a closure so tests never touch the
+//! process environment. A missing or malformed value is a [`ConfigError`] whose
+//! message is one line naming the variable; mains print it and exit before serving.
+//! Empty values count as unset, because SAM passes empty strings for unset parameters.
+
+use std::path::PathBuf;
+
+use http::HeaderValue;
+
+use crate::jwt::{JwksSource, JwtSettings};
+
+/// Smallest accepted ingest key: anything shorter is guessable.
+pub const MIN_INGEST_KEY_LEN: usize = 16;
+
+/// A setting that stopped the start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    /// The viewer-token settings do not fit together; the message names the variables.
+    #[error("{0}")]
+    Viewer(String),
+}
+
+/// A secret string whose `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Every setting of the SPEC's table.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `REDIS_URL`; `None` lets `logstream dev` start its own server.
+    pub redis_url: Option<String>,
+    /// `LOGSTREAM_INGEST_KEY`.
+    pub ingest_key: Option<Secret>,
+    /// Viewer JWT settings (`LOGSTREAM_JWT_*`, `LOGSTREAM_JWKS_*`).
+    pub jwt: JwtSettings,
+    /// `LOGSTREAM_ARCHIVE_BUCKET`.
+    pub archive_bucket: Option<String>,
+    /// `LOGSTREAM_ARCHIVE_DIR`.
+    pub archive_dir: Option<PathBuf>,
+    /// `LOGSTREAM_TTL_SECS`.
+    pub ttl_secs: u64,
+    /// `LOGSTREAM_MAXLEN`.
+    pub maxlen: u64,
+    /// `LOGSTREAM_HEARTBEAT_SECS`.
+    pub heartbeat_secs: u64,
+    /// `LOGSTREAM_CORS_ORIGINS`.
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+        let redis_url = get("REDIS_URL").map(|url| check_redis_url(&url).map(|()| url)).transpose()?;
+        let ingest_key = get("LOGSTREAM_INGEST_KEY")
+            .map(|key| {
+                if key.len() < MIN_INGEST_KEY_LEN {
+                    Err(invalid("LOGSTREAM_INGEST_KEY", format!("must be at least {MIN_INGEST_KEY_LEN} characters")))
+                } else {
+                    Ok(Secret(key))
+                }
+            })
+            .transpose()?;
+
+        let jwks = match (get("LOGSTREAM_JWKS_URL"), get("LOGSTREAM_JWKS_JSON")) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("LOGSTREAM_JWKS_URL", "set either it or LOGSTREAM_JWKS_JSON, not both".into()));
+            }
+            (Some(url), None) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(invalid("LOGSTREAM_JWKS_URL", "must be an http(s):// URL".into()));
+                }
+                Some(JwksSource::Url(url))
+            }
+            (None, Some(json)) => Some(JwksSource::Inline(json)),
+            (None, None) => None,
+        };
+        let jwt = JwtSettings {
+            hs256_secret: get("LOGSTREAM_JWT_SECRET"),
+            jwks,
+            issuer: get("LOGSTREAM_JWT_ISSUER"),
+            audience: get("LOGSTREAM_JWT_AUDIENCE"),
+        };
+
+        let cors_origins = match get("LOGSTREAM_CORS_ORIGINS") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|origin| check_origin(origin))
+                .collect::<Result<_, _>>()?,
+        };
+
+        Ok(Self {
+            redis_url,
+            ingest_key,
+            jwt,
+            archive_bucket: get("LOGSTREAM_ARCHIVE_BUCKET"),
+            archive_dir: get("LOGSTREAM_ARCHIVE_DIR").map(PathBuf::from),
+            ttl_secs: positive(get("LOGSTREAM_TTL_SECS"), "LOGSTREAM_TTL_SECS", 86_400)?,
+            maxlen: positive(get("LOGSTREAM_MAXLEN"), "LOGSTREAM_MAXLEN", 50_000)?,
+            heartbeat_secs: positive(get("LOGSTREAM_HEARTBEAT_SECS"), "LOGSTREAM_HEARTBEAT_SECS", 20)?,
+            cors_origins,
+        })
+    }
+
+    /// `REDIS_URL`, which every Lambda function needs.
+    pub fn require_redis_url(&self) -> Result<&str, ConfigError> {
+        self.redis_url.as_deref().ok_or(ConfigError::Missing("REDIS_URL"))
+    }
+
+    /// `LOGSTREAM_INGEST_KEY`, which the ingest function needs.
+    pub fn require_ingest_key(&self) -> Result<&Secret, ConfigError> {
+        self.ingest_key.as_ref().ok_or(ConfigError::Missing("LOGSTREAM_INGEST_KEY"))
+    }
+
+    /// The viewer-token verifier: needs `LOGSTREAM_JWT_SECRET` or a JWKS.
+    pub fn viewer_auth(&self, http: reqwest::Client) -> Result<crate::jwt::ViewerAuth, ConfigError> {
+        crate::jwt::ViewerAuth::new(self.jwt.clone(), http).map_err(|e| ConfigError::Viewer(e.to_string()))
+    }
+
+    /// The store's retention settings.
+    pub fn retention(&self) -> crate::store::Retention {
+        crate::store::Retention { ttl_secs: self.ttl_secs, maxlen: self.maxlen }
+    }
+}
+
+/// Prints a start-up error as one line and exits: what a main does with a bad setting.
+pub fn exit_on_error<T>(what: &str, result: Result<T, ConfigError>) -> T {
+    result.unwrap_or_else(|e| {
+        eprintln!("{what}: configuration error: {e}");
+        std::process::exit(2)
+    })
+}
+
+fn invalid(var: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { var, reason }
+}
+
+fn positive(raw: Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(invalid(var, format!("expected a whole number above 0, got {raw:?}"))),
+        },
+    }
+}
+
+fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+    let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+    if nodes.len() > 1 {
+        return Err(invalid(
+            "REDIS_URL",
+            "a comma-separated list (Redis Cluster) is not supported by this build yet".into(),
+        ));
+    }
+    let node = nodes[0];
+    if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+        return Err(invalid("REDIS_URL", "must start with redis:// or rediss://".into()));
+    }
+    redis::Client::open(node).map_err(|e| invalid("REDIS_URL", e.to_string()))?;
+    Ok(())
+}
+
+fn check_origin(origin: &str) -> Result<HeaderValue, ConfigError> {
+    let well_formed = origin == "*"
+        || origin.split_once("://").is_some_and(|(scheme, host)| {
+            matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains(['/', ' '])
+        });
+    if !well_formed {
+        return Err(invalid(
+            "LOGSTREAM_CORS_ORIGINS",
+            format!("{origin:?} is not an origin like https://app.example.com"),
+        ));
+    }
+    HeaderValue::from_str(origin).map_err(|_| invalid("LOGSTREAM_CORS_ORIGINS", format!("{origin:?} is not a valid header value")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = config(&[]).unwrap();
+        assert_eq!((c.ttl_secs, c.maxlen, c.heartbeat_secs), (86_400, 50_000, 20));
+        assert!(c.redis_url.is_none() && c.ingest_key.is_none() && c.cors_origins.is_empty());
+        assert_eq!(c.require_redis_url(), Err(ConfigError::Missing("REDIS_URL")));
+        assert_eq!(c.require_ingest_key().unwrap_err().to_string(), "LOGSTREAM_INGEST_KEY is required but not set");
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("REDIS_URL", "http://localhost"),
+            ("REDIS_URL", "redis://a:1,redis://b:2"),
+            ("LOGSTREAM_INGEST_KEY", "short"),
+            ("LOGSTREAM_TTL_SECS", "0"),
+            ("LOGSTREAM_MAXLEN", "lots"),
+            ("LOGSTREAM_HEARTBEAT_SECS", "-5"),
+            ("LOGSTREAM_JWKS_URL", "ftp://keys"),
+            ("LOGSTREAM_CORS_ORIGINS", "https://ok.example,not an origin"),
+            ("LOGSTREAM_CORS_ORIGINS", "https://app.example/path"),
+        ];
+        for (var, value) in cases {
+            let err = config(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(var), "{var}={value}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn good_values_are_read() {
+        let c = config(&[
+            ("REDIS_URL", "rediss://cache.example:6379"),
+            ("LOGSTREAM_INGEST_KEY", "0123456789abcdef"),
+            ("LOGSTREAM_JWT_SECRET", "s"),
+            ("LOGSTREAM_TTL_SECS", "2"),
+            ("LOGSTREAM_CORS_ORIGINS", "https://app.example, http://localhost:3000"),
+            ("LOGSTREAM_ARCHIVE_BUCKET", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.require_redis_url().unwrap(), "rediss://cache.example:6379");
+        assert_eq!(c.require_ingest_key().unwrap().expose(), "0123456789abcdef");
+        assert_eq!(c.ttl_secs, 2);
+        assert_eq!(c.cors_origins.len(), 2);
+        assert_eq!(c.archive_bucket, None, "empty counts as unset");
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug hides the key");
+    }
+}

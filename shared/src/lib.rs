@@ -1,0 +1,27 @@
+//! The common crate of logstream: what every function shares.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`model`] | `JobId`, `EntryId`, `Entry`, the job status machine |
+//! | [`sanitize`] | ANSI stripping, progress collapse, secret redaction, line cap |
+//! | [`keys`] | the Redis key layout |
+//! | [`store`] | `LogStore`: every Redis operation, one round trip per batch |
+//! | [`auth`] | pipeline credentials: ingest key and per-job tokens |
+//! | [`jwt`] | viewer credentials: RS256 via JWKS, HS256 |
+//! | [`config`] | settings from the environment, checked at start |
+//! | [`error`] | the API's JSON error answer |
+//! | [`http`] | extractors, viewer auth, 404/405/CORS/body limit for every router |
+//! | [`redis_server`] | a private `redis-server` for `logstream dev` and tests |
+//! | [`telemetry`] | tracing setup for the Lambda mains and the CLI |
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod jwt;
+pub mod keys;
+pub mod model;
+pub mod redis_server;
+pub mod sanitize;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,127 @@
+//! A private `redis-server` on a free loopback port, for `logstream dev` (when
+//! `REDIS_URL` is unset) and for the tests, which never assume a Redis is running.
+//!
+//! The server runs under a small `sh` guard that kills it as soon as our end of the
+//! guard's stdin closes: when this value is dropped, and also when the owning process
+//! dies without running destructors (a test binary's statics, a `kill -9`), so no
+//! stray server outlives its owner. Persistence is off: this Redis is disposable.
+
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a private Redis did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisServerError {
+    #[error("redis-server is not installed (Debian/Ubuntu: sudo apt-get install -y redis-server)")]
+    NotInstalled,
+    #[error("could not start redis-server: {0}")]
+    Io(#[from] io::Error),
+    #[error("redis-server did not accept connections on port {0} within 10 s")]
+    NoAnswer(u16),
+}
+
+/// A running private `redis-server`. Stops when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    guard: Option<(Child, ChildStdin)>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port and waits until it accepts connections.
+    pub fn start() -> Result<Self, RedisServerError> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("logstream-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = Self { port, dir, guard: None };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (tests use this to take Redis away).
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.guard.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+        // The guard kills redis-server asynchronously; wait until the port is closed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && accepts(self.port) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) -> Result<(), RedisServerError> {
+        self.stop();
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> Result<(), RedisServerError> {
+        if Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_err() {
+            return Err(RedisServerError::NotInstalled);
+        }
+        let script = format!(
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir '{dir}' \
+             --loglevel warning >'{dir}/redis.log' 2>&1 & pid=$!; read _; kill $pid; wait $pid",
+            port = self.port,
+            dir = self.dir.display(),
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or_else(|| io::Error::other("no stdin for the guard"))?;
+        self.guard = Some((child, stdin));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ping(self.port) {
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(RedisServerError::NoAnswer(self.port));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+fn accepts(port: u16) -> bool {
+    TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(100)).is_ok()
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(100))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
