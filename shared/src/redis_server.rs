@@ -125,3 +125,11 @@ fn ping(port: u16) -> bool {
     let mut reply = [0u8; 7];
     stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
+
+/// One private server for the whole process, started on first use: what each test
+/// binary shares (each test then works in its own job ids). It stops when the
+/// process exits (see the module doc).
+pub fn shared() -> Result<&'static RedisServer, String> {
+    static SERVER: std::sync::OnceLock<Result<RedisServer, String>> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| RedisServer::start().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+}

@@ -1,0 +1,172 @@
+//! `logstream dev`: every function's router on one port, on a real Redis.
+//!
+//! The routers are the very ones the Lambdas serve (`routes(state)` of each function
+//! crate), merged and finished once. When `REDIS_URL` is unset a private
+//! `redis-server` is started on a free loopback port and stopped with the service.
+//! Without an ingest key or viewer-token settings, random ones are made up and
+//! printed, with a viewer token for the user `dev`, so the service can be tried at once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use logstream_history::HistoryState;
+use logstream_ingest::IngestState;
+use logstream_shared::auth::random_hex;
+use logstream_shared::config::{Config, Secret};
+use logstream_shared::http::finish;
+use logstream_shared::redis_server::RedisServer;
+
+/// Default listen address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8787";
+
+/// The user of the viewer token printed at start.
+pub const DEV_USER: &str = "dev";
+
+/// A running local service. Dropping it stops the server (and its private Redis).
+pub struct DevServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The pipeline-side key in force.
+    pub ingest_key: String,
+    /// A viewer token for [`DEV_USER`], when the HS256 secret was made up here.
+    pub viewer_token: Option<String>,
+    /// The Redis URL in use.
+    pub redis_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    redis: Option<RedisServer>,
+}
+
+impl DevServer {
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The private Redis, when this service started one.
+    pub fn redis(&mut self) -> Option<&mut RedisServer> {
+        self.redis.as_mut()
+    }
+
+    /// Stops serving and waits for in-flight requests to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then stops.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        eprintln!("stopping");
+        self.stop().await
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts the local service on `addr` with `config` (filled in where unset).
+pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> {
+    let redis = match &config.redis_url {
+        Some(_) => None,
+        None => Some(RedisServer::start().context("starting a private redis-server (or set REDIS_URL)")?),
+    };
+    if let Some(server) = &redis {
+        config.redis_url = Some(server.url());
+    }
+    let ingest_key = match &config.ingest_key {
+        Some(key) => key.expose().to_owned(),
+        None => {
+            let key = format!("dev-{}", random_hex(16));
+            config.ingest_key = Some(Secret::new(key.clone()));
+            key
+        }
+    };
+    let mut viewer_token = None;
+    if config.jwt.hs256_secret.is_none() && config.jwt.jwks.is_none() {
+        let secret = random_hex(32);
+        viewer_token = Some(dev_viewer_token(&secret)?);
+        config.jwt.hs256_secret = Some(secret);
+    }
+
+    let ingest = IngestState::from_config(&config)?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let history = HistoryState::from_config(&config, http)?;
+    let app = finish(
+        logstream_ingest::routes(ingest).merge(logstream_history::routes(history)),
+        &config.cors_origins,
+    );
+
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(DevServer {
+        addr,
+        ingest_key,
+        viewer_token,
+        redis_url: config.redis_url.clone().unwrap_or_default(),
+        shutdown: Some(tx),
+        task: Some(task),
+        redis,
+    })
+}
+
+/// An HS256 viewer token for [`DEV_USER`], valid for a day.
+fn dev_viewer_token(secret: &str) -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+        iat: u64,
+    }
+    let now = logstream_shared::model::now_ms() / 1000;
+    let claims = Claims { sub: DEV_USER, exp: now + 86_400, iat: now };
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,144 @@
+//! Test support: `logstream dev` on port 0 over this binary's private Redis, an HTTP
+//! client, and viewer tokens signed with the test secret.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use logstream_cli::dev::{self, DevServer};
+use logstream_shared::config::Config;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+
+pub const INGEST_KEY: &str = "test-ingest-key-0123456789";
+pub const JWT_SECRET: &str = "test-secret-for-hs256-viewers-0123456789";
+
+pub struct Env {
+    pub server: DevServer,
+    pub http: reqwest::Client,
+}
+
+/// A dev server on the shared private Redis.
+pub async fn env() -> Env {
+    let redis = logstream_shared::redis_server::shared().expect("redis-server");
+    env_with(&[("REDIS_URL", &redis.url())]).await
+}
+
+/// A dev server with extra settings (`REDIS_URL` unset: it starts its own Redis).
+pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
+    let mut map: HashMap<String, String> = HashMap::from([
+        ("LOGSTREAM_INGEST_KEY".into(), INGEST_KEY.into()),
+        ("LOGSTREAM_JWT_SECRET".into(), JWT_SECRET.into()),
+    ]);
+    for (k, v) in pairs {
+        map.insert(k.to_string(), v.to_string());
+    }
+    let config = Config::from_lookup(|name| map.get(name).cloned()).expect("config");
+    let server = dev::start(config, "127.0.0.1:0").await.expect("dev server");
+    Env { server, http: reqwest::Client::new() }
+}
+
+/// A job id no other test uses.
+pub fn job_id(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}-{}", std::process::id(), logstream_shared::model::now_ms(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An HS256 viewer token for `user`, expiring `exp_in` seconds from now.
+pub fn viewer_token(user: &str, exp_in: i64) -> String {
+    let now = (logstream_shared::model::now_ms() / 1000) as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "exp": now + exp_in, "iat": now}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+impl Env {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.url())
+    }
+
+    /// Creates a job owned by `owner`; returns its id and ingest token.
+    pub async fn create_job(&self, owner: &str) -> (String, String) {
+        self.create_job_with(owner, &[]).await
+    }
+
+    pub async fn create_job_with(&self, owner: &str, secrets: &[&str]) -> (String, String) {
+        let id = job_id("job");
+        let res = self
+            .http
+            .post(self.url("/jobs"))
+            .bearer_auth(INGEST_KEY)
+            .json(&json!({"job_id": id, "owner": owner, "secrets": secrets}))
+            .send()
+            .await
+            .expect("POST /jobs");
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.expect("json");
+        (id, body["ingest_token"].as_str().expect("token").to_owned())
+    }
+
+    /// POSTs a JSON batch with the ingest key.
+    pub async fn post_json(&self, job: &str, body: &Value) -> Response {
+        self.http
+            .post(self.url(&format!("/jobs/{job}/logs")))
+            .bearer_auth(INGEST_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("POST logs")
+    }
+
+    /// POSTs `n` stdout lines `"{prefix} {i}"` and asserts they were accepted.
+    pub async fn post_lines(&self, job: &str, prefix: &str, n: usize) -> Value {
+        let lines: Vec<Value> = (0..n).map(|i| json!({"stream": "stdout", "text": format!("{prefix} {i}")})).collect();
+        let res = self.post_json(job, &json!({ "lines": lines })).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.expect("json")
+    }
+
+    pub async fn set_status(&self, job: &str, status: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .put(self.url(&format!("/jobs/{job}/status")))
+            .bearer_auth(INGEST_KEY)
+            .json(&json!({ "status": status }))
+            .send()
+            .await
+            .expect("PUT status");
+        let code = res.status();
+        (code, res.json().await.expect("json"))
+    }
+
+    /// GETs `path` as viewer `user`; returns status and JSON body.
+    pub async fn get_as(&self, user: &str, path: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(viewer_token(user, 300))
+            .send()
+            .await
+            .expect("GET");
+        let code = res.status();
+        (code, res.json().await.expect("json"))
+    }
+}
+
+/// The SPEC's error body's code.
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+/// The `text` of every line entry, in order.
+pub fn texts(lines: &Value) -> Vec<String> {
+    lines
+        .as_array()
+        .expect("lines array")
+        .iter()
+        .filter(|e| e["kind"] == "line")
+        .map(|e| e["text"].as_str().expect("text").to_owned())
+        .collect()
+}
