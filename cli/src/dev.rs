@@ -84,7 +84,9 @@ impl Drop for DevServer {
 pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> {
     let redis = match &config.redis_url {
         Some(_) => None,
-        None => Some(RedisServer::start().context("starting a private redis-server (or set REDIS_URL)")?),
+        None => Some(
+            RedisServer::start().context("starting a private redis-server (or set REDIS_URL)")?,
+        ),
     };
     if let Some(server) = &redis {
         config.redis_url = Some(server.url());
@@ -105,14 +107,18 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
     }
 
     let ingest = IngestState::from_config(&config)?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let history = HistoryState::from_config(&config, http)?;
     let app = finish(
         logstream_ingest::routes(ingest).merge(logstream_history::routes(history)),
         &config.cors_origins,
     );
 
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -142,7 +148,11 @@ fn dev_viewer_token(secret: &str) -> anyhow::Result<String> {
         iat: u64,
     }
     let now = logstream_shared::model::now_ms() / 1000;
-    let claims = Claims { sub: DEV_USER, exp: now + 86_400, iat: now };
+    let claims = Claims {
+        sub: DEV_USER,
+        exp: now + 86_400,
+        iat: now,
+    };
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,

@@ -6,7 +6,11 @@ use logstream_cli::dev;
 use logstream_shared::config::{Config, exit_on_error};
 
 #[derive(Parser)]
-#[command(name = "logstream", version, about = "Build logs, live, for every build.")]
+#[command(
+    name = "logstream",
+    version,
+    about = "Build logs, live, for every build."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

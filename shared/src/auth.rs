@@ -41,7 +41,8 @@ pub fn token_hash(token: &str) -> String {
 /// Whether `presented` is the token whose hash is `stored_hash` (constant time).
 pub fn token_matches(presented: &str, stored_hash: &str) -> bool {
     let presented = token_hash(presented);
-    presented.len() == stored_hash.len() && bool::from(presented.as_bytes().ct_eq(stored_hash.as_bytes()))
+    presented.len() == stored_hash.len()
+        && bool::from(presented.as_bytes().ct_eq(stored_hash.as_bytes()))
 }
 
 /// The deployment's ingest key, held as its digest.

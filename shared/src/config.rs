@@ -78,13 +78,22 @@ impl Config {
 
     /// Reads settings through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
 
-        let redis_url = get("REDIS_URL").map(|url| check_redis_url(&url).map(|()| url)).transpose()?;
+        let redis_url = get("REDIS_URL")
+            .map(|url| check_redis_url(&url).map(|()| url))
+            .transpose()?;
         let ingest_key = get("LOGSTREAM_INGEST_KEY")
             .map(|key| {
                 if key.len() < MIN_INGEST_KEY_LEN {
-                    Err(invalid("LOGSTREAM_INGEST_KEY", format!("must be at least {MIN_INGEST_KEY_LEN} characters")))
+                    Err(invalid(
+                        "LOGSTREAM_INGEST_KEY",
+                        format!("must be at least {MIN_INGEST_KEY_LEN} characters"),
+                    ))
                 } else {
                     Ok(Secret(key))
                 }
@@ -93,11 +102,17 @@ impl Config {
 
         let jwks = match (get("LOGSTREAM_JWKS_URL"), get("LOGSTREAM_JWKS_JSON")) {
             (Some(_), Some(_)) => {
-                return Err(invalid("LOGSTREAM_JWKS_URL", "set either it or LOGSTREAM_JWKS_JSON, not both".into()));
+                return Err(invalid(
+                    "LOGSTREAM_JWKS_URL",
+                    "set either it or LOGSTREAM_JWKS_JSON, not both".into(),
+                ));
             }
             (Some(url), None) => {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(invalid("LOGSTREAM_JWKS_URL", "must be an http(s):// URL".into()));
+                    return Err(invalid(
+                        "LOGSTREAM_JWKS_URL",
+                        "must be an http(s):// URL".into(),
+                    ));
                 }
                 Some(JwksSource::Url(url))
             }
@@ -117,7 +132,7 @@ impl Config {
                 .split(',')
                 .map(str::trim)
                 .filter(|o| !o.is_empty())
-                .map(|origin| check_origin(origin))
+                .map(check_origin)
                 .collect::<Result<_, _>>()?,
         };
 
@@ -129,29 +144,44 @@ impl Config {
             archive_dir: get("LOGSTREAM_ARCHIVE_DIR").map(PathBuf::from),
             ttl_secs: positive(get("LOGSTREAM_TTL_SECS"), "LOGSTREAM_TTL_SECS", 86_400)?,
             maxlen: positive(get("LOGSTREAM_MAXLEN"), "LOGSTREAM_MAXLEN", 50_000)?,
-            heartbeat_secs: positive(get("LOGSTREAM_HEARTBEAT_SECS"), "LOGSTREAM_HEARTBEAT_SECS", 20)?,
+            heartbeat_secs: positive(
+                get("LOGSTREAM_HEARTBEAT_SECS"),
+                "LOGSTREAM_HEARTBEAT_SECS",
+                20,
+            )?,
             cors_origins,
         })
     }
 
     /// `REDIS_URL`, which every Lambda function needs.
     pub fn require_redis_url(&self) -> Result<&str, ConfigError> {
-        self.redis_url.as_deref().ok_or(ConfigError::Missing("REDIS_URL"))
+        self.redis_url
+            .as_deref()
+            .ok_or(ConfigError::Missing("REDIS_URL"))
     }
 
     /// `LOGSTREAM_INGEST_KEY`, which the ingest function needs.
     pub fn require_ingest_key(&self) -> Result<&Secret, ConfigError> {
-        self.ingest_key.as_ref().ok_or(ConfigError::Missing("LOGSTREAM_INGEST_KEY"))
+        self.ingest_key
+            .as_ref()
+            .ok_or(ConfigError::Missing("LOGSTREAM_INGEST_KEY"))
     }
 
     /// The viewer-token verifier: needs `LOGSTREAM_JWT_SECRET` or a JWKS.
-    pub fn viewer_auth(&self, http: reqwest::Client) -> Result<crate::jwt::ViewerAuth, ConfigError> {
-        crate::jwt::ViewerAuth::new(self.jwt.clone(), http).map_err(|e| ConfigError::Viewer(e.to_string()))
+    pub fn viewer_auth(
+        &self,
+        http: reqwest::Client,
+    ) -> Result<crate::jwt::ViewerAuth, ConfigError> {
+        crate::jwt::ViewerAuth::new(self.jwt.clone(), http)
+            .map_err(|e| ConfigError::Viewer(e.to_string()))
     }
 
     /// The store's retention settings.
     pub fn retention(&self) -> crate::store::Retention {
-        crate::store::Retention { ttl_secs: self.ttl_secs, maxlen: self.maxlen }
+        crate::store::Retention {
+            ttl_secs: self.ttl_secs,
+            maxlen: self.maxlen,
+        }
     }
 }
 
@@ -172,7 +202,10 @@ fn positive(raw: Option<String>, var: &'static str, default: u64) -> Result<u64,
         None => Ok(default),
         Some(raw) => match raw.parse::<u64>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(invalid(var, format!("expected a whole number above 0, got {raw:?}"))),
+            _ => Err(invalid(
+                var,
+                format!("expected a whole number above 0, got {raw:?}"),
+            )),
         },
     }
 }
@@ -187,7 +220,10 @@ fn check_redis_url(url: &str) -> Result<(), ConfigError> {
     }
     let node = nodes[0];
     if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
-        return Err(invalid("REDIS_URL", "must start with redis:// or rediss://".into()));
+        return Err(invalid(
+            "REDIS_URL",
+            "must start with redis:// or rediss://".into(),
+        ));
     }
     redis::Client::open(node).map_err(|e| invalid("REDIS_URL", e.to_string()))?;
     Ok(())
@@ -204,7 +240,12 @@ fn check_origin(origin: &str) -> Result<HeaderValue, ConfigError> {
             format!("{origin:?} is not an origin like https://app.example.com"),
         ));
     }
-    HeaderValue::from_str(origin).map_err(|_| invalid("LOGSTREAM_CORS_ORIGINS", format!("{origin:?} is not a valid header value")))
+    HeaderValue::from_str(origin).map_err(|_| {
+        invalid(
+            "LOGSTREAM_CORS_ORIGINS",
+            format!("{origin:?} is not a valid header value"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -214,17 +255,29 @@ mod tests {
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
     #[test]
     fn defaults_follow_the_spec() {
         let c = config(&[]).unwrap();
-        assert_eq!((c.ttl_secs, c.maxlen, c.heartbeat_secs), (86_400, 50_000, 20));
+        assert_eq!(
+            (c.ttl_secs, c.maxlen, c.heartbeat_secs),
+            (86_400, 50_000, 20)
+        );
         assert!(c.redis_url.is_none() && c.ingest_key.is_none() && c.cors_origins.is_empty());
-        assert_eq!(c.require_redis_url(), Err(ConfigError::Missing("REDIS_URL")));
-        assert_eq!(c.require_ingest_key().unwrap_err().to_string(), "LOGSTREAM_INGEST_KEY is required but not set");
+        assert_eq!(
+            c.require_redis_url(),
+            Err(ConfigError::Missing("REDIS_URL"))
+        );
+        assert_eq!(
+            c.require_ingest_key().unwrap_err().to_string(),
+            "LOGSTREAM_INGEST_KEY is required but not set"
+        );
     }
 
     #[test]
@@ -254,15 +307,24 @@ mod tests {
             ("LOGSTREAM_INGEST_KEY", "0123456789abcdef"),
             ("LOGSTREAM_JWT_SECRET", "s"),
             ("LOGSTREAM_TTL_SECS", "2"),
-            ("LOGSTREAM_CORS_ORIGINS", "https://app.example, http://localhost:3000"),
+            (
+                "LOGSTREAM_CORS_ORIGINS",
+                "https://app.example, http://localhost:3000",
+            ),
             ("LOGSTREAM_ARCHIVE_BUCKET", ""),
         ])
         .unwrap();
-        assert_eq!(c.require_redis_url().unwrap(), "rediss://cache.example:6379");
+        assert_eq!(
+            c.require_redis_url().unwrap(),
+            "rediss://cache.example:6379"
+        );
         assert_eq!(c.require_ingest_key().unwrap().expose(), "0123456789abcdef");
         assert_eq!(c.ttl_secs, 2);
         assert_eq!(c.cors_origins.len(), 2);
         assert_eq!(c.archive_bucket, None, "empty counts as unset");
-        assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug hides the key");
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "Debug hides the key"
+        );
     }
 }

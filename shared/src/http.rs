@@ -34,7 +34,9 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|_| ApiError::bad_request("invalid_job_id", "missing or malformed job id in the path"))?;
+            .map_err(|_| {
+                ApiError::bad_request("invalid_job_id", "missing or malformed job id in the path")
+            })?;
         JobId::parse(&raw)
             .map(JobPath)
             .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))
@@ -51,10 +53,12 @@ impl<S: Send + Sync> FromRequest<S> for BodyBytes {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(Self(bytes)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::too_large(
-                "body_too_large",
-                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
-            )),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::too_large(
+                    "body_too_large",
+                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                ))
+            }
             Err(rejection) => Err(ApiError::bad_request("bad_body", rejection.body_text())),
         }
     }
@@ -81,7 +85,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let text = String::from_utf8_lossy(body);
     serde_json::from_str(&text).map_err(|e| {
-        let code = if e.is_data() { "invalid_body" } else { "invalid_json" };
+        let code = if e.is_data() {
+            "invalid_body"
+        } else {
+            "invalid_json"
+        };
         ApiError::bad_request(code, e.to_string())
     })
 }
@@ -103,8 +111,13 @@ pub fn query_param(uri: &Uri, name: &str) -> Option<String> {
 
 /// Authenticates the viewer of a request: 401 without a valid token, 503 when the
 /// signing keys cannot be fetched.
-pub async fn authenticate_viewer(auth: &ViewerAuth, headers: &HeaderMap, uri: &Uri) -> Result<Viewer, ApiError> {
-    let token = viewer_token(headers, uri).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+pub async fn authenticate_viewer(
+    auth: &ViewerAuth,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Viewer, ApiError> {
+    let token =
+        viewer_token(headers, uri).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
     Ok(auth.verify(&token).await?)
 }
 
@@ -112,7 +125,11 @@ pub async fn authenticate_viewer(auth: &ViewerAuth, headers: &HeaderMap, uri: &U
 pub fn finish(routes: Router, cors_origins: &[HeaderValue]) -> Router {
     let router = routes
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));

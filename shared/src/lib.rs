@@ -14,6 +14,8 @@
 //! | [`redis_server`] | a private `redis-server` for `logstream dev` and tests |
 //! | [`telemetry`] | tracing setup for the Lambda mains and the CLI |
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod auth;
 pub mod config;
 pub mod error;

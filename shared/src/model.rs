@@ -76,7 +76,8 @@ impl FromStr for EntryId {
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let (ms, seq) = raw.split_once('-').ok_or(InvalidEntryId)?;
-        let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
         if !digits(ms) || !digits(seq) {
             return Err(InvalidEntryId);
         }
@@ -318,7 +319,17 @@ mod tests {
         let c: EntryId = "1732406400001-0".parse().unwrap();
         assert!(a < b && b < c);
         assert_eq!(b.to_string(), "1732406400000-10");
-        for bad in ["", "1", "-1", "1-", "a-1", "1-2-3", " 1-2", "1-+2", "99999999999999999999999-0"] {
+        for bad in [
+            "",
+            "1",
+            "-1",
+            "1-",
+            "a-1",
+            "1-2-3",
+            " 1-2",
+            "1-+2",
+            "99999999999999999999999-0",
+        ] {
             assert!(bad.parse::<EntryId>().is_err(), "{bad:?}");
         }
     }
@@ -341,9 +352,15 @@ mod tests {
     fn stored_entry_splices_its_id_into_the_spec_json() {
         let new = NewEntry {
             ts: 1732406400000,
-            body: EntryBody::Line { stream: LineStream::Stdout, text: "added 120 packages".into() },
+            body: EntryBody::Line {
+                stream: LineStream::Stdout,
+                text: "added 120 packages".into(),
+            },
         };
-        let stored = StoredEntry { id: "1732406400000-0".parse().unwrap(), json: new.to_stored_json() };
+        let stored = StoredEntry {
+            id: "1732406400000-0".parse().unwrap(),
+            json: new.to_stored_json(),
+        };
         assert_eq!(
             stored.to_json(),
             r#"{"id":"1732406400000-0","ts":1732406400000,"kind":"line","stream":"stdout","text":"added 120 packages"}"#
@@ -357,10 +374,24 @@ mod tests {
     fn stage_and_status_entries_have_the_spec_shape() {
         let stage = NewEntry {
             ts: 1,
-            body: EntryBody::Stage { name: "install".into(), status: StageStatus::Started },
+            body: EntryBody::Stage {
+                name: "install".into(),
+                status: StageStatus::Started,
+            },
         };
-        assert_eq!(stage.to_stored_json(), r#"{"ts":1,"kind":"stage","name":"install","status":"started"}"#);
-        let status = NewEntry { ts: 2, body: EntryBody::Status { status: JobStatus::Ready } };
-        assert_eq!(status.to_stored_json(), r#"{"ts":2,"kind":"status","status":"ready"}"#);
+        assert_eq!(
+            stage.to_stored_json(),
+            r#"{"ts":1,"kind":"stage","name":"install","status":"started"}"#
+        );
+        let status = NewEntry {
+            ts: 2,
+            body: EntryBody::Status {
+                status: JobStatus::Ready,
+            },
+        };
+        assert_eq!(
+            status.to_stored_json(),
+            r#"{"ts":2,"kind":"status","status":"ready"}"#
+        );
     }
 }

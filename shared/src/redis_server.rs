@@ -35,9 +35,14 @@ impl RedisServer {
     /// Starts a server on a free loopback port and waits until it accepts connections.
     pub fn start() -> Result<Self, RedisServerError> {
         let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("logstream-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("logstream-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut server = Self { port, dir, guard: None };
+        let mut server = Self {
+            port,
+            dir,
+            guard: None,
+        };
         server.spawn()?;
         Ok(server)
     }
@@ -71,7 +76,12 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), RedisServerError> {
-        if Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_err() {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
             return Err(RedisServerError::NotInstalled);
         }
         let script = format!(
@@ -86,7 +96,10 @@ impl RedisServer {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()?;
-        let stdin = child.stdin.take().ok_or_else(|| io::Error::other("no stdin for the guard"))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| io::Error::other("no stdin for the guard"))?;
         self.guard = Some((child, stdin));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ping(self.port) {
@@ -108,22 +121,32 @@ impl Drop for RedisServer {
 }
 
 fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 fn accepts(port: u16) -> bool {
-    TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(100)).is_ok()
+    TcpStream::connect_timeout(
+        &(Ipv4Addr::LOCALHOST, port).into(),
+        Duration::from_millis(100),
+    )
+    .is_ok()
 }
 
 fn ping(port: u16) -> bool {
     use std::io::Read;
-    let Ok(mut stream) = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(100))
-    else {
+    let Ok(mut stream) = TcpStream::connect_timeout(
+        &(Ipv4Addr::LOCALHOST, port).into(),
+        Duration::from_millis(100),
+    ) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
 }
 
 /// One private server for the whole process, started on first use: what each test
@@ -131,5 +154,8 @@ fn ping(port: u16) -> bool {
 /// process exits (see the module doc).
 pub fn shared() -> Result<&'static RedisServer, String> {
     static SERVER: std::sync::OnceLock<Result<RedisServer, String>> = std::sync::OnceLock::new();
-    SERVER.get_or_init(|| RedisServer::start().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+    SERVER
+        .get_or_init(|| RedisServer::start().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(Clone::clone)
 }

@@ -95,7 +95,10 @@ pub struct NewJob<'a> {
 /// The result of appending a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
-    Appended { first: EntryId, last: EntryId },
+    Appended {
+        first: EntryId,
+        last: EntryId,
+    },
     /// The batch's `seq` was not above the last accepted one: nothing appended.
     Duplicate,
     NotFound,
@@ -108,11 +111,15 @@ pub enum AppendOutcome {
 /// The result of a status change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusOutcome {
-    Changed { id: EntryId },
+    Changed {
+        id: EntryId,
+    },
     /// Already in that status: nothing appended.
     Same,
     /// The move is not allowed from the current status.
-    Forbidden { current: JobStatus },
+    Forbidden {
+        current: JobStatus,
+    },
     NotFound,
 }
 
@@ -223,7 +230,9 @@ pub struct LogStore {
 
 impl std::fmt::Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("retention", &self.retention).finish_non_exhaustive()
+        f.debug_struct("LogStore")
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
     }
 }
 
@@ -245,7 +254,8 @@ impl LogStore {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Redis)?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Redis)?;
         Ok(Self { conn, retention })
     }
 
@@ -274,7 +284,8 @@ impl LogStore {
 
     /// `PING`, for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await }).await
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+            .await
     }
 
     /// Creates a job; `false` if the id is taken.
@@ -313,7 +324,13 @@ impl LogStore {
         let values: Vec<Option<String>> = self
             .run(|mut c| {
                 let meta = keys.meta.clone();
-                async move { redis::cmd("HMGET").arg(meta).arg(&META_FIELDS[..]).query_async(&mut c).await }
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(meta)
+                        .arg(&META_FIELDS[..])
+                        .query_async(&mut c)
+                        .await
+                }
             })
             .await?;
         parse_meta(values)
@@ -355,15 +372,28 @@ impl LogStore {
             [tag] if tag == "duplicate" => Ok(AppendOutcome::Duplicate),
             [tag] if tag == "missing" => Ok(AppendOutcome::NotFound),
             [tag] if tag == "stale" => Ok(AppendOutcome::Stale),
-            [tag, status] if tag == "terminal" => Ok(AppendOutcome::Terminal(parse_status(status)?)),
-            other => Err(StoreError::Corrupt(format!("append script answered {other:?}"))),
+            [tag, status] if tag == "terminal" => {
+                Ok(AppendOutcome::Terminal(parse_status(status)?))
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "append script answered {other:?}"
+            ))),
         }
     }
 
     /// Moves the job to `to`, appending a `status` entry stamped `ts`.
-    pub async fn set_status(&self, job: &JobId, to: JobStatus, ts: u64) -> Result<StatusOutcome, StoreError> {
+    pub async fn set_status(
+        &self,
+        job: &JobId,
+        to: JobStatus,
+        ts: u64,
+    ) -> Result<StatusOutcome, StoreError> {
         let keys = JobKeys::new(job);
-        let entry = NewEntry { ts, body: EntryBody::Status { status: to } }.to_stored_json();
+        let entry = NewEntry {
+            ts,
+            body: EntryBody::Status { status: to },
+        }
+        .to_stored_json();
         let Retention { ttl_secs, maxlen } = self.retention;
         let reply: Vec<String> = self
             .run(|mut c| {
@@ -384,20 +414,34 @@ impl LogStore {
             [tag, id] if tag == "ok" => Ok(StatusOutcome::Changed { id: parse_id(id)? }),
             [tag] if tag == "same" => Ok(StatusOutcome::Same),
             [tag] if tag == "missing" => Ok(StatusOutcome::NotFound),
-            [tag, cur] if tag == "forbidden" => Ok(StatusOutcome::Forbidden { current: parse_status(cur)? }),
-            other => Err(StoreError::Corrupt(format!("status script answered {other:?}"))),
+            [tag, cur] if tag == "forbidden" => Ok(StatusOutcome::Forbidden {
+                current: parse_status(cur)?,
+            }),
+            other => Err(StoreError::Corrupt(format!(
+                "status script answered {other:?}"
+            ))),
         }
     }
 
     /// The job's metadata and one page of its entries, in one round trip. `None` if the
     /// job does not exist. `limit` must be at least 1.
-    pub async fn page(&self, job: &JobId, cursor: Cursor, limit: usize) -> Result<Option<(JobMeta, Page)>, StoreError> {
+    pub async fn page(
+        &self,
+        job: &JobId,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Option<(JobMeta, Page)>, StoreError> {
         let keys = JobKeys::new(job);
         let count = limit.max(1) + 1;
         // The extreme ids have nothing beyond them, and Redis refuses to step past them.
         let empty_beyond = match cursor {
             Cursor::Before(id) => id == EntryId { ms: 0, seq: 0 },
-            Cursor::After(id) => id == EntryId { ms: u64::MAX, seq: u64::MAX },
+            Cursor::After(id) => {
+                id == EntryId {
+                    ms: u64::MAX,
+                    seq: u64::MAX,
+                }
+            }
             Cursor::Latest => false,
         };
         let (meta, raw, older): (Vec<Option<String>>, Value, Value) = self
@@ -410,14 +454,28 @@ impl LogStore {
                 } else {
                     match cursor {
                         Cursor::Latest => pipe.cmd("XREVRANGE").arg(&keys.logs).arg("+").arg("-"),
-                        Cursor::Before(id) => pipe.cmd("XREVRANGE").arg(&keys.logs).arg(format!("({id}")).arg("-"),
-                        Cursor::After(id) => pipe.cmd("XRANGE").arg(&keys.logs).arg(format!("({id}")).arg("+"),
+                        Cursor::Before(id) => pipe
+                            .cmd("XREVRANGE")
+                            .arg(&keys.logs)
+                            .arg(format!("({id}"))
+                            .arg("-"),
+                        Cursor::After(id) => pipe
+                            .cmd("XRANGE")
+                            .arg(&keys.logs)
+                            .arg(format!("({id}"))
+                            .arg("+"),
                     };
                     pipe.arg("COUNT").arg(count);
                 }
                 // Whether anything precedes an `after` page: the cursor entry itself or older.
                 match cursor {
-                    Cursor::After(id) => pipe.cmd("XREVRANGE").arg(&keys.logs).arg(id.to_string()).arg("-").arg("COUNT").arg(1),
+                    Cursor::After(id) => pipe
+                        .cmd("XREVRANGE")
+                        .arg(&keys.logs)
+                        .arg(id.to_string())
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1),
                     _ => pipe.cmd("XRANGE").arg(&keys.logs).arg("+").arg("-"),
                 };
                 async move { pipe.query_async(&mut c).await }
@@ -436,29 +494,49 @@ impl LogStore {
         if !matches!(cursor, Cursor::After(_)) {
             entries.reverse();
         }
-        Ok(Some((meta, Page { entries, has_more, has_older })))
+        Ok(Some((
+            meta,
+            Page {
+                entries,
+                has_more,
+                has_older,
+            },
+        )))
     }
 }
 
 fn parse_id(raw: &str) -> Result<EntryId, StoreError> {
-    raw.parse().map_err(|_| StoreError::Corrupt(format!("bad stream id {raw:?}")))
+    raw.parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad stream id {raw:?}")))
 }
 
 fn parse_status(raw: &str) -> Result<JobStatus, StoreError> {
-    raw.parse().map_err(|_| StoreError::Corrupt(format!("bad job status {raw:?}")))
+    raw.parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad job status {raw:?}")))
 }
 
 fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>, StoreError> {
-    let [owner, status, created_at, finished_at, archived, token, secrets, generation]: [Option<String>; 8] =
-        values
-            .try_into()
-            .map_err(|v: Vec<_>| StoreError::Corrupt(format!("HMGET answered {} fields", v.len())))?;
+    let [
+        owner,
+        status,
+        created_at,
+        finished_at,
+        archived,
+        token,
+        secrets,
+        generation,
+    ]: [Option<String>; 8] = values
+        .try_into()
+        .map_err(|v: Vec<_>| StoreError::Corrupt(format!("HMGET answered {} fields", v.len())))?;
     let (Some(owner), Some(status)) = (owner, status) else {
         return Ok(None);
     };
     let number = |field: &str, raw: Option<String>| -> Result<Option<u64>, StoreError> {
-        raw.map(|r| r.parse().map_err(|_| StoreError::Corrupt(format!("bad {field} {r:?}"))))
-            .transpose()
+        raw.map(|r| {
+            r.parse()
+                .map_err(|_| StoreError::Corrupt(format!("bad {field} {r:?}")))
+        })
+        .transpose()
     };
     Ok(Some(JobMeta {
         owner,
@@ -468,7 +546,8 @@ fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>, StoreError
         archived: archived.as_deref() == Some("1"),
         token_hash: token.unwrap_or_default(),
         secrets: match secrets {
-            Some(raw) => serde_json::from_str(&raw).map_err(|_| StoreError::Corrupt("bad secrets list".into()))?,
+            Some(raw) => serde_json::from_str(&raw)
+                .map_err(|_| StoreError::Corrupt("bad secrets list".into()))?,
             None => Vec::new(),
         },
         generation: generation.unwrap_or_default(),
@@ -488,7 +567,9 @@ pub fn parse_entries(raw: Value) -> Result<Vec<StoredEntry>, StoreError> {
 
 fn parse_entry(item: Value) -> Result<StoredEntry, StoreError> {
     let bad = || StoreError::Corrupt("malformed stream entry".into());
-    let Value::Array(mut parts) = item else { return Err(bad()) };
+    let Value::Array(mut parts) = item else {
+        return Err(bad());
+    };
     if parts.len() != 2 {
         return Err(bad());
     }
@@ -497,7 +578,9 @@ fn parse_entry(item: Value) -> Result<StoredEntry, StoreError> {
         Some(Value::BulkString(b)) => parse_id(std::str::from_utf8(&b).map_err(|_| bad())?)?,
         _ => return Err(bad()),
     };
-    let Value::Array(fields) = fields else { return Err(bad()) };
+    let Value::Array(fields) = fields else {
+        return Err(bad());
+    };
     let mut json = None;
     let mut it = fields.into_iter();
     while let (Some(name), Some(value)) = (it.next(), it.next()) {
@@ -507,5 +590,8 @@ fn parse_entry(item: Value) -> Result<StoredEntry, StoreError> {
             json = Some(String::from_utf8(v).map_err(|_| bad())?);
         }
     }
-    Ok(StoredEntry { id, json: json.ok_or_else(bad)? })
+    Ok(StoredEntry {
+        id,
+        json: json.ok_or_else(bad)?,
+    })
 }

@@ -9,7 +9,11 @@ pub fn init() {
     let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = if in_lambda {
-        builder.json().with_current_span(false).without_time().try_init()
+        builder
+            .json()
+            .with_current_span(false)
+            .without_time()
+            .try_init()
     } else {
         builder.with_target(false).try_init()
     };

@@ -36,13 +36,21 @@ pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
     }
     let config = Config::from_lookup(|name| map.get(name).cloned()).expect("config");
     let server = dev::start(config, "127.0.0.1:0").await.expect("dev server");
-    Env { server, http: reqwest::Client::new() }
+    Env {
+        server,
+        http: reqwest::Client::new(),
+    }
 }
 
 /// A job id no other test uses.
 pub fn job_id(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}-{}-{}-{}", std::process::id(), logstream_shared::model::now_ms(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        logstream_shared::model::now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// An HS256 viewer token for `user`, expiring `exp_in` seconds from now.
@@ -94,7 +102,9 @@ impl Env {
 
     /// POSTs `n` stdout lines `"{prefix} {i}"` and asserts they were accepted.
     pub async fn post_lines(&self, job: &str, prefix: &str, n: usize) -> Value {
-        let lines: Vec<Value> = (0..n).map(|i| json!({"stream": "stdout", "text": format!("{prefix} {i}")})).collect();
+        let lines: Vec<Value> = (0..n)
+            .map(|i| json!({"stream": "stdout", "text": format!("{prefix} {i}")}))
+            .collect();
         let res = self.post_json(job, &json!({ "lines": lines })).await;
         assert_eq!(res.status(), StatusCode::OK);
         res.json().await.expect("json")

@@ -10,6 +10,8 @@
 //! pipelined round trip, and entries go out as the JSON Redis holds, without decoding.
 //! A job that belongs to someone else is answered exactly like a missing one (404).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -46,8 +48,10 @@ impl HistoryState {
     /// settings); connects lazily.
     pub fn from_config(config: &Config, http: reqwest::Client) -> Result<Arc<Self>, ConfigError> {
         let url = config.require_redis_url()?;
-        let store = LogStore::open(url, config.retention())
-            .map_err(|e| ConfigError::Invalid { var: "REDIS_URL", reason: e.to_string() })?;
+        let store = LogStore::open(url, config.retention()).map_err(|e| ConfigError::Invalid {
+            var: "REDIS_URL",
+            reason: e.to_string(),
+        })?;
         let viewers = config.viewer_auth(http)?;
         Ok(Self::new(store, viewers))
     }
@@ -115,7 +119,10 @@ impl PageQuery {
         };
         match raw.trim().parse::<i64>() {
             Ok(n) if n > 0 => Ok(usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT)),
-            _ => Err(ApiError::bad_request("invalid_limit", "limit must be a whole number from 1 to 500")),
+            _ => Err(ApiError::bad_request(
+                "invalid_limit",
+                "limit must be a whole number from 1 to 500",
+            )),
         }
     }
 
@@ -128,7 +135,10 @@ impl PageQuery {
             (None, None) => Ok(Cursor::Latest),
             (Some(before), None) => Ok(Cursor::Before(parse(before)?)),
             (None, Some(after)) => Ok(Cursor::After(parse(after)?)),
-            (Some(_), Some(_)) => Err(ApiError::bad_request("invalid_cursor", "give before or after, not both")),
+            (Some(_), Some(_)) => Err(ApiError::bad_request(
+                "invalid_cursor",
+                "give before or after, not both",
+            )),
         }
     }
 }
@@ -159,7 +169,11 @@ async fn get_logs(
         Some((meta, page)) => (state.owned(&viewer, Some(meta))?, page),
         None => return Err(ApiError::job_not_found()),
     };
-    let next_before = page.entries.first().filter(|_| page.has_older).map(|e| e.id);
+    let next_before = page
+        .entries
+        .first()
+        .filter(|_| page.has_older)
+        .map(|e| e.id);
     Ok(Json(PageOut {
         job_id: job,
         status: meta.status,

@@ -15,6 +15,8 @@
 //! seen) is a single Redis round trip. The append script checks the job's `generation`
 //! so a cached entry for an expired-and-recreated job id is noticed and reloaded.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,11 +28,15 @@ use axum::{Json, Router};
 use http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 
-use logstream_shared::auth::{IngestKey, bearer, new_ingest_token, random_hex, token_hash, token_matches};
+use logstream_shared::auth::{
+    IngestKey, bearer, new_ingest_token, random_hex, token_hash, token_matches,
+};
 use logstream_shared::config::{Config, ConfigError};
 use logstream_shared::error::ApiError;
 use logstream_shared::http::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
-use logstream_shared::model::{EntryBody, EntryId, JobId, JobStatus, LineStream, NewEntry, StageStatus, now_ms};
+use logstream_shared::model::{
+    EntryBody, EntryId, JobId, JobStatus, LineStream, NewEntry, StageStatus, now_ms,
+};
 use logstream_shared::sanitize::Sanitizer;
 use logstream_shared::store::{AppendOutcome, LogStore, NewJob, StatusOutcome, StoreError};
 
@@ -54,7 +60,11 @@ pub struct IngestState {
 
 impl IngestState {
     pub fn new(store: LogStore, key: IngestKey) -> Arc<Self> {
-        Arc::new(Self { store, key, jobs: JobCache::default() })
+        Arc::new(Self {
+            store,
+            key,
+            jobs: JobCache::default(),
+        })
     }
 
     /// Reads what the ingest function needs from `config` (`REDIS_URL`,
@@ -62,8 +72,10 @@ impl IngestState {
     pub fn from_config(config: &Config) -> Result<Arc<Self>, ConfigError> {
         let url = config.require_redis_url()?;
         let key = IngestKey::new(config.require_ingest_key()?.expose());
-        let store = LogStore::open(url, config.retention())
-            .map_err(|e| ConfigError::Invalid { var: "REDIS_URL", reason: e.to_string() })?;
+        let store = LogStore::open(url, config.retention()).map_err(|e| ConfigError::Invalid {
+            var: "REDIS_URL",
+            reason: e.to_string(),
+        })?;
         Ok(Self::new(store, key))
     }
 
@@ -142,8 +154,13 @@ impl IngestState {
     /// Checks the bearer credential against `job` and returns the job's settings.
     /// The ingest key may write to any job; a job token only to its own job. Someone
     /// holding neither learns nothing about which jobs exist (401 either way).
-    async fn authorize(&self, headers: &HeaderMap, job: &JobId) -> Result<Arc<JobSettings>, ApiError> {
-        let token = bearer(headers).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+    async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        job: &JobId,
+    ) -> Result<Arc<JobSettings>, ApiError> {
+        let token =
+            bearer(headers).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
         let service = self.key.matches(token);
         let refused = || ApiError::unauthorized("token is not valid for this job");
         let cached = self.jobs.get(job);
@@ -178,19 +195,32 @@ impl IngestState {
                 .map(|line| {
                     NewEntry {
                         ts: line.ts.unwrap_or(now),
-                        body: EntryBody::Line { stream: line.stream, text: batch.line(&line.text).into_owned() },
+                        body: EntryBody::Line {
+                            stream: line.stream,
+                            text: batch.line(&line.text).into_owned(),
+                        },
                     }
                     .to_stored_json()
                 })
                 .collect();
-            match self.store.append(job, &settings.generation, seq, &entries).await? {
+            match self
+                .store
+                .append(job, &settings.generation, seq, &entries)
+                .await?
+            {
                 AppendOutcome::Stale => {
-                    settings = self.load_settings(job).await?.ok_or_else(ApiError::job_not_found)?;
+                    settings = self
+                        .load_settings(job)
+                        .await?
+                        .ok_or_else(ApiError::job_not_found)?;
                 }
                 outcome => return Ok(outcome),
             }
         }
-        Err(ApiError::conflict("job_changed", "the job was recreated during the request; retry"))
+        Err(ApiError::conflict(
+            "job_changed",
+            "the job was recreated during the request; retry",
+        ))
     }
 }
 
@@ -221,7 +251,9 @@ async fn create_job(
     }
     let req: CreateJob = parse_json(&body)?;
     let job = match &req.job_id {
-        Some(raw) => JobId::parse(raw).map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?,
+        Some(raw) => {
+            JobId::parse(raw).map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?
+        }
         None => JobId::generate(),
     };
     let owner = req.owner.trim();
@@ -232,12 +264,21 @@ async fn create_job(
         ));
     }
     if req.secrets.len() > MAX_SECRETS {
-        return Err(ApiError::bad_request("invalid_secrets", format!("at most {MAX_SECRETS} secrets per job")));
-    }
-    if let Some(bad) = req.secrets.iter().position(|s| s.len() < MIN_SECRET_LEN || s.len() > MAX_SECRET_LEN) {
         return Err(ApiError::bad_request(
             "invalid_secrets",
-            format!("secrets[{bad}] must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} bytes (shorter would redact ordinary text)"),
+            format!("at most {MAX_SECRETS} secrets per job"),
+        ));
+    }
+    if let Some(bad) = req
+        .secrets
+        .iter()
+        .position(|s| s.len() < MIN_SECRET_LEN || s.len() > MAX_SECRET_LEN)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_secrets",
+            format!(
+                "secrets[{bad}] must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} bytes (shorter would redact ordinary text)"
+            ),
         ));
     }
     let ingest_token = new_ingest_token();
@@ -251,14 +292,28 @@ async fn create_job(
         created_at: now_ms(),
     };
     if !state.store.create_job(&job, &new).await? {
-        return Err(ApiError::conflict("job_exists", "a job with this id exists"));
+        return Err(ApiError::conflict(
+            "job_exists",
+            "a job with this id exists",
+        ));
     }
     state.jobs.put(
         &job,
-        Arc::new(JobSettings { token_hash: hash, generation, sanitizer: Sanitizer::new(&req.secrets) }),
+        Arc::new(JobSettings {
+            token_hash: hash,
+            generation,
+            sanitizer: Sanitizer::new(&req.secrets),
+        }),
     );
     tracing::info!(job_id = %job, "job created");
-    Ok((StatusCode::CREATED, Json(Created { job_id: job, ingest_token, status: JobStatus::Queued })))
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            job_id: job,
+            ingest_token,
+            status: JobStatus::Queued,
+        }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,15 +371,25 @@ async fn post_logs(
                 ApiError::bad_request("invalid_stream", "stream must be stdout, stderr or system")
             })?,
         };
-        let lines: Vec<RawLine<'_>> =
-            split_lines(&body).into_iter().map(|text| RawLine { stream, text, ts: None }).collect();
+        let lines: Vec<RawLine<'_>> = split_lines(&body)
+            .into_iter()
+            .map(|text| RawLine {
+                stream,
+                text,
+                ts: None,
+            })
+            .collect();
         (lines, None)
     } else {
         let batch: LineBatch = parse_json(&body)?;
         let lines = batch
             .lines
             .into_iter()
-            .map(|l| RawLine { stream: l.stream, text: Cow::Owned(l.text), ts: l.ts })
+            .map(|l| RawLine {
+                stream: l.stream,
+                text: Cow::Owned(l.text),
+                ts: l.ts,
+            })
             .collect();
         (lines, batch.seq)
     };
@@ -334,11 +399,17 @@ async fn post_logs(
     if lines.len() > MAX_LINES_PER_REQUEST {
         return Err(ApiError::too_large(
             "too_many_lines",
-            format!("{} lines in one request; the limit is {MAX_LINES_PER_REQUEST}", lines.len()),
+            format!(
+                "{} lines in one request; the limit is {MAX_LINES_PER_REQUEST}",
+                lines.len()
+            ),
         ));
     }
     if seq.is_some_and(|s| s > MAX_SEQ) {
-        return Err(ApiError::bad_request("invalid_seq", format!("seq must be at most {MAX_SEQ}")));
+        return Err(ApiError::bad_request(
+            "invalid_seq",
+            format!("seq must be at most {MAX_SEQ}"),
+        ));
     }
     match state.append_lines(&job, settings, seq, &lines).await? {
         AppendOutcome::Appended { first, last } => Ok(Json(Accepted {
@@ -347,9 +418,12 @@ async fn post_logs(
             last_id: Some(last),
             duplicate: false,
         })),
-        AppendOutcome::Duplicate => {
-            Ok(Json(Accepted { accepted: 0, first_id: None, last_id: None, duplicate: true }))
-        }
+        AppendOutcome::Duplicate => Ok(Json(Accepted {
+            accepted: 0,
+            first_id: None,
+            last_id: None,
+            duplicate: true,
+        })),
         AppendOutcome::Terminal(status) => Err(finished(status)),
         AppendOutcome::NotFound | AppendOutcome::Stale => Err(ApiError::job_not_found()),
     }
@@ -359,7 +433,11 @@ fn is_plain_text(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/plain"))
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/plain")
+        })
 }
 
 /// Splits a `text/plain` body into lines: `\n` ends a line, a `\r` just before it is
@@ -376,7 +454,10 @@ fn split_lines(body: &[u8]) -> Vec<Cow<'_, str>> {
 }
 
 fn finished(status: JobStatus) -> ApiError {
-    ApiError::conflict("job_finished", format!("the job has finished ({status}); it takes no more writes"))
+    ApiError::conflict(
+        "job_finished",
+        format!("the job has finished ({status}); it takes no more writes"),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -403,24 +484,40 @@ async fn post_event(
     let settings = state.authorize(&headers, &job).await?;
     let event: EventIn = parse_json(&body)?;
     if event.kind != "stage" {
-        return Err(ApiError::bad_request("invalid_event", "type must be \"stage\""));
+        return Err(ApiError::bad_request(
+            "invalid_event",
+            "type must be \"stage\"",
+        ));
     }
     let name = event.name.trim();
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(ApiError::bad_request("invalid_event", format!("name must be 1-{MAX_NAME_LEN} bytes")));
+        return Err(ApiError::bad_request(
+            "invalid_event",
+            format!("name must be 1-{MAX_NAME_LEN} bytes"),
+        ));
     }
     let name = settings.sanitizer.batch().line(name).into_owned();
     let entry = NewEntry {
         ts: event.ts.unwrap_or_else(now_ms),
-        body: EntryBody::Stage { name, status: event.status },
+        body: EntryBody::Stage {
+            name,
+            status: event.status,
+        },
     }
     .to_stored_json();
-    match state.store.append(&job, &settings.generation, None, &[entry]).await? {
+    match state
+        .store
+        .append(&job, &settings.generation, None, &[entry])
+        .await?
+    {
         AppendOutcome::Appended { first, .. } => Ok(Json(EventStored { id: first })),
         AppendOutcome::Terminal(status) => Err(finished(status)),
         AppendOutcome::Stale => {
             state.jobs.forget(&job);
-            Err(ApiError::conflict("job_changed", "the job was recreated during the request; retry"))
+            Err(ApiError::conflict(
+                "job_changed",
+                "the job was recreated during the request; retry",
+            ))
         }
         AppendOutcome::NotFound | AppendOutcome::Duplicate => Err(ApiError::job_not_found()),
     }
@@ -446,7 +543,10 @@ async fn put_status(
     state.authorize(&headers, &job).await?;
     let StatusIn { status } = parse_json(&body)?;
     if status == JobStatus::Queued {
-        return Err(ApiError::bad_request("invalid_status", "status must be running, ready or failed"));
+        return Err(ApiError::bad_request(
+            "invalid_status",
+            "status must be running, ready or failed",
+        ));
     }
     match state.store.set_status(&job, status, now_ms()).await? {
         StatusOutcome::Changed { .. } => {
@@ -482,6 +582,9 @@ mod tests {
 
     #[test]
     fn invalid_utf8_becomes_replacement_characters() {
-        assert_eq!(split_lines(b"ok \xff\xfe end\n"), ["ok \u{fffd}\u{fffd} end"]);
+        assert_eq!(
+            split_lines(b"ok \xff\xfe end\n"),
+            ["ok \u{fffd}\u{fffd} end"]
+        );
     }
 }

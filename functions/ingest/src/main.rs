@@ -6,6 +6,9 @@ use logstream_shared::config::{Config, exit_on_error};
 async fn main() -> Result<(), lambda_http::Error> {
     logstream_shared::telemetry::init();
     let config = exit_on_error("logstream-ingest", Config::from_env());
-    let state = exit_on_error("logstream-ingest", logstream_ingest::IngestState::from_config(&config));
+    let state = exit_on_error(
+        "logstream-ingest",
+        logstream_ingest::IngestState::from_config(&config),
+    );
     lambda_http::run(logstream_ingest::router(state, &config.cors_origins)).await
 }

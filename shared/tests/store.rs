@@ -1,0 +1,196 @@
+//! `LogStore` against a real, private `redis-server`.
+
+use logstream_shared::model::{EntryBody, JobId, JobStatus, LineStream, NewEntry, now_ms};
+use logstream_shared::redis_server::{RedisServer, shared};
+use logstream_shared::store::{AppendOutcome, Cursor, LogStore, NewJob, Retention, StatusOutcome};
+
+const RETENTION: Retention = Retention {
+    ttl_secs: 600,
+    maxlen: 50_000,
+};
+
+fn job(name: &str) -> JobId {
+    JobId::parse(&format!("{name}-{}-{}", std::process::id(), now_ms())).unwrap()
+}
+
+fn line(text: &str) -> String {
+    NewEntry {
+        ts: now_ms(),
+        body: EntryBody::Line {
+            stream: LineStream::Stdout,
+            text: text.into(),
+        },
+    }
+    .to_stored_json()
+}
+
+async fn create(store: &LogStore, id: &JobId, generation: &str) {
+    let new = NewJob {
+        owner: "alice",
+        token_hash: "h",
+        secrets: &[],
+        generation,
+        created_at: now_ms(),
+    };
+    assert!(store.create_job(id, &new).await.unwrap());
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_job_key_gets_the_ttl_and_writes_refresh_it() {
+    let redis = shared().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    let id = job("ttl");
+    create(&store, &id, "g1").await;
+    let mut conn = raw(&redis.url()).await;
+    let meta = format!("job:{{{id}}}:meta");
+    let logs = format!("job:{{{id}}}:logs");
+    let _: () = redis::cmd("EXPIRE")
+        .arg(&meta)
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    store.append(&id, "g1", None, &[line("a")]).await.unwrap();
+    for key in [&meta, &logs] {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((590..=600).contains(&ttl), "{key}: {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn streams_are_capped_near_maxlen() {
+    let redis = shared().unwrap();
+    let store = LogStore::open(
+        &redis.url(),
+        Retention {
+            ttl_secs: 600,
+            maxlen: 1000,
+        },
+    )
+    .unwrap();
+    let id = job("cap");
+    create(&store, &id, "g").await;
+    let batch: Vec<String> = (0..500).map(|i| line(&i.to_string())).collect();
+    for _ in 0..10 {
+        store.append(&id, "g", None, &batch).await.unwrap();
+    }
+    let mut conn = raw(&redis.url()).await;
+    let len: u64 = redis::cmd("XLEN")
+        .arg(format!("job:{{{id}}}:logs"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1000..2000).contains(&len), "approximately capped: {len}");
+}
+
+#[tokio::test]
+async fn an_outdated_generation_appends_nothing() {
+    let redis = shared().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    let id = job("gen");
+    create(&store, &id, "new").await;
+    assert_eq!(
+        store.append(&id, "old", None, &[line("x")]).await.unwrap(),
+        AppendOutcome::Stale
+    );
+    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    assert!(page.entries.is_empty());
+}
+
+#[tokio::test]
+async fn a_retried_seq_after_the_job_ended_is_still_a_duplicate() {
+    let redis = shared().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    let id = job("seq");
+    create(&store, &id, "g").await;
+    assert!(matches!(
+        store.append(&id, "g", Some(7), &[line("x")]).await.unwrap(),
+        AppendOutcome::Appended { .. }
+    ));
+    store
+        .set_status(&id, JobStatus::Failed, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.append(&id, "g", Some(7), &[line("x")]).await.unwrap(),
+        AppendOutcome::Duplicate
+    );
+    assert_eq!(
+        store.append(&id, "g", Some(8), &[line("y")]).await.unwrap(),
+        AppendOutcome::Terminal(JobStatus::Failed)
+    );
+}
+
+#[tokio::test]
+async fn a_terminal_status_queues_the_job_for_archival() {
+    let redis = shared().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    let id = job("queue");
+    create(&store, &id, "g").await;
+    assert!(matches!(
+        store
+            .set_status(&id, JobStatus::Running, now_ms())
+            .await
+            .unwrap(),
+        StatusOutcome::Changed { .. }
+    ));
+    let mut conn = raw(&redis.url()).await;
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("logstream:archive-queue")
+        .arg(id.as_str())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(score, None, "running is not finished");
+    store
+        .set_status(&id, JobStatus::Ready, now_ms())
+        .await
+        .unwrap();
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("logstream:archive-queue")
+        .arg(id.as_str())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(score.is_some());
+    let meta = store.job_meta(&id).await.unwrap().unwrap();
+    assert_eq!(meta.status, JobStatus::Ready);
+    assert!(meta.finished_at.is_some());
+}
+
+#[tokio::test]
+async fn the_store_reconnects_after_a_redis_restart() {
+    let mut redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    store.ping().await.unwrap();
+    redis.restart().unwrap();
+    // The first command after the restart finds the old connection dead; the store
+    // retries once on a fresh one instead of failing the request.
+    store.ping().await.unwrap();
+    let id = job("restart");
+    create(&store, &id, "g").await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_unavailable_not_a_hang() {
+    let mut redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    redis.stop();
+    let err = store.job_meta(&job("down")).await.unwrap_err();
+    assert!(
+        matches!(err, logstream_shared::store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+}
