@@ -1,0 +1,74 @@
+//! The sample events in `events/` through the very types the Lambda runtime uses:
+//! `LambdaRequest` in, the function's router behind lambda_http's adapter, the
+//! `LambdaResponse` JSON that would go back to API Gateway out.
+
+use lambda_http::request::LambdaRequest;
+use lambda_http::tower::{Service, ServiceExt};
+use lambda_http::{Adapter, Context, LambdaEvent};
+use logstream_shared::config::Config;
+use logstream_shared::model::JobId;
+use logstream_shared::store::Cursor;
+use serde_json::Value;
+
+const EXAMPLE_INGEST_KEY: &str = "example-ingest-key-change-me";
+
+async fn invoke(router: &axum::Router, file: &str) -> (u64, Value) {
+    let path = format!("{}/../../events/{file}", env!("CARGO_MANIFEST_DIR"));
+    let raw = std::fs::read_to_string(&path).unwrap();
+    let payload: LambdaRequest = serde_json::from_str(&raw).unwrap();
+    let mut adapter = Adapter::from(router.clone());
+    let response = adapter.ready().await.unwrap().call(LambdaEvent::new(payload, Context::default())).await.unwrap();
+    let response = serde_json::to_value(&response).unwrap();
+    let body = serde_json::from_str(response["body"].as_str().unwrap_or("null")).unwrap();
+    (response["statusCode"].as_u64().unwrap(), body)
+}
+
+#[tokio::test]
+async fn sample_ingest_events_run_through_the_lambda_adapter() {
+    let redis = logstream_shared::redis_server::shared().unwrap();
+    let url = redis.url();
+    let config = Config::from_lookup(|name| match name {
+        "REDIS_URL" => Some(url.clone()),
+        "LOGSTREAM_INGEST_KEY" => Some(EXAMPLE_INGEST_KEY.into()),
+        _ => None,
+    })
+    .unwrap();
+    let state = logstream_ingest::IngestState::from_config(&config).unwrap();
+    let store = state.store().clone();
+    let router = logstream_ingest::router(state, &config.cors_origins);
+
+    let (code, created) = invoke(&router, "ingest.create-job.json").await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["job_id"], "build-1234");
+    assert_eq!(created["status"], "queued");
+
+    let (code, accepted) = invoke(&router, "ingest.post-logs.json").await;
+    assert_eq!(code, 200, "{accepted}");
+    assert_eq!(accepted["accepted"], 4);
+
+    let (code, retried) = invoke(&router, "ingest.post-logs.json").await;
+    assert_eq!(code, 200);
+    assert_eq!(retried["duplicate"], true, "the fixture carries seq 1: a replay is a duplicate");
+
+    let (code, text) = invoke(&router, "ingest.post-logs-text.json").await;
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(text["accepted"], 2);
+
+    let (code, event) = invoke(&router, "ingest.post-event.json").await;
+    assert_eq!(code, 200, "{event}");
+    assert!(event["id"].is_string());
+
+    let (code, status) = invoke(&router, "ingest.put-status.json").await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["status"], "running");
+
+    let job = JobId::parse("build-1234").unwrap();
+    let (_, page) = store.page(&job, Cursor::Latest, 100).await.unwrap().unwrap();
+    let texts: Vec<Value> = page.entries.iter().map(|e| serde_json::from_str::<Value>(&e.to_json()).unwrap()).collect();
+    assert_eq!(texts.len(), 8);
+    assert_eq!(texts[1]["text"], "added 120 packages in 3s", "ANSI stripped");
+    assert_eq!(texts[3]["text"], "connecting with ***", "registered secret redacted");
+    assert_eq!(texts[5]["text"], "  ➜  Local:   http://localhost:5173/");
+    assert_eq!(texts[6]["kind"], "stage");
+    assert_eq!(texts[7]["kind"], "status");
+}
