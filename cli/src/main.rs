@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use logstream_cli::dev;
+use logstream_cli::{bench, dev};
 use logstream_shared::config::{Config, exit_on_error};
 
 #[derive(Parser)]
@@ -25,6 +25,31 @@ enum Command {
         #[arg(long, default_value = dev::DEFAULT_ADDR)]
         addr: String,
     },
+    /// Measures ingest lines/s and history pages/s over HTTP. Without --url it starts
+    /// `logstream dev` in-process on a private redis-server (build with --release).
+    Bench {
+        /// A running service to measure instead.
+        #[arg(long, env = "LOGSTREAM_URL")]
+        url: Option<String>,
+        /// Ingest key of that service.
+        #[arg(long, env = "LOGSTREAM_INGEST_KEY", hide_env_values = true)]
+        ingest_key: Option<String>,
+        /// Lines per ingest request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Ingest requests in all.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        /// Ingest requests in flight at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// History page requests (500 entries each).
+        #[arg(long, default_value_t = 2000)]
+        pages: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -42,6 +67,16 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("Ctrl-C stops it.");
             server.run_until_signal().await
+        }
+        Command::Bench { url, ingest_key, batch, requests, concurrency, pages, json } => {
+            let opts = bench::BenchOptions { url, ingest_key, batch, requests, concurrency, pages };
+            let report = bench::run(opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bench::table(&report));
+            }
+            Ok(())
         }
     }
 }
