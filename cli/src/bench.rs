@@ -63,18 +63,27 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut local = None;
     let (url, key, redis_url) = match &opts.url {
         Some(url) => {
-            let key = opts.ingest_key.clone().context("--url needs --ingest-key (or LOGSTREAM_INGEST_KEY)")?;
+            let key = opts
+                .ingest_key
+                .clone()
+                .context("--url needs --ingest-key (or LOGSTREAM_INGEST_KEY)")?;
             (url.trim_end_matches('/').to_owned(), key, None)
         }
         None => {
             let config = Config::from_lookup(|_| None)?;
             let server = dev::start(config, "127.0.0.1:0").await?;
-            let out = (server.url(), server.ingest_key.clone(), Some(server.redis_url.clone()));
+            let out = (
+                server.url(),
+                server.ingest_key.clone(),
+                Some(server.redis_url.clone()),
+            );
             local = Some(server);
             out
         }
     };
-    let http = reqwest::Client::builder().pool_max_idle_per_host(opts.concurrency * 2).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency * 2)
+        .build()?;
 
     let job = format!("bench-{}", logstream_shared::auth::random_hex(6));
     let created: Value = http
@@ -86,7 +95,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         .error_for_status()?
         .json()
         .await?;
-    let token = created["ingest_token"].as_str().context("no ingest token")?.to_owned();
+    let token = created["ingest_token"]
+        .as_str()
+        .context("no ingest token")?
+        .to_owned();
 
     // Realistic lines: npm/vite output of ~60-100 bytes, a few with colour codes.
     let lines: Vec<Value> = (0..opts.batch)
@@ -148,7 +160,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     })
 }
 
-async fn post(http: &reqwest::Client, url: &str, job: &str, token: &str, body: &[u8]) -> anyhow::Result<()> {
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    job: &str,
+    token: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
     let res = http
         .post(format!("{url}/jobs/{job}/logs"))
         .bearer_auth(token)
@@ -157,7 +175,11 @@ async fn post(http: &reqwest::Client, url: &str, job: &str, token: &str, body: &
         .send()
         .await?;
     if !res.status().is_success() {
-        bail!("ingest answered {}: {}", res.status(), res.text().await.unwrap_or_default());
+        bail!(
+            "ingest answered {}: {}",
+            res.status(),
+            res.text().await.unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -191,8 +213,28 @@ async fn history(
 fn redis_ceiling(redis_url: &str) -> Option<f64> {
     let port = redis_url.rsplit(':').next()?.trim_end_matches('/');
     let out = std::process::Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", port, "-P", "1000", "-n", "500000", "-q", "--csv"])
-        .args(["XADD", "bench:ceiling", "MAXLEN", "~", "50000", "*", "e", &"x".repeat(120)])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-P",
+            "1000",
+            "-n",
+            "500000",
+            "-q",
+            "--csv",
+        ])
+        .args([
+            "XADD",
+            "bench:ceiling",
+            "MAXLEN",
+            "~",
+            "50000",
+            "*",
+            "e",
+            &"x".repeat(120),
+        ])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -203,11 +245,20 @@ fn redis_ceiling(redis_url: &str) -> Option<f64> {
 
 fn summarize(mut times: Vec<Duration>) -> Latency {
     if times.is_empty() {
-        return Latency { p50_ms: 0.0, p99_ms: 0.0, max_ms: 0.0 };
+        return Latency {
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+        };
     }
     times.sort();
-    let at = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0;
-    Latency { p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0) }
+    let at =
+        |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0;
+    Latency {
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    }
 }
 
 /// The report as a table.

@@ -68,8 +68,23 @@ async fn main() -> anyhow::Result<()> {
             println!("Ctrl-C stops it.");
             server.run_until_signal().await
         }
-        Command::Bench { url, ingest_key, batch, requests, concurrency, pages, json } => {
-            let opts = bench::BenchOptions { url, ingest_key, batch, requests, concurrency, pages };
+        Command::Bench {
+            url,
+            ingest_key,
+            batch,
+            requests,
+            concurrency,
+            pages,
+            json,
+        } => {
+            let opts = bench::BenchOptions {
+                url,
+                ingest_key,
+                batch,
+                requests,
+                concurrency,
+                pages,
+            };
             let report = bench::run(opts).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

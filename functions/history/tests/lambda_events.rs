@@ -15,7 +15,13 @@ async fn invoke(router: &axum::Router, file: &str) -> (u64, Value) {
     let raw = std::fs::read_to_string(&path).unwrap();
     let payload: LambdaRequest = serde_json::from_str(&raw).unwrap();
     let mut adapter = Adapter::from(router.clone());
-    let response = adapter.ready().await.unwrap().call(LambdaEvent::new(payload, Context::default())).await.unwrap();
+    let response = adapter
+        .ready()
+        .await
+        .unwrap()
+        .call(LambdaEvent::new(payload, Context::default()))
+        .await
+        .unwrap();
     let response = serde_json::to_value(&response).unwrap();
     let body = serde_json::from_str(response["body"].as_str().unwrap_or("null")).unwrap();
     (response["statusCode"].as_u64().unwrap(), body)
@@ -31,7 +37,8 @@ async fn sample_history_events_run_through_the_lambda_adapter() {
         _ => None,
     })
     .unwrap();
-    let state = logstream_history::HistoryState::from_config(&config, reqwest::Client::new()).unwrap();
+    let state =
+        logstream_history::HistoryState::from_config(&config, reqwest::Client::new()).unwrap();
     let router = logstream_history::router(state, &config.cors_origins);
 
     let (code, body) = invoke(&router, "history.get-job.json").await;
@@ -39,12 +46,24 @@ async fn sample_history_events_run_through_the_lambda_adapter() {
 
     let store = logstream_shared::store::LogStore::open(&url, config.retention()).unwrap();
     let job = JobId::parse("build-1234").unwrap();
-    let new = NewJob { owner: "user_2abc", token_hash: "", secrets: &[], generation: "g", created_at: now_ms() };
+    let new = NewJob {
+        owner: "user_2abc",
+        token_hash: "",
+        secrets: &[],
+        generation: "g",
+        created_at: now_ms(),
+    };
     assert!(store.create_job(&job, &new).await.unwrap());
     let entries: Vec<String> = (0..3)
         .map(|i| {
-            NewEntry { ts: now_ms(), body: EntryBody::Line { stream: LineStream::Stdout, text: format!("line {i}") } }
-                .to_stored_json()
+            NewEntry {
+                ts: now_ms(),
+                body: EntryBody::Line {
+                    stream: LineStream::Stdout,
+                    text: format!("line {i}"),
+                },
+            }
+            .to_stored_json()
         })
         .collect();
     store.append(&job, "g", None, &entries).await.unwrap();
@@ -57,7 +76,12 @@ async fn sample_history_events_run_through_the_lambda_adapter() {
     let (code, page) = invoke(&router, "history.get-logs.json").await;
     assert_eq!(code, 200, "{page}");
     assert_eq!(page["source"], "redis");
-    let texts: Vec<&str> = page["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, ["line 0", "line 1", "line 2"]);
     assert_eq!(page["has_more"], false);
 }

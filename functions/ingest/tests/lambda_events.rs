@@ -17,7 +17,13 @@ async fn invoke(router: &axum::Router, file: &str) -> (u64, Value) {
     let raw = std::fs::read_to_string(&path).unwrap();
     let payload: LambdaRequest = serde_json::from_str(&raw).unwrap();
     let mut adapter = Adapter::from(router.clone());
-    let response = adapter.ready().await.unwrap().call(LambdaEvent::new(payload, Context::default())).await.unwrap();
+    let response = adapter
+        .ready()
+        .await
+        .unwrap()
+        .call(LambdaEvent::new(payload, Context::default()))
+        .await
+        .unwrap();
     let response = serde_json::to_value(&response).unwrap();
     let body = serde_json::from_str(response["body"].as_str().unwrap_or("null")).unwrap();
     (response["statusCode"].as_u64().unwrap(), body)
@@ -48,7 +54,10 @@ async fn sample_ingest_events_run_through_the_lambda_adapter() {
 
     let (code, retried) = invoke(&router, "ingest.post-logs.json").await;
     assert_eq!(code, 200);
-    assert_eq!(retried["duplicate"], true, "the fixture carries seq 1: a replay is a duplicate");
+    assert_eq!(
+        retried["duplicate"], true,
+        "the fixture carries seq 1: a replay is a duplicate"
+    );
 
     let (code, text) = invoke(&router, "ingest.post-logs-text.json").await;
     assert_eq!(code, 200, "{text}");
@@ -63,11 +72,25 @@ async fn sample_ingest_events_run_through_the_lambda_adapter() {
     assert_eq!(status["status"], "running");
 
     let job = JobId::parse("build-1234").unwrap();
-    let (_, page) = store.page(&job, Cursor::Latest, 100).await.unwrap().unwrap();
-    let texts: Vec<Value> = page.entries.iter().map(|e| serde_json::from_str::<Value>(&e.to_json()).unwrap()).collect();
+    let (_, page) = store
+        .page(&job, Cursor::Latest, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    let texts: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.to_json()).unwrap())
+        .collect();
     assert_eq!(texts.len(), 8);
-    assert_eq!(texts[1]["text"], "added 120 packages in 3s", "ANSI stripped");
-    assert_eq!(texts[3]["text"], "connecting with ***", "registered secret redacted");
+    assert_eq!(
+        texts[1]["text"], "added 120 packages in 3s",
+        "ANSI stripped"
+    );
+    assert_eq!(
+        texts[3]["text"], "connecting with ***",
+        "registered secret redacted"
+    );
     assert_eq!(texts[5]["text"], "  ➜  Local:   http://localhost:5173/");
     assert_eq!(texts[6]["kind"], "stage");
     assert_eq!(texts[7]["kind"], "status");
