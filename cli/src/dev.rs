@@ -1,7 +1,7 @@
 //! `logstream dev`: every function's router on one port, on a real Redis.
 //!
 //! The routers are the very ones the Lambdas serve (`routes(state)` of each function
-//! crate), merged and finished once. When `REDIS_URL` is unset a private
+//! crate), merged and finished once, plus the log-viewer page at `/`. When `REDIS_URL` is unset a private
 //! `redis-server` is started on a free loopback port and stopped with the service.
 //! Without an ingest key or viewer-token settings, random ones are made up and
 //! printed, with a viewer token for the user `dev`, so the service can be tried at once.
@@ -16,10 +16,12 @@ use tokio::task::JoinHandle;
 
 use logstream_history::HistoryState;
 use logstream_ingest::IngestState;
-use logstream_shared::auth::random_hex;
+use logstream_shared::auth::{IngestKey, random_hex};
 use logstream_shared::config::{Config, Secret};
 use logstream_shared::http::finish;
 use logstream_shared::redis_server::RedisServer;
+use logstream_shared::store::LogStore;
+use logstream_sse::SseState;
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8787";
@@ -39,6 +41,7 @@ pub struct DevServer {
     pub redis_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    sse: std::sync::Arc<SseState>,
     redis: Option<RedisServer>,
 }
 
@@ -53,8 +56,15 @@ impl DevServer {
         self.redis.as_mut()
     }
 
-    /// Stops serving and waits for in-flight requests to finish.
+    /// The live-log state (its hub counts the Redis feeds in use).
+    pub fn sse(&self) -> &SseState {
+        &self.sse
+    }
+
+    /// Stops serving and waits for in-flight requests to finish; open SSE streams are
+    /// ended first (without `done`, so their clients reconnect).
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.sse.shutdown();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -74,6 +84,7 @@ impl DevServer {
 
 impl Drop for DevServer {
     fn drop(&mut self) {
+        self.sse.shutdown();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -106,13 +117,28 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         config.jwt.hs256_secret = Some(secret);
     }
 
-    let ingest = IngestState::from_config(&config)?;
+    // One Redis connection and one token verifier for every router of the process.
+    let store = LogStore::open(config.require_redis_url()?, config.retention())?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
-    let history = HistoryState::from_config(&config, http)?;
+    let viewers = config.viewer_auth(http)?;
+    let ingest = IngestState::new(
+        store.clone(),
+        IngestKey::new(config.require_ingest_key()?.expose()),
+    );
+    let history = HistoryState::new(store.clone(), viewers.clone());
+    let sse = SseState::new(
+        store,
+        viewers,
+        Duration::from_secs(config.heartbeat_secs),
+        Duration::from_secs(config.handoff_secs),
+    );
     let app = finish(
-        logstream_ingest::routes(ingest).merge(logstream_history::routes(history)),
+        logstream_ingest::routes(ingest)
+            .merge(logstream_history::routes(history))
+            .merge(logstream_sse::routes(sse.clone()))
+            .merge(crate::viewer::routes()),
         &config.cors_origins,
     );
 
@@ -135,6 +161,7 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         redis_url: config.redis_url.clone().unwrap_or_default(),
         shutdown: Some(tx),
         task: Some(task),
+        sse,
         redis,
     })
 }

@@ -68,6 +68,9 @@ pub struct Config {
     pub heartbeat_secs: u64,
     /// `LOGSTREAM_CORS_ORIGINS`.
     pub cors_origins: Vec<HeaderValue>,
+    /// `LOGSTREAM_SSE_HANDOFF_SECS`: how long before the Lambda deadline an SSE stream
+    /// ends itself (without `done`) so the browser reconnects in time.
+    pub handoff_secs: u64,
 }
 
 impl Config {
@@ -150,6 +153,11 @@ impl Config {
                 20,
             )?,
             cors_origins,
+            handoff_secs: positive(
+                get("LOGSTREAM_SSE_HANDOFF_SECS"),
+                "LOGSTREAM_SSE_HANDOFF_SECS",
+                5,
+            )?,
         })
     }
 

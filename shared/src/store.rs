@@ -18,8 +18,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script, Value};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, RedisError, Script, Value};
 
 use crate::keys::{ARCHIVE_QUEUE, JobKeys};
 use crate::model::{EntryBody, EntryId, JobId, JobStatus, NewEntry, StoredEntry};
@@ -224,6 +224,7 @@ return {'ok', id}
 /// The Redis side of logstream. Cheap to clone: clones share one connection.
 #[derive(Clone)]
 pub struct LogStore {
+    client: redis::Client,
     conn: ConnectionManager,
     retention: Retention,
 }
@@ -254,9 +255,13 @@ impl LogStore {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Redis)?;
-        Ok(Self { conn, retention })
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(StoreError::Redis)?;
+        Ok(Self {
+            client,
+            conn,
+            retention,
+        })
     }
 
     /// The retention settings writes apply.
@@ -502,6 +507,123 @@ impl LogStore {
                 has_older,
             },
         )))
+    }
+}
+
+impl LogStore {
+    /// The job's metadata and the id of its newest entry (`None` for an empty log), in
+    /// one round trip. `None` if the job does not exist.
+    pub async fn job_head(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<(JobMeta, Option<EntryId>)>, StoreError> {
+        let keys = JobKeys::new(job);
+        let (meta, newest): (Vec<Option<String>>, Value) = self
+            .run(|mut c| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HMGET").arg(&keys.meta).arg(&META_FIELDS[..]);
+                pipe.cmd("XREVRANGE")
+                    .arg(&keys.logs)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        let Some(meta) = parse_meta(meta)? else {
+            return Ok(None);
+        };
+        Ok(Some((meta, parse_entries(newest)?.first().map(|e| e.id))))
+    }
+
+    /// Up to `count` entries strictly after `after`, oldest first.
+    pub async fn entries_after(
+        &self,
+        job: &JobId,
+        after: EntryId,
+        count: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        if after
+            == (EntryId {
+                ms: u64::MAX,
+                seq: u64::MAX,
+            })
+        {
+            return Ok(Vec::new());
+        }
+        let logs = JobKeys::new(job).logs;
+        let raw: Value = self
+            .run(|mut c| {
+                let mut cmd = redis::cmd("XRANGE");
+                cmd.arg(&logs)
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count);
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        parse_entries(raw)
+    }
+
+    /// A connection of its own for blocking reads (`XREAD BLOCK`): the shared one
+    /// times out a response long before a block ends, and a blocked command would hold
+    /// up every other command queued behind it.
+    pub async fn blocking_reader(&self, block: Duration) -> Result<BlockingReader, StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(BlockingReader { conn, block })
+    }
+}
+
+/// A dedicated connection that waits for new entries with `XREAD BLOCK`.
+pub struct BlockingReader {
+    conn: MultiplexedConnection,
+    block: Duration,
+}
+
+impl BlockingReader {
+    /// Up to `count` entries of `job` after `after`, waiting at most the block time for
+    /// the first one; empty when none came. Returns as soon as anything is appended.
+    pub async fn read(
+        &mut self,
+        job: &JobId,
+        after: EntryId,
+        count: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let logs = JobKeys::new(job).logs;
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&logs)
+            .arg(after.to_string())
+            .query_async(&mut self.conn)
+            .await?;
+        match reply {
+            Value::Nil => Ok(Vec::new()),
+            // RESP2: [[key, entries]]; RESP3: {key: entries}.
+            Value::Array(streams) => match streams.into_iter().next() {
+                Some(Value::Array(mut pair)) if pair.len() == 2 => {
+                    parse_entries(pair.pop().unwrap_or(Value::Nil))
+                }
+                Some(other) => Err(StoreError::Corrupt(format!("XREAD answered {other:?}"))),
+                None => Ok(Vec::new()),
+            },
+            Value::Map(streams) => match streams.into_iter().next() {
+                Some((_, entries)) => parse_entries(entries),
+                None => Ok(Vec::new()),
+            },
+            other => Err(StoreError::Corrupt(format!("XREAD answered {other:?}"))),
+        }
     }
 }
 
