@@ -1,0 +1,161 @@
+//! The sse function behind lambda_http's streaming adapter, as a function URL with
+//! `InvokeMode: RESPONSE_STREAM` runs it: the `events/` sample in, the metadata
+//! prelude (status, headers) and the streamed body out.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lambda_http::request::LambdaRequest;
+use lambda_http::tower::{Service, ServiceExt};
+use lambda_http::{Context, LambdaEvent, StreamAdapter};
+use logstream_shared::config::Config;
+use logstream_shared::model::{EntryBody, JobId, JobStatus, LineStream, NewEntry, now_ms};
+use logstream_shared::store::{LogStore, NewJob};
+
+const EXAMPLE_JWT_SECRET: &str = "example-jwt-secret-change-me-0123456789";
+
+fn config(redis_url: &str, handoff_secs: &str) -> Config {
+    let url = redis_url.to_owned();
+    let handoff = handoff_secs.to_owned();
+    Config::from_lookup(move |name| match name {
+        "REDIS_URL" => Some(url.clone()),
+        "LOGSTREAM_JWT_SECRET" => Some(EXAMPLE_JWT_SECRET.into()),
+        "LOGSTREAM_SSE_HANDOFF_SECS" => Some(handoff.clone()),
+        _ => None,
+    })
+    .unwrap()
+}
+
+fn sample() -> LambdaRequest {
+    let path = format!(
+        "{}/../../events/sse.function-url.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn context(deadline_in: Duration) -> Context {
+    let mut ctx = Context::default();
+    ctx.deadline = now_ms() + deadline_in.as_millis() as u64;
+    ctx
+}
+
+async fn seed(store: &LogStore, job: &JobId, lines: usize) {
+    let new = NewJob {
+        owner: "user_2abc",
+        token_hash: "",
+        secrets: &[],
+        generation: "g",
+        created_at: now_ms(),
+    };
+    assert!(store.create_job(job, &new).await.unwrap());
+    let entries: Vec<String> = (0..lines)
+        .map(|i| {
+            NewEntry {
+                ts: now_ms(),
+                body: EntryBody::Line {
+                    stream: LineStream::Stdout,
+                    text: format!("line {i}"),
+                },
+            }
+            .to_stored_json()
+        })
+        .collect();
+    store.append(job, "g", None, &entries).await.unwrap();
+}
+
+/// Reads the whole streamed body (it must end by itself).
+async fn read_all<S>(mut stream: S) -> String
+where
+    S: futures_util::Stream + Unpin,
+    S::Item: std::fmt::Debug,
+    S::Item: Into<Result<bytes::Bytes, lambda_http::Error>>,
+{
+    let mut out = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("stream stalled")
+    {
+        let chunk: Result<bytes::Bytes, lambda_http::Error> = chunk.into();
+        out.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_function_url_sample_streams_the_replay_and_done() {
+    let redis = logstream_shared::redis_server::RedisServer::start().unwrap();
+    let config = config(&redis.url(), "5");
+    let state = logstream_sse::SseState::from_config(&config, reqwest::Client::new()).unwrap();
+    let store = LogStore::open(&redis.url(), config.retention()).unwrap();
+    let job = JobId::parse("build-1234").unwrap();
+    seed(&store, &job, 3).await;
+    store
+        .set_status(&job, JobStatus::Failed, now_ms())
+        .await
+        .unwrap();
+
+    let mut adapter = StreamAdapter::from(logstream_sse::router(state, &config.cors_origins));
+    let response = adapter
+        .ready()
+        .await
+        .unwrap()
+        .call(LambdaEvent::new(
+            sample(),
+            context(Duration::from_secs(900)),
+        ))
+        .await
+        .unwrap();
+    let prelude = &response.metadata_prelude;
+    assert_eq!(prelude.status_code, 200);
+    assert_eq!(prelude.headers["content-type"], "text/event-stream");
+    assert_eq!(prelude.headers["cache-control"], "no-cache");
+    assert_eq!(prelude.headers["x-accel-buffering"], "no");
+
+    let body = read_all(response.stream.map(|r| r.map_err(Into::into))).await;
+    assert!(body.starts_with("retry: 2000\n\n"), "{body}");
+    for i in 0..3 {
+        assert!(body.contains(&format!("\"text\":\"line {i}\"")), "{body}");
+    }
+    assert!(body.contains("event: status\n"), "{body}");
+    assert!(
+        body.ends_with("event: done\ndata: {\"status\":\"failed\"}\n\n"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_stream_hands_off_before_the_lambda_deadline_without_done() {
+    let redis = logstream_shared::redis_server::RedisServer::start().unwrap();
+    let config = config(&redis.url(), "1");
+    let state = logstream_sse::SseState::from_config(&config, reqwest::Client::new()).unwrap();
+    let store = LogStore::open(&redis.url(), config.retention()).unwrap();
+    let job = JobId::parse("build-1234").unwrap();
+    seed(&store, &job, 2).await;
+
+    let mut adapter = StreamAdapter::from(logstream_sse::router(state, &config.cors_origins));
+    let started = Instant::now();
+    // Deadline in 3 s, margin 1 s: the stream must end by itself after about 2 s.
+    let response = adapter
+        .ready()
+        .await
+        .unwrap()
+        .call(LambdaEvent::new(sample(), context(Duration::from_secs(3))))
+        .await
+        .unwrap();
+    let body = read_all(response.stream.map(|r| r.map_err(Into::into))).await;
+    let took = started.elapsed();
+    assert!(body.contains("\"text\":\"line 1\""), "{body}");
+    assert!(
+        !body.contains("event: done"),
+        "a hand-off is not the end of the job: {body}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "not before the margin: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "before the deadline itself: {took:?}"
+    );
+}
