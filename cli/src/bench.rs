@@ -31,6 +31,10 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// History page requests in all.
     pub pages: usize,
+    /// SSE viewers following one job for the delivery-latency run (0 skips it).
+    pub viewers: usize,
+    /// Lines posted (one per request) during the delivery-latency run.
+    pub deliveries: usize,
 }
 
 /// Latency summary of one kind of request.
@@ -53,6 +57,18 @@ pub struct BenchReport {
     pub history_latency: Latency,
     /// `redis-benchmark -P 1000` XADD/s against the same Redis, when available.
     pub redis_xadd_per_sec: Option<f64>,
+    /// Ingest-to-viewer delivery: from just before a line is POSTed to its SSE frame
+    /// parsed by every viewer.
+    pub delivery: Option<Delivery>,
+}
+
+/// Delivery latency over every (line, viewer) pair.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delivery {
+    pub viewers: usize,
+    pub lines: usize,
+    pub samples: usize,
+    pub latency: Latency,
 }
 
 /// Runs the benchmark.
@@ -146,6 +162,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         None => (0.0, Vec::new()),
     };
 
+    let delivery = match (&local, opts.viewers) {
+        (Some(server), n) if n > 0 => {
+            let viewer = server.viewer_token.clone().context("no viewer token")?;
+            Some(delivery(&url, &key, &viewer, n, opts.deliveries).await?)
+        }
+        _ => None,
+    };
+
     let redis_xadd_per_sec = redis_url.as_deref().and_then(redis_ceiling);
     drop(local);
     Ok(BenchReport {
@@ -157,6 +181,107 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         history_pages_per_sec: pages_per_sec,
         history_latency: summarize(page_times),
         redis_xadd_per_sec,
+        delivery,
+    })
+}
+
+/// Opens `viewers` SSE streams on a fresh job, posts `lines` one-line batches one after
+/// another, and times each line from just before its POST to its frame at each viewer.
+async fn delivery(
+    url: &str,
+    key: &str,
+    viewer: &str,
+    viewers: usize,
+    lines: usize,
+) -> anyhow::Result<Delivery> {
+    use futures_util::StreamExt;
+
+    let http = reqwest::Client::new();
+    let job = format!("bench-live-{}", logstream_shared::auth::random_hex(6));
+    http.post(format!("{url}/jobs"))
+        .bearer_auth(key)
+        .json(&json!({"job_id": job, "owner": dev::DEV_USER}))
+        .send()
+        .await?
+        .error_for_status()?;
+
+    let epoch = Instant::now();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(viewers);
+    let mut tasks = Vec::with_capacity(viewers);
+    for _ in 0..viewers {
+        // One client per viewer: separate connections, as separate browsers would have.
+        let client = reqwest::Client::new();
+        let stream_url = format!("{url}/jobs/{job}/logs/stream?access_token={viewer}");
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = client.get(stream_url).send().await?.error_for_status()?;
+            let mut body = res.bytes_stream();
+            let mut buf = String::new();
+            let mut got = Vec::with_capacity(lines);
+            let mut announced = false;
+            while let Some(chunk) = body.next().await {
+                buf.push_str(std::str::from_utf8(&chunk?)?);
+                while let Some(end) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..end + 2).collect();
+                    if !announced {
+                        // The retry preamble: this viewer is connected and following.
+                        announced = true;
+                        let _ = ready.send(()).await;
+                    }
+                    if frame.contains("event: done") {
+                        return anyhow::Ok(got);
+                    }
+                    if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: "))
+                        && frame.contains("event: log")
+                    {
+                        let now = epoch.elapsed();
+                        let entry: Value = serde_json::from_str(data)?;
+                        let sent: u64 = entry["text"].as_str().unwrap_or("0").parse()?;
+                        got.push(now.saturating_sub(Duration::from_nanos(sent)));
+                    }
+                }
+            }
+            anyhow::Ok(got)
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..viewers {
+        ready_rx
+            .recv()
+            .await
+            .context("a viewer failed to connect")?;
+    }
+
+    let status = |s: &str| json!({ "status": s });
+    let put = |s: serde_json::Value| {
+        http.put(format!("{url}/jobs/{job}/status"))
+            .bearer_auth(key)
+            .json(&s)
+            .send()
+    };
+    put(status("running")).await?.error_for_status()?;
+    for _ in 0..lines {
+        let sent = epoch.elapsed().as_nanos() as u64;
+        http.post(format!("{url}/jobs/{job}/logs"))
+            .bearer_auth(key)
+            .json(&json!({"lines": [{"text": sent.to_string()}]}))
+            .send()
+            .await?
+            .error_for_status()?;
+        // Spaced out, so each line is a separate delivery rather than a batch.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    put(status("ready")).await?.error_for_status()?;
+
+    let mut all = Vec::with_capacity(viewers * lines);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(Delivery {
+        viewers,
+        lines,
+        samples: all.len(),
+        latency: summarize(all),
     })
 }
 
@@ -272,6 +397,12 @@ pub fn table(r: &BenchReport) -> String {
         "history  500-entry pages                 {:>10.0} pages/s   p50 {:>7.2} ms  p99 {:>7.2} ms\n",
         r.history_pages_per_sec, r.history_latency.p50_ms, r.history_latency.p99_ms
     ));
+    if let Some(d) = &r.delivery {
+        out.push_str(&format!(
+            "delivery ingest->viewer, {:>4} viewers               p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} samples)\n",
+            d.viewers, d.latency.p50_ms, d.latency.p99_ms, d.latency.max_ms, d.samples
+        ));
+    }
     match r.redis_xadd_per_sec {
         Some(x) => out.push_str(&format!(
             "redis    XADD ceiling (redis-benchmark -P 1000) {x:>10.0} XADD/s  -> ingest at {:.0}% of it\n",

@@ -46,6 +46,13 @@ enum Command {
         /// History page requests (500 entries each).
         #[arg(long, default_value_t = 2000)]
         pages: usize,
+        /// SSE viewers following one job while lines are posted one by one, for the
+        /// ingest-to-viewer delivery latency (0 skips it).
+        #[arg(long, default_value_t = 100)]
+        viewers: usize,
+        /// Lines posted during the delivery run.
+        #[arg(long, default_value_t = 200)]
+        deliveries: usize,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -75,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
             requests,
             concurrency,
             pages,
+            viewers,
+            deliveries,
             json,
         } => {
             let opts = bench::BenchOptions {
@@ -84,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
                 requests,
                 concurrency,
                 pages,
+                viewers,
+                deliveries,
             };
             let report = bench::run(opts).await?;
             if json {
