@@ -20,7 +20,6 @@ use logstream_shared::auth::{IngestKey, random_hex};
 use logstream_shared::config::{Config, Secret};
 use logstream_shared::http::finish;
 use logstream_shared::redis_server::RedisServer;
-use logstream_shared::store::LogStore;
 use logstream_sse::SseState;
 
 /// Default listen address.
@@ -118,7 +117,7 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
     }
 
     // One Redis connection and one token verifier for every router of the process.
-    let store = LogStore::open(config.require_redis_url()?, config.retention())?;
+    let store = config.open_store()?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;

@@ -184,6 +184,16 @@ impl Config {
             .map_err(|e| ConfigError::Viewer(e.to_string()))
     }
 
+    /// The Redis store every function uses (lazy: Redis may be down at start).
+    pub fn open_store(&self) -> Result<crate::store::LogStore, ConfigError> {
+        crate::store::LogStore::open(self.require_redis_url()?, self.retention()).map_err(|e| {
+            ConfigError::Invalid {
+                var: "REDIS_URL",
+                reason: e.to_string(),
+            }
+        })
+    }
+
     /// The store's retention settings.
     pub fn retention(&self) -> crate::store::Retention {
         crate::store::Retention {

@@ -13,6 +13,7 @@
 //! | [`http`] | extractors, viewer auth, 404/405/CORS/body limit for every router |
 //! | [`redis_server`] | a private `redis-server` for `logstream dev` and tests |
 //! | [`telemetry`] | tracing setup for the Lambda mains and the CLI |
+//! | `testing` | (feature `testing`) sample Lambda events through lambda_http's types |
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -27,3 +28,5 @@ pub mod redis_server;
 pub mod sanitize;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

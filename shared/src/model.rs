@@ -271,12 +271,11 @@ impl StoredEntry {
 
     /// The entry as a raw JSON value, to embed in a response without re-encoding.
     pub fn to_raw(&self) -> Box<serde_json::value::RawValue> {
-        // `to_json` of valid stored JSON is valid JSON; a corrupt stored value is
-        // replaced by an object with only the id rather than failing a whole page.
+        // `to_json` of valid stored JSON is valid JSON. A corrupt stored value (not
+        // written by this code) becomes `null` rather than failing a whole page.
         serde_json::value::RawValue::from_string(self.to_json()).unwrap_or_else(|_| {
             tracing::warn!(id = %self.id, "stored entry is not valid JSON");
-            serde_json::value::RawValue::from_string(format!("{{\"id\":\"{}\"}}", self.id))
-                .unwrap_or_else(|_| unreachable_raw())
+            serde_json::value::RawValue::NULL.to_owned()
         })
     }
 
@@ -284,11 +283,6 @@ impl StoredEntry {
     pub fn decode(&self) -> Result<Entry, serde_json::Error> {
         serde_json::from_str(&self.to_json())
     }
-}
-
-fn unreachable_raw() -> Box<serde_json::value::RawValue> {
-    // "null" is always valid JSON.
-    serde_json::value::RawValue::NULL.to_owned()
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -47,11 +47,7 @@ impl HistoryState {
     /// Reads what the history function needs from `config` (`REDIS_URL`, viewer JWT
     /// settings); connects lazily.
     pub fn from_config(config: &Config, http: reqwest::Client) -> Result<Arc<Self>, ConfigError> {
-        let url = config.require_redis_url()?;
-        let store = LogStore::open(url, config.retention()).map_err(|e| ConfigError::Invalid {
-            var: "REDIS_URL",
-            reason: e.to_string(),
-        })?;
+        let store = config.open_store()?;
         let viewers = config.viewer_auth(http)?;
         Ok(Self::new(store, viewers))
     }

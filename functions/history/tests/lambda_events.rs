@@ -1,31 +1,11 @@
 //! The history sample events through the Lambda runtime's own request/response types.
 
-use lambda_http::request::LambdaRequest;
-use lambda_http::tower::{Service, ServiceExt};
-use lambda_http::{Adapter, Context, LambdaEvent};
 use logstream_shared::config::Config;
 use logstream_shared::model::{EntryBody, JobId, LineStream, NewEntry, now_ms};
 use logstream_shared::store::NewJob;
-use serde_json::Value;
+use logstream_shared::testing::invoke;
 
 const EXAMPLE_JWT_SECRET: &str = "example-jwt-secret-change-me-0123456789";
-
-async fn invoke(router: &axum::Router, file: &str) -> (u64, Value) {
-    let path = format!("{}/../../events/{file}", env!("CARGO_MANIFEST_DIR"));
-    let raw = std::fs::read_to_string(&path).unwrap();
-    let payload: LambdaRequest = serde_json::from_str(&raw).unwrap();
-    let mut adapter = Adapter::from(router.clone());
-    let response = adapter
-        .ready()
-        .await
-        .unwrap()
-        .call(LambdaEvent::new(payload, Context::default()))
-        .await
-        .unwrap();
-    let response = serde_json::to_value(&response).unwrap();
-    let body = serde_json::from_str(response["body"].as_str().unwrap_or("null")).unwrap();
-    (response["statusCode"].as_u64().unwrap(), body)
-}
 
 #[tokio::test]
 async fn sample_history_events_run_through_the_lambda_adapter() {

@@ -70,12 +70,8 @@ impl IngestState {
     /// Reads what the ingest function needs from `config` (`REDIS_URL`,
     /// `LOGSTREAM_INGEST_KEY`); connects lazily.
     pub fn from_config(config: &Config) -> Result<Arc<Self>, ConfigError> {
-        let url = config.require_redis_url()?;
         let key = IngestKey::new(config.require_ingest_key()?.expose());
-        let store = LogStore::open(url, config.retention()).map_err(|e| ConfigError::Invalid {
-            var: "REDIS_URL",
-            reason: e.to_string(),
-        })?;
+        let store = config.open_store()?;
         Ok(Self::new(store, key))
     }
 

@@ -2,32 +2,13 @@
 //! `LambdaRequest` in, the function's router behind lambda_http's adapter, the
 //! `LambdaResponse` JSON that would go back to API Gateway out.
 
-use lambda_http::request::LambdaRequest;
-use lambda_http::tower::{Service, ServiceExt};
-use lambda_http::{Adapter, Context, LambdaEvent};
 use logstream_shared::config::Config;
 use logstream_shared::model::JobId;
 use logstream_shared::store::Cursor;
+use logstream_shared::testing::invoke;
 use serde_json::Value;
 
 const EXAMPLE_INGEST_KEY: &str = "example-ingest-key-change-me";
-
-async fn invoke(router: &axum::Router, file: &str) -> (u64, Value) {
-    let path = format!("{}/../../events/{file}", env!("CARGO_MANIFEST_DIR"));
-    let raw = std::fs::read_to_string(&path).unwrap();
-    let payload: LambdaRequest = serde_json::from_str(&raw).unwrap();
-    let mut adapter = Adapter::from(router.clone());
-    let response = adapter
-        .ready()
-        .await
-        .unwrap()
-        .call(LambdaEvent::new(payload, Context::default()))
-        .await
-        .unwrap();
-    let response = serde_json::to_value(&response).unwrap();
-    let body = serde_json::from_str(response["body"].as_str().unwrap_or("null")).unwrap();
-    (response["statusCode"].as_u64().unwrap(), body)
-}
 
 #[tokio::test]
 async fn sample_ingest_events_run_through_the_lambda_adapter() {

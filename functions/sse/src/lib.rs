@@ -78,11 +78,7 @@ impl SseState {
 
     /// Reads what the sse function needs from `config`; connects lazily.
     pub fn from_config(config: &Config, http: reqwest::Client) -> Result<Arc<Self>, ConfigError> {
-        let url = config.require_redis_url()?;
-        let store = LogStore::open(url, config.retention()).map_err(|e| ConfigError::Invalid {
-            var: "REDIS_URL",
-            reason: e.to_string(),
-        })?;
+        let store = config.open_store()?;
         Ok(Self::new(
             store,
             config.viewer_auth(http)?,

@@ -5,12 +5,12 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lambda_http::request::LambdaRequest;
 use lambda_http::tower::{Service, ServiceExt};
 use lambda_http::{Context, LambdaEvent, StreamAdapter};
 use logstream_shared::config::Config;
 use logstream_shared::model::{EntryBody, JobId, JobStatus, LineStream, NewEntry, now_ms};
 use logstream_shared::store::{LogStore, NewJob};
+use logstream_shared::testing::lambda_request;
 
 const EXAMPLE_JWT_SECRET: &str = "example-jwt-secret-change-me-0123456789";
 
@@ -24,14 +24,6 @@ fn config(redis_url: &str, handoff_secs: &str) -> Config {
         _ => None,
     })
     .unwrap()
-}
-
-fn sample() -> LambdaRequest {
-    let path = format!(
-        "{}/../../events/sse.function-url.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn context(deadline_in: Duration) -> Context {
@@ -101,7 +93,7 @@ async fn the_function_url_sample_streams_the_replay_and_done() {
         .await
         .unwrap()
         .call(LambdaEvent::new(
-            sample(),
+            lambda_request("sse.function-url.json"),
             context(Duration::from_secs(900)),
         ))
         .await
@@ -140,7 +132,10 @@ async fn the_stream_hands_off_before_the_lambda_deadline_without_done() {
         .ready()
         .await
         .unwrap()
-        .call(LambdaEvent::new(sample(), context(Duration::from_secs(3))))
+        .call(LambdaEvent::new(
+            lambda_request("sse.function-url.json"),
+            context(Duration::from_secs(3)),
+        ))
         .await
         .unwrap();
     let body = read_all(response.stream.map(|r| r.map_err(Into::into))).await;
