@@ -8,7 +8,7 @@
 
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,23 +28,56 @@ pub enum RedisServerError {
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    /// Extra `redis-server` arguments (TLS).
+    extra: String,
+    tls_port: Option<u16>,
     guard: Option<(Child, ChildStdin)>,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it accepts connections.
     pub fn start() -> Result<Self, RedisServerError> {
+        Self::start_with(None)
+    }
+
+    /// Starts a server that also accepts TLS on a second port, with the certificate and
+    /// key in `certs` (`server.pem`, `server.key`, and the `ca.pem` that signed them).
+    pub fn start_tls(certs: &Path) -> Result<Self, RedisServerError> {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&Path>) -> Result<Self, RedisServerError> {
         let port = free_port()?;
         let dir =
             std::env::temp_dir().join(format!("logstream-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
+        let (extra, tls_port) = match certs {
+            None => (String::new(), None),
+            Some(certs) => {
+                let tls_port = free_port()?;
+                let c = certs.display();
+                let args = format!(
+                    "--tls-port {tls_port} --tls-cert-file '{c}/server.pem' \
+                     --tls-key-file '{c}/server.key' --tls-ca-cert-file '{c}/ca.pem' \
+                     --tls-auth-clients no"
+                );
+                (args, Some(tls_port))
+            }
+        };
         let mut server = Self {
             port,
             dir,
+            extra,
+            tls_port,
             guard: None,
         };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// `rediss://localhost:PORT` of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://localhost:{p}"))
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -86,9 +119,10 @@ impl RedisServer {
         }
         let script = format!(
             "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir '{dir}' \
-             --loglevel warning >'{dir}/redis.log' 2>&1 & pid=$!; read _; kill $pid; wait $pid",
+             --loglevel warning {extra} >'{dir}/redis.log' 2>&1 & pid=$!; read _; kill $pid; wait $pid",
             port = self.port,
             dir = self.dir.display(),
+            extra = self.extra,
         );
         let mut child = Command::new("sh")
             .arg("-c")
