@@ -4,5 +4,6 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench;
+pub mod coldstart;
 pub mod dev;
 pub mod viewer;

@@ -53,6 +53,10 @@ enum Command {
         /// Lines posted during the delivery run.
         #[arg(long, default_value_t = 200)]
         deliveries: usize,
+        /// Instead: start each function binary (release builds next to this one) under
+        /// a local Lambda Runtime API and report exec-to-first-answer and peak RSS.
+        #[arg(long)]
+        cold_start: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -84,8 +88,18 @@ async fn main() -> anyhow::Result<()> {
             pages,
             viewers,
             deliveries,
+            cold_start,
             json,
         } => {
+            if cold_start {
+                let rows = logstream_cli::coldstart::run().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    print!("{}", logstream_cli::coldstart::table(&rows));
+                }
+                return Ok(());
+            }
             let opts = bench::BenchOptions {
                 url,
                 ingest_key,
