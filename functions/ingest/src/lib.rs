@@ -70,8 +70,8 @@ impl IngestState {
     /// Reads what the ingest function needs from `config` (`REDIS_URL`,
     /// `LOGSTREAM_INGEST_KEY`); connects lazily.
     pub fn from_config(config: &Config) -> Result<Arc<Self>, ConfigError> {
-        let key = IngestKey::new(config.require_ingest_key()?.expose());
         let store = config.open_store()?;
+        let key = IngestKey::new(config.require_ingest_key()?.expose());
         Ok(Self::new(store, key))
     }
 
