@@ -8,18 +8,40 @@ fn start(env: &[(&str, &str)]) -> (Option<i32>, String) {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn missing_and_malformed_settings_stop_the_start_with_one_line() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[], "REDIS_URL"),
-        (&[("REDIS_URL", "redis://127.0.0.1:1")], "LOGSTREAM_INGEST_KEY"),
-        (&[("REDIS_URL", "http://nope"), ("LOGSTREAM_INGEST_KEY", "0123456789abcdef")], "REDIS_URL"),
-        (&[("REDIS_URL", "redis://127.0.0.1:1"), ("LOGSTREAM_INGEST_KEY", "short")], "LOGSTREAM_INGEST_KEY"),
         (
-            &[("REDIS_URL", "redis://127.0.0.1:1"), ("LOGSTREAM_INGEST_KEY", "0123456789abcdef"), ("LOGSTREAM_MAXLEN", "x")],
+            &[("REDIS_URL", "redis://127.0.0.1:1")],
+            "LOGSTREAM_INGEST_KEY",
+        ),
+        (
+            &[
+                ("REDIS_URL", "http://nope"),
+                ("LOGSTREAM_INGEST_KEY", "0123456789abcdef"),
+            ],
+            "REDIS_URL",
+        ),
+        (
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("LOGSTREAM_INGEST_KEY", "short"),
+            ],
+            "LOGSTREAM_INGEST_KEY",
+        ),
+        (
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("LOGSTREAM_INGEST_KEY", "0123456789abcdef"),
+                ("LOGSTREAM_MAXLEN", "x"),
+            ],
             "LOGSTREAM_MAXLEN",
         ),
     ];
