@@ -303,3 +303,79 @@ async fn cors_headers_go_to_configured_origins_only() {
         .to_ascii_lowercase();
     assert!(allowed.contains("authorization"), "{allowed}");
 }
+
+#[tokio::test]
+async fn rs256_tokens_verify_against_a_jwks_served_over_http() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/tests/fixtures/jwt");
+    let jwks = std::fs::read_to_string(format!("{fixtures}/jwks-a.json")).unwrap();
+    let key_a = std::fs::read(format!("{fixtures}/rsa-a.pem")).unwrap();
+    let key_b = std::fs::read(format!("{fixtures}/rsa-b.pem")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || async move { jwks }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let redis = logstream_shared::redis_server::shared().unwrap();
+    let env = env_with(&[
+        ("REDIS_URL", &redis.url()),
+        ("LOGSTREAM_JWT_SECRET", ""),
+        ("LOGSTREAM_JWKS_URL", &jwks_url),
+        ("LOGSTREAM_JWT_ISSUER", "https://clerk.example.com"),
+        ("LOGSTREAM_JWT_AUDIENCE", "https://app.example.com"),
+    ])
+    .await;
+    let (job, _) = env.create_job("user_2abc").await;
+    let sign = |pem: &[u8], kid: &str, azp: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(kid.to_owned());
+        let now = (logstream_shared::model::now_ms() / 1000) as i64;
+        let claims = json!({"sub": "user_2abc", "iss": "https://clerk.example.com", "azp": azp, "exp": now + 300, "nbf": now - 5});
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_rsa_pem(pem).unwrap(),
+        )
+        .unwrap()
+    };
+    let get = |token: String| {
+        env.http
+            .get(env.url(&format!("/jobs/{job}")))
+            .bearer_auth(token)
+            .send()
+    };
+
+    let ok = get(sign(&key_a, "key-a", "https://app.example.com"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.status(),
+        StatusCode::OK,
+        "a Clerk-style session token (azp, no aud)"
+    );
+    let wrong_azp = get(sign(&key_a, "key-a", "https://evil.example.com"))
+        .await
+        .unwrap();
+    assert_eq!(wrong_azp.status(), StatusCode::UNAUTHORIZED);
+    let unknown_key = get(sign(&key_b, "key-b", "https://app.example.com"))
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown_key.status(),
+        StatusCode::UNAUTHORIZED,
+        "a key the JWKS does not hold"
+    );
+    let forged = get(sign(&key_b, "key-a", "https://app.example.com"))
+        .await
+        .unwrap();
+    assert_eq!(
+        forged.status(),
+        StatusCode::UNAUTHORIZED,
+        "signed by another key under key-a's kid"
+    );
+}
