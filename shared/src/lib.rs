@@ -11,6 +11,7 @@
 //! | [`config`] | settings from the environment, checked at start |
 //! | [`error`] | the API's JSON error answer |
 //! | [`http`] | extractors, viewer auth, 404/405/CORS/body limit for every router |
+//! | [`archive`] | finished jobs' logs in S3 or a local folder: format, index, pages |
 //! | [`redis_server`] | a private `redis-server` for `logstream dev` and tests |
 //! | [`s3_server`] | a private S3-compatible server for the archive tests and benchmark |
 //! | [`process`] | helper servers that die with their owner |
@@ -18,6 +19,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod error;
