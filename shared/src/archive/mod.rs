@@ -78,6 +78,7 @@ pub struct Checkpoint {
 /// `manifest.json`: the job as it ended, and the index into its log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`FORMAT`].
     pub format: u32,
     pub job_id: JobId,
     pub owner: String,
@@ -88,6 +89,7 @@ pub struct Manifest {
     pub entries: u64,
     /// Size of `build.jsonl`.
     pub bytes: u64,
+    /// Entries per index block ([`BLOCK_ENTRIES`] when written).
     pub block_entries: u64,
     /// One checkpoint per block, in order.
     pub index: Vec<Checkpoint>,
@@ -140,6 +142,7 @@ pub struct LogEncoder {
 }
 
 impl LogEncoder {
+    /// An empty log.
     pub fn new() -> Self {
         Self::default()
     }

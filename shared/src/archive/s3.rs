@@ -104,10 +104,12 @@ impl S3Archive {
         self.part_size
     }
 
+    /// The bucket.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
 
+    /// The S3 client (tests inspect objects with it).
     pub fn client(&self) -> &Client {
         &self.client
     }
