@@ -5,8 +5,15 @@
 //! `redis-server` is started on a free loopback port and stopped with the service.
 //! Without an ingest key or viewer-token settings, random ones are made up and
 //! printed, with a viewer token for the user `dev`, so the service can be tried at once.
+//!
+//! Finished jobs are archived in-process by the archiver function's own code
+//! ([`logstream_archiver::spawn_local_sweeper`]): the archive queue is swept every
+//! [`ARCHIVE_TICK`], into `LOGSTREAM_ARCHIVE_DIR` (default [`DEFAULT_ARCHIVE_DIR`] under
+//! the working folder, or the S3 bucket when `LOGSTREAM_ARCHIVE_BUCKET` is set), and
+//! the history routes fall back to that archive once Redis has forgotten a job.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use logstream_archiver::Archiver;
 use logstream_history::HistoryState;
 use logstream_ingest::IngestState;
 use logstream_shared::auth::{IngestKey, random_hex};
@@ -28,6 +36,12 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:8787";
 /// The user of the viewer token printed at start.
 pub const DEV_USER: &str = "dev";
 
+/// Where finished jobs are archived without `LOGSTREAM_ARCHIVE_DIR`, under the working folder.
+pub const DEFAULT_ARCHIVE_DIR: &str = ".logstream/archive";
+
+/// How often the in-process archiver sweeps the archive queue.
+pub const ARCHIVE_TICK: Duration = Duration::from_millis(500);
+
 /// A running local service. Dropping it stops the server (and its private Redis).
 pub struct DevServer {
     /// The bound address (useful with port 0).
@@ -38,8 +52,11 @@ pub struct DevServer {
     pub viewer_token: Option<String>,
     /// The Redis URL in use.
     pub redis_url: String,
+    /// Where finished jobs are archived.
+    pub archive: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    archiver: JoinHandle<()>,
     sse: std::sync::Arc<SseState>,
     redis: Option<RedisServer>,
 }
@@ -63,6 +80,7 @@ impl DevServer {
     /// Stops serving and waits for in-flight requests to finish; open SSE streams are
     /// ended first (without `done`, so their clients reconnect).
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.archiver.abort();
         self.sse.shutdown();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -83,6 +101,7 @@ impl DevServer {
 
 impl Drop for DevServer {
     fn drop(&mut self) {
+        self.archiver.abort();
         self.sse.shutdown();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -126,7 +145,17 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         store.clone(),
         IngestKey::new(config.require_ingest_key()?.expose()),
     );
-    let history = HistoryState::new(store.clone(), viewers.clone());
+    let archive =
+        logstream_shared::archive::from_config(&config, Some(Path::new(DEFAULT_ARCHIVE_DIR))).await;
+    let archive_at = archive
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), ToString::to_string);
+    let history = HistoryState::with_archive(store.clone(), viewers.clone(), archive.clone());
+    let archiver = Archiver::new(
+        store.clone(),
+        archive,
+        logstream_archiver::Settings::default(),
+    );
     let sse = SseState::new(
         store,
         viewers,
@@ -145,6 +174,7 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         .await
         .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
+    let archiver = logstream_archiver::spawn_local_sweeper(archiver, ARCHIVE_TICK);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -158,8 +188,10 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         ingest_key,
         viewer_token,
         redis_url: config.redis_url.clone().unwrap_or_default(),
+        archive: archive_at,
         shutdown: Some(tx),
         task: Some(task),
+        archiver,
         sse,
         redis,
     })

@@ -72,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
             let server = dev::start(config, &addr).await?;
             println!("logstream dev listening on {}", server.url());
             println!("  redis:       {}", server.redis_url);
+            println!("  archive:     {}", server.archive);
             println!("  ingest key:  {}", server.ingest_key);
             if let Some(token) = &server.viewer_token {
                 println!("  viewer JWT (user {}): {token}", dev::DEV_USER);

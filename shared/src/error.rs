@@ -1,7 +1,7 @@
 //! The API's error answer: `{"error":{"code":"…","message":"…"}}` with the SPEC's
 //! status codes.
 //!
-//! Every failure of every route ends here. Internal causes (a Redis error, a bug) are
+//! Every failure of every route ends here. Internal causes (a Redis or archive error, a bug) are
 //! logged once where they are converted and never shown to the client.
 
 use std::borrow::Cow;
@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::WWW_AUTHENTICATE;
 
+use crate::archive::ArchiveError;
 use crate::jwt::JwtError;
 use crate::store::StoreError;
 
@@ -84,6 +85,21 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Redis(_) | StoreError::Corrupt(_) => {
                 tracing::error!(error = %e, "store failure");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<ArchiveError> for ApiError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "archive unavailable");
+                Self::unavailable("log archive unavailable, retry later")
+            }
+            ArchiveError::Refused { .. } | ArchiveError::Io { .. } | ArchiveError::Corrupt(_) => {
+                tracing::error!(error = %e, "archive failure");
                 Self::internal()
             }
         }

@@ -11,12 +11,16 @@
 //! | [`config`] | settings from the environment, checked at start |
 //! | [`error`] | the API's JSON error answer |
 //! | [`http`] | extractors, viewer auth, 404/405/CORS/body limit for every router |
+//! | [`archive`] | finished jobs' logs in S3 or a local folder: format, index, pages |
 //! | [`redis_server`] | a private `redis-server` for `logstream dev` and tests |
+//! | [`s3_server`] | a private S3-compatible server for the archive tests and benchmark |
+//! | [`process`] | helper servers that die with their owner |
 //! | [`telemetry`] | tracing setup for the Lambda mains and the CLI |
 //! | `testing` | (feature `testing`) sample Lambda events through lambda_http's types |
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -24,7 +28,9 @@ pub mod http;
 pub mod jwt;
 pub mod keys;
 pub mod model;
+pub mod process;
 pub mod redis_server;
+pub mod s3_server;
 pub mod sanitize;
 pub mod store;
 pub mod telemetry;

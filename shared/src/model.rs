@@ -59,6 +59,13 @@ impl Serialize for JobId {
     }
 }
 
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A Redis stream id (`<ms>-<seq>`), ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EntryId {
@@ -279,6 +286,21 @@ impl StoredEntry {
         })
     }
 
+    /// The inverse of [`to_json`](Self::to_json): splits an entry's API JSON (as the
+    /// archive holds it, one per line) back into its id and stored JSON. `None` when
+    /// the line does not start with the `{"id":"…"` that `to_json` writes.
+    pub fn from_json_line(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("{\"id\":\"")?;
+        let (id, rest) = rest.split_once('"')?;
+        let id = id.parse().ok()?;
+        let json = match rest.strip_prefix(',') {
+            Some(fields) => format!("{{{fields}"),
+            None if rest == "}" => "{}".to_owned(),
+            None => return None,
+        };
+        Some(Self { id, json })
+    }
+
     /// Decodes the entry (for clients and the archiver).
     pub fn decode(&self) -> Result<Entry, serde_json::Error> {
         serde_json::from_str(&self.to_json())
@@ -362,6 +384,29 @@ mod tests {
         let entry = stored.decode().unwrap();
         assert_eq!(entry.body, new.body);
         assert_eq!(entry.id, stored.id);
+    }
+
+    #[test]
+    fn an_archived_line_splits_back_into_the_stored_entry() {
+        let stored = StoredEntry {
+            id: "1732406400000-3".parse().unwrap(),
+            json: r#"{"ts":1,"kind":"line","stream":"stdout","text":"a \"quoted\" } line"}"#.into(),
+        };
+        assert_eq!(StoredEntry::from_json_line(&stored.to_json()), Some(stored));
+        let empty = StoredEntry {
+            id: "1-0".parse().unwrap(),
+            json: "{}".into(),
+        };
+        assert_eq!(StoredEntry::from_json_line(&empty.to_json()), Some(empty));
+        for bad in [
+            "",
+            "{}",
+            r#"{"ts":1}"#,
+            r#"{"id":"x-1","ts":1}"#,
+            r#"{"id":"1-0"x"#,
+        ] {
+            assert_eq!(StoredEntry::from_json_line(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

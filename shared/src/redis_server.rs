@@ -1,16 +1,16 @@
 //! A private `redis-server` on a free loopback port, for `logstream dev` (when
 //! `REDIS_URL` is unset) and for the tests, which never assume a Redis is running.
 //!
-//! The server runs under a small `sh` guard that kills it as soon as our end of the
-//! guard's stdin closes: when this value is dropped, and also when the owning process
-//! dies without running destructors (a test binary's statics, a `kill -9`), so no
-//! stray server outlives its owner. Persistence is off: this Redis is disposable.
+//! The server dies with its owner (see [`crate::process`]). Persistence is off: this
+//! Redis is disposable.
 
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::process::{Guarded, free_port, wait_closed};
 
 /// Why a private Redis did not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub struct RedisServer {
     /// Extra `redis-server` arguments (TLS).
     extra: String,
     tls_port: Option<u16>,
-    guard: Option<(Child, ChildStdin)>,
+    guard: Option<Guarded>,
 }
 
 impl RedisServer {
@@ -91,15 +91,11 @@ impl RedisServer {
 
     /// Stops the server (tests use this to take Redis away).
     pub fn stop(&mut self) {
-        if let Some((mut child, stdin)) = self.guard.take() {
-            drop(stdin);
-            let _ = child.wait();
+        if let Some(guard) = self.guard.take() {
+            guard.stop();
         }
         // The guard kills redis-server asynchronously; wait until the port is closed.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && accepts(self.port) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_closed(self.port, Duration::from_secs(5));
     }
 
     /// Starts the server again on the same port, empty.
@@ -117,24 +113,13 @@ impl RedisServer {
         {
             return Err(RedisServerError::NotInstalled);
         }
-        let script = format!(
+        self.guard = Some(Guarded::spawn(&format!(
             "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir '{dir}' \
-             --loglevel warning {extra} >'{dir}/redis.log' 2>&1 & pid=$!; read _; kill $pid; wait $pid",
+             --loglevel warning {extra} >'{dir}/redis.log' 2>&1",
             port = self.port,
             dir = self.dir.display(),
             extra = self.extra,
-        );
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        let stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| io::Error::other("no stdin for the guard"))?;
-        self.guard = Some((child, stdin));
+        ))?);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ping(self.port) {
             if Instant::now() > deadline {
@@ -152,20 +137,6 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-fn accepts(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &(Ipv4Addr::LOCALHOST, port).into(),
-        Duration::from_millis(100),
-    )
-    .is_ok()
 }
 
 fn ping(port: u16) -> bool {

@@ -221,6 +221,18 @@ return {'ok', id}
     )
 });
 
+/// Sets `archived` on a job's meta hash, unless the hash has expired meanwhile (a plain
+/// HSET would recreate it without a TTL). KEYS: meta.
+static MARK_ARCHIVED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'archived', '1')
+return 1
+",
+    )
+});
+
 /// The Redis side of logstream. Cheap to clone: clones share one connection.
 #[derive(Clone)]
 pub struct LogStore {
@@ -579,6 +591,83 @@ impl LogStore {
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         Ok(BlockingReader { conn, block })
+    }
+}
+
+/// The archive queue (see [`crate::keys`]): finished jobs waiting for the archiver.
+impl LogStore {
+    /// The oldest `count` members of the archive queue with their finish times (ms),
+    /// oldest first. Members come back raw: one that is not a valid job id is the
+    /// caller's to drop with [`unqueue_archive`](Self::unqueue_archive).
+    pub async fn archive_queue(&self, count: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let members: Vec<(String, f64)> = self
+            .run(|mut c| async move {
+                redis::cmd("ZRANGE")
+                    .arg(ARCHIVE_QUEUE)
+                    .arg(0)
+                    .arg(count - 1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(members
+            .into_iter()
+            .map(|(member, score)| (member, score.max(0.0) as u64))
+            .collect())
+    }
+
+    /// How many jobs wait in the archive queue.
+    pub async fn archive_queue_len(&self) -> Result<u64, StoreError> {
+        self.run(|mut c| async move {
+            redis::cmd("ZCARD")
+                .arg(ARCHIVE_QUEUE)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Whether `member` waits in the archive queue.
+    pub async fn is_queued_for_archive(&self, member: &str) -> Result<bool, StoreError> {
+        let score: Option<f64> = self
+            .run(|mut c| async move {
+                redis::cmd("ZSCORE")
+                    .arg(ARCHIVE_QUEUE)
+                    .arg(member)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(score.is_some())
+    }
+
+    /// Records that the job's archive is complete (`archived` = 1 in its meta hash),
+    /// without touching its TTL. `false` if the job no longer exists in Redis.
+    pub async fn mark_archived(&self, job: &JobId) -> Result<bool, StoreError> {
+        let meta = JobKeys::new(job).meta;
+        let marked: i64 = self
+            .run(|mut c| {
+                let inv = MARK_ARCHIVED.key(&meta);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(marked == 1)
+    }
+
+    /// Takes `member` off the archive queue (a no-op when it is not there).
+    pub async fn unqueue_archive(&self, member: &str) -> Result<(), StoreError> {
+        self.run(|mut c| async move {
+            redis::cmd("ZREM")
+                .arg(ARCHIVE_QUEUE)
+                .arg(member)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 }
 

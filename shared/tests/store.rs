@@ -171,6 +171,52 @@ async fn a_terminal_status_queues_the_job_for_archival() {
 }
 
 #[tokio::test]
+async fn the_archive_queue_lists_oldest_first_and_marking_keeps_the_ttl() {
+    // A Redis of its own: the queue is one key shared by every job.
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    let (a, b) = (job("qa"), job("qb"));
+    for (id, finished) in [(&b, 2_000), (&a, 1_000)] {
+        create(&store, id, "g").await;
+        store.set_status(id, JobStatus::Running, 10).await.unwrap();
+        store
+            .set_status(id, JobStatus::Ready, finished)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.archive_queue(10).await.unwrap(),
+        [(a.to_string(), 1_000), (b.to_string(), 2_000)]
+    );
+    assert_eq!(store.archive_queue(1).await.unwrap().len(), 1);
+    assert_eq!(store.archive_queue_len().await.unwrap(), 2);
+
+    assert!(store.mark_archived(&a).await.unwrap());
+    assert!(store.job_meta(&a).await.unwrap().unwrap().archived);
+    let mut conn = raw(&redis.url()).await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("job:{{{a}}}:meta"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 600, "marking keeps the expiry: {ttl}");
+    assert!(store.is_queued_for_archive(a.as_str()).await.unwrap());
+    store.unqueue_archive(a.as_str()).await.unwrap();
+    store.unqueue_archive(a.as_str()).await.unwrap();
+    assert!(!store.is_queued_for_archive(a.as_str()).await.unwrap());
+    assert_eq!(store.archive_queue_len().await.unwrap(), 1);
+
+    let gone = job("gone");
+    assert!(!store.mark_archived(&gone).await.unwrap());
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("job:{{{gone}}}:meta"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "marking an expired job does not recreate it");
+}
+
+#[tokio::test]
 async fn the_store_reconnects_after_a_redis_restart() {
     let mut redis = RedisServer::start().unwrap();
     let store = LogStore::open(&redis.url(), RETENTION).unwrap();

@@ -17,6 +17,19 @@ pub const JWT_SECRET: &str = "test-secret-for-hs256-viewers-0123456789";
 pub struct Env {
     pub server: DevServer,
     pub http: reqwest::Client,
+    /// This server's archive folder (a temporary one unless the test set
+    /// `LOGSTREAM_ARCHIVE_DIR`), removed with the `Env`.
+    pub archive_dir: std::path::PathBuf,
+    _archive_dir: Option<TempDir>,
+}
+
+/// A temporary folder, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A dev server on the shared private Redis.
@@ -34,11 +47,26 @@ pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
     for (k, v) in pairs {
         map.insert(k.to_string(), v.to_string());
     }
+    // Archives go to a folder of this server's own, not into the source tree.
+    let temp = match map.get("LOGSTREAM_ARCHIVE_DIR") {
+        Some(_) => None,
+        None => {
+            let dir = std::env::temp_dir().join(job_id("logstream-dev-archive"));
+            map.insert(
+                "LOGSTREAM_ARCHIVE_DIR".into(),
+                dir.to_string_lossy().into_owned(),
+            );
+            Some(TempDir(dir))
+        }
+    };
+    let archive_dir = std::path::PathBuf::from(&map["LOGSTREAM_ARCHIVE_DIR"]);
     let config = Config::from_lookup(|name| map.get(name).cloned()).expect("config");
     let server = dev::start(config, "127.0.0.1:0").await.expect("dev server");
     Env {
         server,
         http: reqwest::Client::new(),
+        archive_dir,
+        _archive_dir: temp,
     }
 }
 

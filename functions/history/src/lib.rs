@@ -9,6 +9,13 @@
 //! forwards from a known id (`after`). The job's metadata and the page are read in one
 //! pipelined round trip, and entries go out as the JSON Redis holds, without decoding.
 //! A job that belongs to someone else is answered exactly like a missing one (404).
+//!
+//! Once a job has expired from Redis, both routes answer from the archive (S3 in
+//! Lambda, the local folder in `logstream dev`) with the same cursors, limits and shape
+//! and `"source":"archive"`: the archive's manifest keeps the owner, so ownership still
+//! holds, and its index turns a page into one ranged read
+//! ([`logstream_shared::archive::Archive::page`]). Redis is always asked first: a live
+//! job never costs an archive request.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -21,6 +28,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use logstream_shared::archive::{Archive, Manifest};
 use logstream_shared::config::{Config, ConfigError};
 use logstream_shared::error::ApiError;
 use logstream_shared::http::{ApiQuery, JobPath, authenticate_viewer, finish};
@@ -37,25 +45,55 @@ pub const MAX_LIMIT: usize = 500;
 pub struct HistoryState {
     store: LogStore,
     viewers: ViewerAuth,
+    archive: Option<Archive>,
 }
 
 impl HistoryState {
+    /// History over Redis only.
     pub fn new(store: LogStore, viewers: ViewerAuth) -> Arc<Self> {
-        Arc::new(Self { store, viewers })
+        Self::with_archive(store, viewers, None)
+    }
+
+    /// History over Redis, falling back to `archive` for expired jobs.
+    pub fn with_archive(
+        store: LogStore,
+        viewers: ViewerAuth,
+        archive: Option<Archive>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            viewers,
+            archive,
+        })
     }
 
     /// Reads what the history function needs from `config` (`REDIS_URL`, viewer JWT
-    /// settings); connects lazily.
-    pub fn from_config(config: &Config, http: reqwest::Client) -> Result<Arc<Self>, ConfigError> {
+    /// settings, `LOGSTREAM_ARCHIVE_BUCKET` or `LOGSTREAM_ARCHIVE_DIR`); connects lazily.
+    pub async fn from_config(
+        config: &Config,
+        http: reqwest::Client,
+    ) -> Result<Arc<Self>, ConfigError> {
         let store = config.open_store()?;
         let viewers = config.viewer_auth(http)?;
-        Ok(Self::new(store, viewers))
+        let archive = logstream_shared::archive::from_config(config, None).await;
+        Ok(Self::with_archive(store, viewers, archive))
     }
 
     /// The viewer's job, or 404 when it is missing or not theirs.
     fn owned(&self, viewer: &Viewer, meta: Option<JobMeta>) -> Result<JobMeta, ApiError> {
         match meta {
             Some(meta) if meta.owner == viewer.user => Ok(meta),
+            _ => Err(ApiError::job_not_found()),
+        }
+    }
+
+    /// The archived job's manifest, or 404 when there is none or it is not the viewer's.
+    async fn archived(&self, viewer: &Viewer, job: &JobId) -> Result<Manifest, ApiError> {
+        let Some(archive) = &self.archive else {
+            return Err(ApiError::job_not_found());
+        };
+        match archive.manifest(job).await? {
+            Some(manifest) if manifest.owner == viewer.user => Ok(manifest),
             _ => Err(ApiError::job_not_found()),
         }
     }
@@ -91,7 +129,17 @@ async fn get_job(
     uri: Uri,
 ) -> Result<Json<JobOut>, ApiError> {
     let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
-    let meta = state.owned(&viewer, state.store.job_meta(&job).await?)?;
+    let Some(meta) = state.store.job_meta(&job).await? else {
+        let manifest = state.archived(&viewer, &job).await?;
+        return Ok(Json(JobOut {
+            job_id: job,
+            status: manifest.status,
+            created_at: manifest.created_at,
+            finished_at: manifest.finished_at,
+            archived: true,
+        }));
+    };
+    let meta = state.owned(&viewer, Some(meta))?;
     Ok(Json(JobOut {
         job_id: job,
         status: meta.status,
@@ -160,10 +208,14 @@ async fn get_logs(
     let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
     let limit = query.limit()?;
     let cursor = query.cursor()?;
-    let found = state.store.page(&job, cursor, limit).await?;
-    let (meta, page) = match found {
-        Some((meta, page)) => (state.owned(&viewer, Some(meta))?, page),
-        None => return Err(ApiError::job_not_found()),
+    let (status, source, page) = match state.store.page(&job, cursor, limit).await? {
+        Some((meta, page)) => (state.owned(&viewer, Some(meta))?.status, "redis", page),
+        None => {
+            let manifest = state.archived(&viewer, &job).await?;
+            let archive = state.archive.as_ref().ok_or_else(ApiError::job_not_found)?;
+            let page = archive.page(&manifest, cursor, limit).await?;
+            (manifest.status, "archive", page)
+        }
     };
     let next_before = page
         .entries
@@ -172,8 +224,8 @@ async fn get_logs(
         .map(|e| e.id);
     Ok(Json(PageOut {
         job_id: job,
-        status: meta.status,
-        source: "redis",
+        status,
+        source,
         lines: page.entries.iter().map(|e| e.to_raw()).collect(),
         has_more: page.has_more,
         next_before,

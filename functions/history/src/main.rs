@@ -1,5 +1,6 @@
 //! The history Lambda: configuration, one Redis connection, one HTTP client for the
-//! JWKS, the router. Nothing else.
+//! JWKS, one S3 client for the archive (when `LOGSTREAM_ARCHIVE_BUCKET` is set), the
+//! router. Nothing else.
 
 use logstream_shared::config::{Config, exit_on_error};
 
@@ -9,7 +10,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let config = exit_on_error("logstream-history", Config::from_env());
     let state = exit_on_error(
         "logstream-history",
-        logstream_history::HistoryState::from_config(&config, reqwest::Client::new()),
+        logstream_history::HistoryState::from_config(&config, reqwest::Client::new()).await,
     );
     lambda_http::run(logstream_history::router(state, &config.cors_origins)).await
 }

@@ -17,8 +17,9 @@ async fn sample_history_events_run_through_the_lambda_adapter() {
         _ => None,
     })
     .unwrap();
-    let state =
-        logstream_history::HistoryState::from_config(&config, reqwest::Client::new()).unwrap();
+    let state = logstream_history::HistoryState::from_config(&config, reqwest::Client::new())
+        .await
+        .unwrap();
     let router = logstream_history::router(state, &config.cors_origins);
 
     let (code, body) = invoke(&router, "history.get-job.json").await;

@@ -1,0 +1,145 @@
+//! The local-folder archive backend (`logstream dev`): the same layout as the S3 bucket,
+//! as files under a root folder.
+//!
+//! Files are written under a temporary name and renamed into place, so a reader never
+//! sees half a log or half a manifest, and an interrupted attempt leaves only a
+//! `*.partial` file that the next attempt does not depend on.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::fs;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+
+use super::{ArchiveError, LOG_FILE, MANIFEST_FILE, PREFIX, Uploaded};
+use crate::model::JobId;
+
+/// Archives kept as files under one folder.
+#[derive(Debug, Clone)]
+pub struct DirArchive {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A temporary name next to `dest`, unique to this attempt.
+fn partial(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.partial", crate::auth::random_hex(6)));
+    dest.with_file_name(name)
+}
+
+impl DirArchive {
+    /// An archive under `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The folder of one job's archive.
+    pub fn job_dir(&self, job: &JobId) -> PathBuf {
+        // A job id is [A-Za-z0-9_-]+: always one plain path component.
+        self.root.join(PREFIX).join(job.as_str())
+    }
+
+    pub(super) async fn read_manifest(&self, job: &JobId) -> Result<Option<Vec<u8>>, ArchiveError> {
+        let path = self.job_dir(job).join(MANIFEST_FILE);
+        match fs::read(&path).await {
+            Ok(raw) => Ok(Some(raw)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    pub(super) async fn write_manifest(
+        &self,
+        job: &JobId,
+        body: Vec<u8>,
+    ) -> Result<(), ArchiveError> {
+        let dir = self.job_dir(job);
+        fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        let dest = dir.join(MANIFEST_FILE);
+        let tmp = partial(&dest);
+        fs::write(&tmp, body).await.map_err(io(&tmp))?;
+        fs::rename(&tmp, &dest).await.map_err(io(&dest))
+    }
+
+    pub(super) async fn upload(&self, job: &JobId) -> Result<DirUpload, ArchiveError> {
+        let dir = self.job_dir(job);
+        fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        let dest = dir.join(LOG_FILE);
+        let tmp = partial(&dest);
+        let file = fs::File::create(&tmp).await.map_err(io(&tmp))?;
+        Ok(DirUpload {
+            file: BufWriter::with_capacity(256 * 1024, file),
+            tmp,
+            dest,
+        })
+    }
+
+    pub(super) async fn read_log(
+        &self,
+        job: &JobId,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, ArchiveError> {
+        let path = self.job_dir(job).join(LOG_FILE);
+        let mut file = fs::File::open(&path).await.map_err(io(&path))?;
+        file.seek(SeekFrom::Start(start)).await.map_err(io(&path))?;
+        let len = usize::try_from(end - start)
+            .map_err(|_| ArchiveError::Corrupt(format!("range of {job} too large")))?;
+        let mut buf = vec![0u8; len];
+        file.read_exact(&mut buf).await.map_err(io(&path))?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// A log being written to a temporary file, renamed into place when finished.
+#[derive(Debug)]
+pub struct DirUpload {
+    file: BufWriter<fs::File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl DirUpload {
+    pub(super) async fn write(&mut self, chunk: &[u8]) -> Result<(), ArchiveError> {
+        self.file.write_all(chunk).await.map_err(io(&self.tmp))
+    }
+
+    pub(super) async fn finish(mut self) -> Result<Uploaded, ArchiveError> {
+        let done = async {
+            self.file.flush().await.map_err(io(&self.tmp))?;
+            fs::rename(&self.tmp, &self.dest)
+                .await
+                .map_err(io(&self.dest))
+        }
+        .await;
+        match done {
+            Ok(()) => Ok(Uploaded { parts: 1 }),
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn abort(self) {
+        drop(self.file);
+        if let Err(e) = fs::remove_file(&self.tmp).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove a partial archive");
+        }
+    }
+}
