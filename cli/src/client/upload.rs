@@ -380,6 +380,9 @@ async fn post_batch(
                 async move { sent.await.map(|a| (a, failures)) }
             })
             .await?;
+        if answer.duplicate && failures > 0 {
+            tracing::info!(job_id = %job, seq, "a retried batch had been stored already: not stored again");
+        }
         if !(answer.duplicate && failures == 0) {
             return Ok(());
         }
