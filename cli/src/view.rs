@@ -145,7 +145,6 @@ pub async fn logs(opts: &ViewOptions, limit: Option<usize>, json: bool) -> Resul
             }
         }
     }
-    drop(print);
     out.flush()?;
     Ok(())
 }

@@ -272,7 +272,7 @@ async fn stages_wrap_each_step_and_keep_open_leaves_the_job_running_between_step
             &["--keep-open"],
             &["sh", "-c", "echo installing"],
         ),
-        ("build", &[], &["sh", "-c", "echo building; echo warn >&2"]),
+        ("build", &[], &["sh", "-c", "echo building; echo built"]),
     ];
     for (stage, extra, command) in steps {
         let mut cmd = logstream(&env.server.url());
@@ -293,7 +293,7 @@ async fn stages_wrap_each_step_and_keep_open_leaves_the_job_running_between_step
             "stage install succeeded",
             "stage build started",
             "stdout building",
-            "stderr warn",
+            "stdout built",
             "stage build succeeded",
             "status ready",
         ],
