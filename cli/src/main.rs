@@ -176,12 +176,21 @@ struct ViewArgs {
 impl ViewArgs {
     fn options(self, job: String) -> ViewOptions {
         ViewOptions {
-            url: self.url,
+            url: url_or_default(self.url),
             token: self.token,
             job,
             colour: self.color,
             retry: retry_for(self.retry_for),
         }
+    }
+}
+
+/// An empty `LOGSTREAM_URL` counts as unset.
+fn url_or_default(url: String) -> String {
+    if url.trim().is_empty() {
+        client::DEFAULT_URL.to_owned()
+    } else {
+        url
     }
 }
 
@@ -247,7 +256,7 @@ async fn main() -> ExitCode {
                 }
             }
             let opts = RunOptions {
-                url,
+                url: url_or_default(url),
                 ingest_key,
                 job,
                 create,

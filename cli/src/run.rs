@@ -17,8 +17,9 @@
 //!
 //! Signals: SIGINT, SIGTERM and SIGHUP are passed to the command, noted in the log, and
 //! the job is marked failed whatever the command then does. A signal that arrives after
-//! the command has ended (while the last lines are still being delivered) stops
-//! waiting for the service. Ctrl-C in a terminal reaches the command twice (the
+//! the command has ended (while its last lines are still being delivered, say to a
+//! service that is down) stops waiting for the service: `run` exits at once with the
+//! command's code. Ctrl-C in a terminal reaches the command twice (the
 //! terminal signals the whole process group, then this passes it on); build tools
 //! treat that like one.
 //!
@@ -143,11 +144,16 @@ pub async fn run(opts: RunOptions) -> Result<u8, RunError> {
     let mut signals = Signals::install().map_err(RunError::Signals)?;
     let (sender, upload) = Upload::start(client.clone(), job.clone(), UploadOptions::default());
     let ran = supervise(program, args, sender, &mut signals, opts.quiet).await;
+    if ran.interrupted {
+        not_finished(&job);
+        return Ok(ran.code);
+    }
 
     let report = tokio::select! {
         report = upload.finish() => report,
         signal = signals.recv() => {
-            eprintln!("logstream: {}: stopped waiting for the service; lines may be missing from job {job}", signal.as_str());
+            eprintln!("logstream: {}: stopped waiting for the service", signal.as_str());
+            not_finished(&job);
             return Ok(ran.code);
         }
     };
@@ -189,6 +195,10 @@ pub async fn run(opts: RunOptions) -> Result<u8, RunError> {
     Ok(ran.code)
 }
 
+fn not_finished(job: &JobId) {
+    eprintln!("logstream: lines may be missing from job {job}, which was not marked finished");
+}
+
 /// The job to stream to, created first with `--create`.
 async fn resolve_job(client: &Client, opts: &RunOptions) -> Result<JobId, RunError> {
     let id = opts.job.as_deref().map(JobId::parse).transpose()?;
@@ -227,6 +237,8 @@ struct Ran {
     succeeded: bool,
     /// Lines handed to the uploader or refused by it.
     lines: u64,
+    /// A signal stopped `run` from reading the rest of the output.
+    interrupted: bool,
 }
 
 /// Runs the command, pumping its output into `sender`, passing signals on.
@@ -258,6 +270,7 @@ async fn supervise(
                 code,
                 succeeded: false,
                 lines: 1,
+                interrupted: false,
             };
         }
     };
@@ -311,10 +324,28 @@ async fn supervise(
     };
     let _ = exited_tx.send(true);
 
-    let mut lines = 0;
-    for pump in pumps.into_iter().flatten() {
-        lines += pump.await.unwrap_or(0);
-    }
+    // The rest of the output may wait on a slow service: a signal stops waiting.
+    let aborts: Vec<_> = pumps.iter().flatten().map(|p| p.abort_handle()).collect();
+    let drained = async {
+        let mut lines = 0;
+        for pump in pumps.into_iter().flatten() {
+            lines += pump.await.unwrap_or(0);
+        }
+        lines
+    };
+    let mut lines = tokio::select! {
+        lines = drained => lines,
+        sig = signals.recv() => {
+            aborts.iter().for_each(|a| a.abort());
+            eprintln!("logstream: {}: stopped reading the command's output", sig.as_str());
+            return Ran {
+                code: status.as_ref().map_or(1, |s| exit_code(*s)),
+                succeeded: false,
+                lines: 0,
+                interrupted: true,
+            };
+        }
+    };
     let code = match &status {
         Ok(status) => exit_code(*status),
         Err(e) => {
@@ -335,6 +366,7 @@ async fn supervise(
         code,
         succeeded: code == 0 && signalled.is_none(),
         lines,
+        interrupted: false,
     }
 }
 

@@ -452,3 +452,33 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test]
+async fn a_signal_while_the_service_is_down_stops_run_waiting_for_it() {
+    let env = env().await;
+    let url = env.server.url();
+    let (job, _) = env.create_job("alice").await;
+    let dir = tempdir("interrupted");
+    let gate = dir.join("gate");
+    let mut cmd = logstream(&url);
+    cmd.args(["run", "--quiet", "--job", &job, "--"])
+        .args(gated("before", "after", 1, &gate))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = LineReader::new(child.stderr.take().unwrap());
+    wait_until("the first line stored", 60, || async {
+        last_text(&env, &job).await.as_deref() == Some("before 0")
+    })
+    .await;
+    env.server.stop().await.unwrap();
+    std::fs::write(&gate, b"").unwrap();
+    // The command has printed its last line and ended; run retries the service...
+    stderr.until("retrying", 60).await;
+    // ... until told to stop.
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut child).await, Some(0), "the command's code");
+    let said = stderr.rest().await.join("\n");
+    assert!(said.contains("was not marked finished"), "{said}");
+}
