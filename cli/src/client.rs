@@ -53,8 +53,11 @@ pub enum ClientError {
     /// The service answered with an error (the SPEC's `{"error":{…}}`).
     #[error("the service answered {status}: {message} ({code})")]
     Api {
+        /// The HTTP status.
         status: StatusCode,
+        /// The SPEC's error code (`not_found`, …), or `http_NNN` for a foreign body.
         code: String,
+        /// The service's explanation.
         message: String,
     },
     /// The service answered something this client does not understand.
@@ -63,8 +66,11 @@ pub enum ClientError {
     /// Retryable failures went on for longer than the [`RetryPolicy`] allows.
     #[error("gave up after {attempts} attempts in {:.0} s; last error: {last}", elapsed.as_secs_f64())]
     GaveUp {
+        /// Attempts made.
         attempts: u32,
+        /// How long they took.
         elapsed: Duration,
+        /// The last failure.
         last: Box<ClientError>,
     },
     /// The live stream was accepted but kept closing before any entry arrived.
@@ -173,18 +179,23 @@ pub struct Client {
 /// `POST /jobs`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct CreatedJob {
+    /// The job's id (the service's pick when none was asked for).
     #[serde(deserialize_with = "job_id")]
     pub job_id: JobId,
     /// A token that can write to this job only.
     pub ingest_token: String,
+    /// `queued`.
     pub status: JobStatus,
 }
 
 /// `POST /jobs/{id}/logs`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Appended {
+    /// Lines stored (0 for a duplicate).
     pub accepted: usize,
+    /// The id of the first line stored.
     pub first_id: Option<EntryId>,
+    /// The id of the last line stored.
     pub last_id: Option<EntryId>,
     /// The batch's `seq` was not above the last accepted one: nothing was appended.
     #[serde(default)]
@@ -194,11 +205,16 @@ pub struct Appended {
 /// `GET /jobs/{id}`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct JobInfo {
+    /// The job's id.
     #[serde(deserialize_with = "job_id")]
     pub job_id: JobId,
+    /// Its current status.
     pub status: JobStatus,
+    /// Creation time, ms since the epoch.
     pub created_at: u64,
+    /// When it reached `ready` or `failed`.
     pub finished_at: Option<u64>,
+    /// Whether its log has been archived.
     pub archived: bool,
 }
 
@@ -216,8 +232,10 @@ pub enum PageCursor {
 /// One page of history, chronological.
 #[derive(Debug, Deserialize)]
 pub struct HistoryPage {
+    /// The job's id.
     #[serde(deserialize_with = "job_id")]
     pub job_id: JobId,
+    /// Its current status.
     pub status: JobStatus,
     /// `redis` or `archive`.
     pub source: String,

@@ -21,7 +21,9 @@ pub enum ColorChoice {
     /// Colour on a terminal, unless `NO_COLOR` is set.
     #[default]
     Auto,
+    /// Always colour.
     Always,
+    /// Never colour.
     Never,
 }
 
@@ -37,6 +39,7 @@ pub fn use_colour(choice: ColorChoice, is_terminal: bool, no_color: Option<&str>
 /// How entries are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Style {
+    /// Colour stderr, stages and statuses.
     pub colour: bool,
     /// Show control characters as `^X` (on a terminal).
     pub escape_controls: bool,

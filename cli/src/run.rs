@@ -91,22 +91,31 @@ pub struct RunOptions {
 /// Why `run` could not run the command.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// Neither `--ingest-key` nor `LOGSTREAM_INGEST_KEY`.
     #[error("no ingest key: pass --ingest-key or set LOGSTREAM_INGEST_KEY")]
     NoIngestKey,
+    /// Neither `--job` nor `--create`.
     #[error("no job: pass --job ID, or --create --owner USER")]
     NoJob,
+    /// `--create` without `--owner`.
     #[error("--create needs --owner")]
     NoOwner,
+    /// Nothing after `--`.
     #[error("no command to run (give it after --)")]
     NoCommand,
+    /// `--job` is not a valid job id.
     #[error("--job: {0}")]
     InvalidJobId(#[from] InvalidJobId),
+    /// The service refused a step before the command ran, or could not be reached.
     #[error("{step}: {source}")]
     Service {
+        /// What `run` was doing.
         step: &'static str,
+        /// Why it failed.
         #[source]
         source: ClientError,
     },
+    /// Signal handlers could not be installed.
     #[error("cannot watch for signals: {0}")]
     Signals(#[source] io::Error),
 }
@@ -167,7 +176,6 @@ pub async fn run(opts: RunOptions) -> Result<u8, RunError> {
         return Ok(ran.code);
     }
 
-    let succeeded = ran.succeeded;
     let finish = async {
         if let Some(stage) = &opts.stage {
             let status = if ran.succeeded {
@@ -177,7 +185,7 @@ pub async fn run(opts: RunOptions) -> Result<u8, RunError> {
             };
             client.post_stage(&job, stage, status).await?;
         }
-        if !succeeded {
+        if !ran.succeeded {
             client.set_status(&job, JobStatus::Failed).await?;
         } else if !opts.keep_open {
             client.set_status(&job, JobStatus::Ready).await?;

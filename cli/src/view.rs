@@ -27,10 +27,13 @@ const PAGE: usize = 500;
 /// Why a viewer command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
+    /// Neither `--token` nor `LOGSTREAM_TOKEN`.
     #[error("no viewer token: pass --token or set LOGSTREAM_TOKEN (`logstream dev` prints one)")]
     NoToken,
+    /// The job id is not valid.
     #[error("job id: {0}")]
     InvalidJobId(#[from] InvalidJobId),
+    /// The service refused or could not be reached.
     #[error(transparent)]
     Service(#[from] ClientError),
     /// Writing to stdout failed (a closed pipe, when the reader has had enough).
@@ -41,10 +44,15 @@ pub enum ViewError {
 /// Where to read from, as whom.
 #[derive(Debug, Clone)]
 pub struct ViewOptions {
+    /// The service URL.
     pub url: String,
+    /// A viewer JWT.
     pub token: Option<String>,
+    /// The job, as given (validated here).
     pub job: String,
+    /// `--color`.
     pub colour: ColorChoice,
+    /// Retries against the service.
     pub retry: RetryPolicy,
 }
 

@@ -56,11 +56,13 @@ pub enum FollowEvent {
 /// One Server-Sent Events frame.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SseFrame {
+    /// The `id:` field.
     pub id: Option<String>,
     /// The `event:` name; `message` when there was none.
     pub event: String,
     /// The `data:` lines joined with `\n`.
     pub data: String,
+    /// The `retry:` field, in ms.
     pub retry: Option<u64>,
 }
 

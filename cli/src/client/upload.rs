@@ -57,7 +57,9 @@ const FIRST_LEAP: u64 = 1_000_000;
 /// One line of output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
+    /// `stdout`, `stderr` or `system`.
     pub stream: LineStream,
+    /// The line, without its line ending.
     pub text: String,
     /// When it was printed, in ms since the epoch (sent as the entry's `ts`).
     pub ts: u64,
