@@ -14,6 +14,27 @@
 //! that could double something on a retry are the caller's concern: a batch of lines
 //! carries a `seq` (see [`upload`]), a status change is idempotent, and a stage event
 //! whose answer was lost may, rarely, be stored twice (the API has no key for events).
+//!
+//! Streaming lines from Rust code, as `logstream run` does:
+//!
+//! ```no_run
+//! use logstream_cli::client::Client;
+//! use logstream_cli::client::upload::{LogLine, Upload, UploadOptions};
+//! use logstream_shared::model::{JobId, JobStatus, LineStream};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::new("http://127.0.0.1:8787", Some("the-ingest-key".into()))?;
+//! let job = JobId::parse("build-42")?;
+//! client.set_status(&job, JobStatus::Running).await?;
+//! let (lines, upload) = Upload::start(client.clone(), job.clone(), UploadOptions::default());
+//! lines.send(vec![LogLine::new(LineStream::Stdout, "compiling")]).await?;
+//! drop(lines); // every sender gone: the upload can finish
+//! let report = upload.finish().await;
+//! let status = if report.error.is_none() { JobStatus::Ready } else { JobStatus::Failed };
+//! client.set_status(&job, status).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod follow;
 pub mod upload;
