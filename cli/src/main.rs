@@ -1,9 +1,21 @@
-//! The `logstream` command.
+//! The `logstream` command: thin wiring of the library's commands to clap.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use logstream_cli::{bench, dev};
+use logstream_cli::client::{self, RetryPolicy};
+use logstream_cli::render::ColorChoice;
+use logstream_cli::run::{EXIT_SETUP_FAILED, RunOptions};
+use logstream_cli::view::{ViewError, ViewOptions};
+use logstream_cli::{bench, dev, run, view};
 use logstream_shared::config::{Config, exit_on_error};
+use logstream_shared::model::JobStatus;
+
+/// `tail`/`logs` could not do their work (bad settings, refused, unreachable).
+const EXIT_VIEW_FAILED: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -61,12 +73,260 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runs CMD and streams its stdout and stderr, line by line, to a job.
+    ///
+    /// Sets the job `running`, runs CMD (its output is echoed here too, unless
+    /// --quiet), waits until every line is stored, then sets the job `ready` (exit code
+    /// 0) or `failed`, and exits with CMD's exit code. Lines are batched (sent every
+    /// ~100 ms or 512 KiB), numbered with `seq` and retried on errors and 5xx answers,
+    /// so none is lost or stored twice; when the service is slow, CMD waits on its
+    /// output instead of memory growing. SIGINT, SIGTERM and SIGHUP are passed to CMD
+    /// and mark the job failed.
+    ///
+    /// Exit codes: CMD's (128+N when signal N killed it); 125 when run failed before
+    /// starting CMD; 126 when CMD could not be started; 127 when it was not found.
+    #[command(after_help = "Example:\n  logstream run --job build-42 --stage test -- cargo test")]
+    Run {
+        /// The job to stream to (1-128 characters of A-Z a-z 0-9 _ -). May be left out
+        /// with --create: the service then picks an id and it is printed on stderr.
+        #[arg(long, value_name = "ID", required_unless_present = "create")]
+        job: Option<String>,
+        /// Create the job first (needs the deployment's ingest key). A job that already
+        /// exists is used as it is, so a retried pipeline step does not fail.
+        #[arg(long, requires = "owner")]
+        create: bool,
+        /// With --create: the user (the viewer JWT's `sub`) who may read the job.
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+        /// With --create: the name of an environment variable whose value the job
+        /// redacts from every line, as `***` (repeatable).
+        #[arg(long = "secret-env", value_name = "VAR", requires = "create")]
+        secret_env: Vec<String>,
+        /// Wrap the run in stage events: NAME `started`, then `succeeded` or `failed`.
+        #[arg(long, value_name = "NAME")]
+        stage: Option<String>,
+        /// When CMD succeeds, leave the job `running` for later steps (the last step
+        /// leaves this out). A failure still marks the job failed.
+        #[arg(long)]
+        keep_open: bool,
+        /// Do not echo CMD's output here (it is still streamed).
+        #[arg(long, short)]
+        quiet: bool,
+        /// The service's URL.
+        #[arg(long, env = "LOGSTREAM_URL", default_value = client::DEFAULT_URL)]
+        url: String,
+        /// The deployment's ingest key, or the job's own ingest token (from POST /jobs).
+        #[arg(long, env = "LOGSTREAM_INGEST_KEY", hide_env_values = true)]
+        ingest_key: Option<String>,
+        /// Give up on the service after it has failed for this many seconds in a row
+        /// (lines not delivered by then are reported, CMD's exit code still wins).
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        retry_for: u64,
+        /// The command to run and its arguments, after `--`.
+        #[arg(
+            value_name = "CMD",
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        command: Vec<OsString>,
+    },
+    /// Follows a job's log live until the job ends.
+    ///
+    /// Prints each line as it arrives (stderr lines in red on a terminal, prefixed with
+    /// `[stderr] ` otherwise), stage events and status changes as `==>` markers.
+    /// Resumes after a dropped connection without missing or repeating a line.
+    ///
+    /// Exit codes: 0 when the job ends `ready`, 1 when it ends `failed`, 2 when it
+    /// could not be followed (no token, unknown job, service unreachable).
+    Tail {
+        /// The job to follow.
+        #[arg(value_name = "ID")]
+        job: String,
+        /// Print the whole log so far first (otherwise only what comes next).
+        #[arg(long)]
+        from_start: bool,
+        #[command(flatten)]
+        view: ViewArgs,
+    },
+    /// Prints a job's log (the stored history).
+    ///
+    /// Exit codes: 0, or 2 when it could not be read.
+    Logs {
+        /// The job to print.
+        #[arg(value_name = "ID")]
+        job: String,
+        /// Only the newest N entries (default: all of them).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// One JSON entry per line, exactly as the service sends them.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        view: ViewArgs,
+    },
+}
+
+/// What `tail` and `logs` share.
+#[derive(clap::Args)]
+struct ViewArgs {
+    /// The service's URL.
+    #[arg(long, env = "LOGSTREAM_URL", default_value = client::DEFAULT_URL)]
+    url: String,
+    /// A viewer JWT whose user owns the job (`logstream dev` prints one).
+    #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    color: ColorChoice,
+    /// Give up after the service has failed for this many seconds in a row.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    retry_for: u64,
+}
+
+impl ViewArgs {
+    fn options(self, job: String) -> ViewOptions {
+        ViewOptions {
+            url: url_or_default(self.url),
+            token: self.token,
+            job,
+            colour: self.color,
+            retry: retry_for(self.retry_for),
+        }
+    }
+}
+
+/// An empty `LOGSTREAM_URL` counts as unset.
+fn url_or_default(url: String) -> String {
+    if url.trim().is_empty() {
+        client::DEFAULT_URL.to_owned()
+    } else {
+        url
+    }
+}
+
+fn retry_for(secs: u64) -> RetryPolicy {
+    RetryPolicy {
+        give_up_after: Duration::from_secs(secs),
+        ..RetryPolicy::default()
+    }
+}
+
+/// Client commands log warnings (retries) to stderr, keeping stdout for output.
+fn client_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+fn view_failed(command: &str, e: &ViewError) -> ExitCode {
+    match e {
+        // The reader stopped reading (`| head`): not worth a message.
+        ViewError::Output(io) if io.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        e => {
+            eprintln!("logstream {command}: {e}");
+            ExitCode::from(EXIT_VIEW_FAILED)
+        }
+    }
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    logstream_shared::telemetry::init();
+async fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Run {
+            job,
+            create,
+            owner,
+            secret_env,
+            stage,
+            keep_open,
+            quiet,
+            url,
+            ingest_key,
+            retry_for: secs,
+            command,
+        } => {
+            client_tracing();
+            let mut secrets = Vec::new();
+            for var in &secret_env {
+                match std::env::var(var) {
+                    Ok(value) if !value.is_empty() => secrets.push(value),
+                    _ => {
+                        eprintln!("logstream run: --secret-env {var}: the variable is not set");
+                        return ExitCode::from(EXIT_SETUP_FAILED);
+                    }
+                }
+            }
+            let opts = RunOptions {
+                url: url_or_default(url),
+                ingest_key,
+                job,
+                create,
+                owner,
+                secrets,
+                stage,
+                keep_open,
+                quiet,
+                retry: retry_for(secs),
+                command,
+            };
+            match run::run(opts).await {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("logstream run: {e}");
+                    ExitCode::from(EXIT_SETUP_FAILED)
+                }
+            }
+        }
+        Command::Tail {
+            job,
+            from_start,
+            view,
+        } => {
+            client_tracing();
+            match view::tail(&view.options(job), from_start).await {
+                Ok(JobStatus::Ready) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => view_failed("tail", &e),
+            }
+        }
+        Command::Logs {
+            job,
+            limit,
+            json,
+            view,
+        } => {
+            client_tracing();
+            let limit = limit.map(|n| n as usize);
+            match view::logs(&view.options(job), limit, json).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => view_failed("logs", &e),
+            }
+        }
+        other => match service(other).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // What `main` returning `anyhow::Result` printed before.
+                eprintln!("Error: {e:?}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// `dev` and `bench`: the service side.
+async fn service(command: Command) -> anyhow::Result<()> {
+    logstream_shared::telemetry::init();
+    match command {
         Command::Dev { addr } => {
             let config = exit_on_error("logstream dev", Config::from_env());
             let server = dev::start(config, &addr).await?;
@@ -119,5 +379,6 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Run { .. } | Command::Tail { .. } | Command::Logs { .. } => Ok(()),
     }
 }

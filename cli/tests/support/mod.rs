@@ -20,7 +20,7 @@ pub struct Env {
     /// This server's archive folder (a temporary one unless the test set
     /// `LOGSTREAM_ARCHIVE_DIR`), removed with the `Env`.
     pub archive_dir: std::path::PathBuf,
-    _archive_dir: Option<TempDir>,
+    pub keep_archive_dir: Option<TempDir>,
 }
 
 /// A temporary folder, removed when dropped.
@@ -66,7 +66,7 @@ pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
         server,
         http: reqwest::Client::new(),
         archive_dir,
-        _archive_dir: temp,
+        keep_archive_dir: temp,
     }
 }
 

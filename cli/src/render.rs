@@ -1,0 +1,204 @@
+//! How `logstream tail` and `logstream logs` print entries.
+//!
+//! stdout lines are printed as they are. stderr lines are red on a colour terminal;
+//! without colour they carry a `[stderr] ` prefix so they stay distinguishable in a
+//! file or a pipe (`system` lines likewise carry `[system] `). Stage events and status
+//! changes are `==> ` markers. Colour follows `--color`: `auto` means a terminal and no
+//! `NO_COLOR` (<https://no-color.org>), `always` and `never` say what they mean.
+//!
+//! The service strips escape sequences from stored lines, but other control
+//! characters (backspace, bell) can remain; on a terminal they are shown as `^X` so a
+//! build cannot rewrite what the reader sees.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
+
+use logstream_shared::model::{Entry, EntryBody, JobStatus, LineStream, StageStatus};
+
+/// The `--color` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// Colour on a terminal, unless `NO_COLOR` is set.
+    #[default]
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// Whether to colour, from the choice, whether stdout is a terminal and `NO_COLOR`.
+pub fn use_colour(choice: ColorChoice, is_terminal: bool, no_color: Option<&str>) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => is_terminal && no_color.is_none_or(str::is_empty),
+    }
+}
+
+/// How entries are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// Colour stderr, stages and statuses.
+    pub colour: bool,
+    /// Show control characters as `^X` (on a terminal).
+    pub escape_controls: bool,
+}
+
+impl Style {
+    /// The style for stdout with this `--color` choice.
+    pub fn for_stdout(choice: ColorChoice) -> Self {
+        use std::io::IsTerminal;
+        let terminal = io::stdout().is_terminal();
+        let no_color = std::env::var("NO_COLOR").ok();
+        Self {
+            colour: use_colour(choice, terminal, no_color.as_deref()),
+            escape_controls: terminal,
+        }
+    }
+}
+
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const CYAN: &str = "\x1b[36m";
+const DIM: &str = "\x1b[2m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+/// Writes one entry as a line of text.
+pub fn write_entry(out: &mut impl Write, entry: &Entry, style: Style) -> io::Result<()> {
+    let paint = |colour: &str, text: &str| -> String {
+        if style.colour {
+            format!("{colour}{text}{RESET}")
+        } else {
+            text.to_owned()
+        }
+    };
+    let line = match &entry.body {
+        EntryBody::Line { stream, text } => {
+            let text = if style.escape_controls {
+                escape_controls(text)
+            } else {
+                Cow::Borrowed(text.as_str())
+            };
+            match (stream, style.colour) {
+                (LineStream::Stdout, _) => text.into_owned(),
+                (LineStream::Stderr, true) => paint(RED, &text),
+                (LineStream::Stderr, false) => format!("[stderr] {text}"),
+                (LineStream::System, true) => paint(DIM, &text),
+                (LineStream::System, false) => format!("[system] {text}"),
+            }
+        }
+        EntryBody::Stage { name, status } => {
+            let (colour, word) = match status {
+                StageStatus::Started => (CYAN, "started"),
+                StageStatus::Succeeded => (GREEN, "succeeded"),
+                StageStatus::Failed => (RED, "failed"),
+                StageStatus::Skipped => (DIM, "skipped"),
+            };
+            let name = escape_controls(name);
+            paint(colour, &format!("==> stage {name} {word}"))
+        }
+        EntryBody::Status { status } => {
+            let colour = match status {
+                JobStatus::Ready => GREEN,
+                JobStatus::Failed => RED,
+                JobStatus::Queued | JobStatus::Running => YELLOW,
+            };
+            let text = format!("==> job {status}");
+            if style.colour {
+                format!("{BOLD}{}", paint(colour, &text))
+            } else {
+                text
+            }
+        }
+    };
+    out.write_all(line.as_bytes())?;
+    out.write_all(b"\n")
+}
+
+/// Control characters other than tab as `^X`.
+fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x20 => {
+                out.push('^');
+                out.push(char::from(b'@' + c as u8));
+            }
+            '\u{7f}' => out.push_str("^?"),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(json: &str) -> Entry {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn render(json: &str, colour: bool) -> String {
+        let mut out = Vec::new();
+        let style = Style {
+            colour,
+            escape_controls: true,
+        };
+        write_entry(&mut out, &entry(json), style).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn stderr_is_marked_with_a_prefix_without_colour_and_red_with_it() {
+        let err = r#"{"id":"1-0","ts":1,"kind":"line","stream":"stderr","text":"boom"}"#;
+        assert_eq!(render(err, false), "[stderr] boom\n");
+        assert_eq!(render(err, true), "\x1b[31mboom\x1b[0m\n");
+        let out = r#"{"id":"1-1","ts":1,"kind":"line","stream":"stdout","text":"fine"}"#;
+        assert_eq!(render(out, false), "fine\n");
+        assert_eq!(render(out, true), "fine\n");
+    }
+
+    #[test]
+    fn stages_and_statuses_are_markers() {
+        assert_eq!(
+            render(
+                r#"{"id":"1-0","ts":1,"kind":"stage","name":"build","status":"started"}"#,
+                false
+            ),
+            "==> stage build started\n"
+        );
+        assert_eq!(
+            render(
+                r#"{"id":"1-0","ts":1,"kind":"status","status":"ready"}"#,
+                false
+            ),
+            "==> job ready\n"
+        );
+    }
+
+    #[test]
+    fn control_characters_cannot_reach_a_terminal() {
+        let bell =
+            r#"{"id":"1-0","ts":1,"kind":"line","stream":"stdout","text":"a\u0007b\u0008\tc"}"#;
+        assert_eq!(render(bell, true), "a^Gb^H\tc\n");
+    }
+
+    #[test]
+    fn no_color_and_terminals_decide_auto() {
+        assert!(use_colour(ColorChoice::Auto, true, None));
+        assert!(use_colour(ColorChoice::Auto, true, Some("")));
+        assert!(!use_colour(ColorChoice::Auto, true, Some("1")));
+        assert!(!use_colour(ColorChoice::Auto, false, None));
+        assert!(use_colour(ColorChoice::Always, false, Some("1")));
+        assert!(!use_colour(ColorChoice::Never, true, None));
+    }
+}

@@ -1,0 +1,158 @@
+//! The viewer-side commands: `logstream tail` (live) and `logstream logs` (history).
+//!
+//! Both authenticate with a viewer JWT (`--token` or `LOGSTREAM_TOKEN`; `logstream dev`
+//! prints one) and print entries as [`crate::render`] says, or as JSON lines with
+//! `logs --json` (each entry exactly as the service sent it).
+//!
+//! `tail` follows the live stream ([`crate::client::follow`]: resumed with
+//! `Last-Event-ID` after every drop, no gap, no duplicate) until the job ends, and
+//! returns its final status: the binary exits 0 for `ready`, 1 for `failed`, 2 when it
+//! could not follow. Output is flushed whenever no further entry is already waiting.
+//!
+//! `logs` without `--limit` walks the whole history forwards, one 500-entry page at a
+//! time, printing as it goes; with `--limit N` it walks back from the newest entry
+//! until it has N, then prints them oldest first.
+
+use std::io::{self, Write};
+
+use logstream_shared::model::{EntryId, InvalidJobId, JobId, JobStatus};
+
+use crate::client::follow::{FollowEvent, FollowStart};
+use crate::client::{Client, ClientError, PageCursor, RetryPolicy};
+use crate::render::{ColorChoice, Style, write_entry};
+
+/// The largest page the service serves.
+const PAGE: usize = 500;
+
+/// Why a viewer command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// Neither `--token` nor `LOGSTREAM_TOKEN`.
+    #[error("no viewer token: pass --token or set LOGSTREAM_TOKEN (`logstream dev` prints one)")]
+    NoToken,
+    /// The job id is not valid.
+    #[error("job id: {0}")]
+    InvalidJobId(#[from] InvalidJobId),
+    /// The service refused or could not be reached.
+    #[error(transparent)]
+    Service(#[from] ClientError),
+    /// Writing to stdout failed (a closed pipe, when the reader has had enough).
+    #[error("writing the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// Where to read from, as whom.
+#[derive(Debug, Clone)]
+pub struct ViewOptions {
+    /// The service URL.
+    pub url: String,
+    /// A viewer JWT.
+    pub token: Option<String>,
+    /// The job, as given (validated here).
+    pub job: String,
+    /// `--color`.
+    pub colour: ColorChoice,
+    /// Retries against the service.
+    pub retry: RetryPolicy,
+}
+
+impl ViewOptions {
+    fn client(&self) -> Result<(Client, JobId), ViewError> {
+        let token = self
+            .token
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or(ViewError::NoToken)?;
+        let job = JobId::parse(&self.job)?;
+        let client = Client::new(&self.url, Some(token))?.with_retry(self.retry);
+        Ok((client, job))
+    }
+}
+
+/// `logstream tail`: follows the job until it ends; returns its final status.
+pub async fn tail(opts: &ViewOptions, from_start: bool) -> Result<JobStatus, ViewError> {
+    let (client, job) = opts.client()?;
+    let style = Style::for_stdout(opts.colour);
+    let start = if from_start {
+        FollowStart::Beginning
+    } else {
+        FollowStart::Live
+    };
+    let mut follow = client.follow(&job, start);
+    let mut out = io::BufWriter::new(io::stdout());
+    loop {
+        match follow.next().await? {
+            Some(FollowEvent::Entry(entry)) => write_entry(&mut out, &entry, style)?,
+            Some(FollowEvent::Done(status)) => {
+                out.flush()?;
+                return Ok(status);
+            }
+            // `next` ends only after `Done`.
+            None => {
+                out.flush()?;
+                return Ok(JobStatus::Failed);
+            }
+        }
+        if !follow.has_buffered() {
+            out.flush()?;
+        }
+    }
+}
+
+/// `logstream logs`: prints the history (the newest `limit` entries, or all).
+pub async fn logs(opts: &ViewOptions, limit: Option<usize>, json: bool) -> Result<(), ViewError> {
+    let (client, job) = opts.client()?;
+    let style = Style::for_stdout(opts.colour);
+    let mut out = io::BufWriter::new(io::stdout());
+    let mut print = |raw: &serde_json::value::RawValue| -> Result<(), ViewError> {
+        if json {
+            out.write_all(raw.get().as_bytes())?;
+            out.write_all(b"\n")?;
+        } else {
+            let entry = crate::client::decode_entry(raw.get())?;
+            write_entry(&mut out, &entry, style)?;
+        }
+        Ok(())
+    };
+    match limit {
+        None => {
+            let mut cursor = PageCursor::After(EntryId { ms: 0, seq: 0 });
+            loop {
+                let page = client.page(&job, cursor, PAGE).await?;
+                for raw in &page.lines {
+                    print(raw)?;
+                }
+                let last = match page.lines.last() {
+                    Some(raw) => Some(crate::client::decode_entry(raw.get())?.id),
+                    None => None,
+                };
+                match last {
+                    Some(id) if page.has_more => cursor = PageCursor::After(id),
+                    _ => break,
+                }
+            }
+        }
+        Some(limit) => {
+            let mut pages = Vec::new();
+            let mut have = 0;
+            let mut cursor = PageCursor::Latest;
+            while have < limit {
+                let page = client.page(&job, cursor, (limit - have).min(PAGE)).await?;
+                have += page.lines.len();
+                let next = page.next_before.filter(|_| page.has_more);
+                pages.push(page);
+                match next {
+                    Some(id) => cursor = PageCursor::Before(id),
+                    None => break,
+                }
+            }
+            for page in pages.iter().rev() {
+                for raw in &page.lines {
+                    print(raw)?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
