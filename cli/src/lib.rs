@@ -6,4 +6,5 @@
 pub mod bench;
 pub mod coldstart;
 pub mod dev;
+pub mod local_ws;
 pub mod viewer;
