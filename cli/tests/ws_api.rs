@@ -230,20 +230,44 @@ async fn a_failed_job_ends_with_done_failed() {
 }
 
 #[tokio::test]
-async fn a_vanished_connection_is_dropped_after_a_410_and_the_others_still_get_entries() {
+async fn a_vanished_connection_is_dropped_after_a_410_unless_it_is_still_connecting() {
     let env = env().await;
     let (job, _) = env.create_job("alice").await;
     let mut live = connect(&env, &job, "alice").await;
     add_vanished_connection(&env, &job, "VanishedConn0=").await;
     assert_eq!(connection_ids(&env, &job).await.len(), 2);
 
+    // Registered as the ws function registers, 200 s ago and just now.
+    register_connection(&env, &job, "OldConnection=", 200).await;
+    register_connection(&env, &job, "InItsConnect=", 0).await;
+    assert_eq!(connection_ids(&env, &job).await.len(), 4);
+
     let res = env.post_lines(&job, "line", 3).await;
     assert_eq!(res["accepted"], 3);
     let message = next_json(&mut live).await;
     assert_eq!(texts(&message["entries"]), ["line 0", "line 1", "line 2"]);
     let ids = connection_ids(&env, &job).await;
-    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(!ids.contains(&"VanishedConn0=".to_owned()));
+    assert!(!ids.contains(&"OldConnection=".to_owned()));
+    assert!(
+        ids.contains(&"InItsConnect=".to_owned()),
+        "a connection still in its $connect answers 410 on AWS and is kept"
+    );
+}
+
+/// Registers connection `id` on `job` the way the ws function does, `age` seconds ago.
+async fn register_connection(env: &Env, job: &str, id: &str, age: u64) {
+    add_vanished_connection(env, job, id).await;
+    let mut conn = redis(env).await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("logstream:ws-conn:{id}"))
+        .arg(job)
+        .arg("EX")
+        .arg(logstream_shared::keys::WS_CONNECTION_TTL_SECS - age)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -360,8 +384,8 @@ async fn an_ingest_request_completes_while_the_push_target_hangs() {
 }
 
 /// Push latency through `logstream dev`: from just before a one-line POST to the
-/// message parsed by a WebSocket client. Run explicitly:
-/// `cargo test -p logstream-cli --release --test ws_api -- --ignored --nocapture`.
+/// message parsed by each of 10 WebSocket clients. Run explicitly:
+/// `cargo test -p logstream-cli --test ws_api -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "a measurement, not a check: run explicitly"]
 async fn push_latency_is_measured_for_one_line_posts() {

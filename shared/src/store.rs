@@ -642,6 +642,42 @@ impl LogStore {
         .await
     }
 
+    /// Of `connections`, which answered 410 Gone, removes from `job`'s set those that
+    /// registered at least `grace` ago (or are not registered at all), and returns how
+    /// many it removed. The grace matters on AWS: a connection is added during its
+    /// `$connect`, before API Gateway completes the handshake, and a push in that window
+    /// is answered 410 although the client is about to be connected. Two round trips.
+    pub async fn drop_gone_connections(
+        &self,
+        job: &JobId,
+        connections: &[String],
+        grace: Duration,
+    ) -> Result<usize, StoreError> {
+        if connections.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<String> = connections.iter().map(|c| ws_connection_key(c)).collect();
+        let ttls: Vec<i64> = self
+            .run(|mut c| {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("TTL").arg(key);
+                }
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        let full = i64::try_from(WS_CONNECTION_TTL_SECS).unwrap_or(i64::MAX);
+        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        let old: Vec<String> = connections
+            .iter()
+            .zip(ttls)
+            .filter(|(_, ttl)| *ttl < 0 || full - *ttl >= grace)
+            .map(|(c, _)| c.clone())
+            .collect();
+        self.drop_connections(job, &old).await?;
+        Ok(old.len())
+    }
+
     /// The WebSocket connections following `job`.
     pub async fn connections(&self, job: &JobId) -> Result<Vec<String>, StoreError> {
         let ws = JobKeys::new(job).ws;

@@ -5,7 +5,9 @@
 //! 128 KB message limit) and, when the job ends, `{"type":"done","status":…}`. One
 //! connection gets its messages in order; connections are served concurrently, at most
 //! [`PUSH_CONCURRENCY`] at once. A connection that answers 410 Gone is removed from the
-//! job's set; any other failure is logged and the connection kept.
+//! job's set (unless it registered less than [`CONNECT_GRACE`] ago: API Gateway answers
+//! 410 while a connection's `$connect` is still running); any other failure is logged and
+//! the connection kept.
 //!
 //! **Timing: a bounded wait, not fire-after-response.** The ingest request waits for
 //! its pushes, but never longer than `LOGSTREAM_WS_PUSH_TIMEOUT_MS` (300 ms by default);
@@ -33,6 +35,9 @@ use logstream_shared::store::LogStore;
 
 /// Largest message sent to one connection: API Gateway refuses more than 128 KB.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// A connection younger than this that answers 410 is kept: it is still in its
+/// `$connect` (see [`LogStore::drop_gone_connections`]).
+pub const CONNECT_GRACE: Duration = Duration::from_secs(10);
 /// Connections pushed to at once per request.
 pub const PUSH_CONCURRENCY: usize = 32;
 
@@ -113,9 +118,13 @@ impl WsPush {
         }
         let gone = gone.into_inner().unwrap_or_else(|e| e.into_inner());
         if !gone.is_empty() {
-            tracing::info!(job_id = %job, gone = gone.len(), "dropping gone websocket connections");
-            if let Err(e) = store.drop_connections(job, &gone).await {
-                tracing::warn!(job_id = %job, error = %e, "could not drop gone connections");
+            match store.drop_gone_connections(job, &gone, CONNECT_GRACE).await {
+                Ok(dropped) => {
+                    tracing::info!(job_id = %job, gone = gone.len(), dropped, "dropped gone websocket connections");
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %job, error = %e, "could not drop gone connections");
+                }
             }
         }
     }
