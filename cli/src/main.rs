@@ -73,6 +73,10 @@ async fn main() -> anyhow::Result<()> {
             println!("logstream dev listening on {}", server.url());
             println!("  redis:       {}", server.redis_url);
             println!("  ingest key:  {}", server.ingest_key);
+            println!(
+                "  websocket:   ws://{}/ws?job_id=ID&access_token=JWT",
+                server.addr
+            );
             if let Some(token) = &server.viewer_token {
                 println!("  viewer JWT (user {}): {token}", dev::DEV_USER);
             }
