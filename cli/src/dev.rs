@@ -11,6 +11,11 @@
 //! [`ARCHIVE_TICK`], into `LOGSTREAM_ARCHIVE_DIR` (default [`DEFAULT_ARCHIVE_DIR`] under
 //! the working folder, or the S3 bucket when `LOGSTREAM_ARCHIVE_BUCKET` is set), and
 //! the history routes fall back to that archive once Redis has forgotten a job.
+//!
+//! WebSocket clients connect at `/ws`, and the same port answers API Gateway's
+//! management route (see [`crate::local_ws`]). The ingest state gets the real
+//! `PostToConnection` client with this server as its endpoint (or
+//! `LOGSTREAM_WS_ENDPOINT` when set), so pushes take the deployed code path.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,11 +29,15 @@ use tokio::task::JoinHandle;
 use logstream_archiver::Archiver;
 use logstream_history::HistoryState;
 use logstream_ingest::IngestState;
+use logstream_ingest::push::WsPush;
 use logstream_shared::auth::{IngestKey, random_hex};
 use logstream_shared::config::{Config, Secret};
 use logstream_shared::http::finish;
 use logstream_shared::redis_server::RedisServer;
 use logstream_sse::SseState;
+use logstream_ws::WsState;
+
+use crate::local_ws::LocalSockets;
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8787";
@@ -58,6 +67,7 @@ pub struct DevServer {
     task: Option<JoinHandle<std::io::Result<()>>>,
     archiver: JoinHandle<()>,
     sse: std::sync::Arc<SseState>,
+    sockets: std::sync::Arc<LocalSockets>,
     redis: Option<RedisServer>,
 }
 
@@ -75,6 +85,11 @@ impl DevServer {
     /// The live-log state (its hub counts the Redis feeds in use).
     pub fn sse(&self) -> &SseState {
         &self.sse
+    }
+
+    /// The WebSocket clients connected at `/ws`.
+    pub fn sockets(&self) -> &LocalSockets {
+        &self.sockets
     }
 
     /// Stops serving and waits for in-flight requests to finish; open SSE streams are
@@ -135,15 +150,30 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         config.jwt.hs256_secret = Some(secret);
     }
 
+    // Bound first: the push client's endpoint is this server's own address.
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let addr = listener.local_addr()?;
+    let push_endpoint = config
+        .ws_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let push = WsPush::local(
+        &push_endpoint,
+        Duration::from_millis(config.ws_push_timeout_ms),
+    );
+
     // One Redis connection and one token verifier for every router of the process.
     let store = config.open_store()?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
     let viewers = config.viewer_auth(http)?;
-    let ingest = IngestState::new(
+    let ingest = IngestState::with_push(
         store.clone(),
         IngestKey::new(config.require_ingest_key()?.expose()),
+        Some(push),
     );
     let archive =
         logstream_shared::archive::from_config(&config, Some(Path::new(DEFAULT_ARCHIVE_DIR))).await;
@@ -156,6 +186,8 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         archive,
         logstream_archiver::Settings::default(),
     );
+    let ws = WsState::new(store.clone(), viewers.clone());
+    let sockets = std::sync::Arc::new(LocalSockets::default());
     let sse = SseState::new(
         store,
         viewers,
@@ -166,14 +198,11 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         logstream_ingest::routes(ingest)
             .merge(logstream_history::routes(history))
             .merge(logstream_sse::routes(sse.clone()))
+            .merge(crate::local_ws::routes(ws, sockets.clone()))
             .merge(crate::viewer::routes()),
         &config.cors_origins,
     );
 
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let addr = listener.local_addr()?;
     let archiver = logstream_archiver::spawn_local_sweeper(archiver, ARCHIVE_TICK);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -193,6 +222,7 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         task: Some(task),
         archiver,
         sse,
+        sockets,
         redis,
     })
 }

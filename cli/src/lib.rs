@@ -18,6 +18,7 @@ pub mod client;
 pub mod coldstart;
 pub mod dev;
 pub mod lines;
+pub mod local_ws;
 pub mod render;
 pub mod run;
 pub mod view;

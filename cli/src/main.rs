@@ -334,6 +334,10 @@ async fn service(command: Command) -> anyhow::Result<()> {
             println!("  redis:       {}", server.redis_url);
             println!("  archive:     {}", server.archive);
             println!("  ingest key:  {}", server.ingest_key);
+            println!(
+                "  websocket:   ws://{}/ws?job_id=ID&access_token=JWT",
+                server.addr
+            );
             if let Some(token) = &server.viewer_token {
                 println!("  viewer JWT (user {}): {token}", dev::DEV_USER);
             }

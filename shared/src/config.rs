@@ -71,6 +71,12 @@ pub struct Config {
     /// `LOGSTREAM_SSE_HANDOFF_SECS`: how long before the Lambda deadline an SSE stream
     /// ends itself (without `done`) so the browser reconnects in time.
     pub handoff_secs: u64,
+    /// `LOGSTREAM_WS_ENDPOINT`: the API Gateway management endpoint the ingest function
+    /// pushes WebSocket messages to (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`).
+    /// Unset: no push (`logstream dev` pushes to itself).
+    pub ws_endpoint: Option<String>,
+    /// `LOGSTREAM_WS_PUSH_TIMEOUT_MS`: the longest an ingest request waits for its pushes.
+    pub ws_push_timeout_ms: u64,
 }
 
 impl Config {
@@ -139,6 +145,19 @@ impl Config {
                 .collect::<Result<_, _>>()?,
         };
 
+        let ws_endpoint = get("LOGSTREAM_WS_ENDPOINT")
+            .map(|url| {
+                if url.starts_with("https://") || url.starts_with("http://") {
+                    Ok(url.trim_end_matches('/').to_owned())
+                } else {
+                    Err(invalid(
+                        "LOGSTREAM_WS_ENDPOINT",
+                        "must be an http(s):// URL".into(),
+                    ))
+                }
+            })
+            .transpose()?;
+
         Ok(Self {
             redis_url,
             ingest_key,
@@ -157,6 +176,12 @@ impl Config {
                 get("LOGSTREAM_SSE_HANDOFF_SECS"),
                 "LOGSTREAM_SSE_HANDOFF_SECS",
                 5,
+            )?,
+            ws_endpoint,
+            ws_push_timeout_ms: positive(
+                get("LOGSTREAM_WS_PUSH_TIMEOUT_MS"),
+                "LOGSTREAM_WS_PUSH_TIMEOUT_MS",
+                300,
             )?,
         })
     }
@@ -310,6 +335,11 @@ mod tests {
             ("LOGSTREAM_JWKS_URL", "ftp://keys"),
             ("LOGSTREAM_CORS_ORIGINS", "https://ok.example,not an origin"),
             ("LOGSTREAM_CORS_ORIGINS", "https://app.example/path"),
+            (
+                "LOGSTREAM_WS_ENDPOINT",
+                "wss://abc.execute-api.eu-west-1.amazonaws.com",
+            ),
+            ("LOGSTREAM_WS_PUSH_TIMEOUT_MS", "0"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).unwrap_err().to_string();

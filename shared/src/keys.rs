@@ -5,6 +5,7 @@
 //! | `job:{ID}:logs` | stream | the job's entries, field `e` = entry JSON without its id; `XADD MAXLEN ~ $LOGSTREAM_MAXLEN` |
 //! | `job:{ID}:meta` | hash | `owner`, `status`, `created_at`, `finished_at`, `token` (SHA-256 of the ingest token), `secrets` (JSON array), `seq` (last accepted batch seq), `gen`, `archived` |
 //! | `job:{ID}:ws` | set | WebSocket connection ids following the job |
+//! | `logstream:ws-conn:{CONNECTION}` | string | the job a WebSocket connection follows, for `$disconnect` (which only knows the connection id); 2 h TTL, API Gateway's longest connection |
 //! | `logstream:archive-queue` | sorted set | finished jobs waiting for the archiver, scored by finish time (ms) |
 //!
 //! The `{ID}` braces are a Redis Cluster hash tag: all of one job's keys live in one
@@ -21,6 +22,17 @@ use crate::model::JobId;
 
 /// The archive queue, shared by all jobs.
 pub const ARCHIVE_QUEUE: &str = "logstream:archive-queue";
+
+/// How long a connection's own key lives: API Gateway closes every WebSocket
+/// connection after 2 hours.
+pub const WS_CONNECTION_TTL_SECS: u64 = 7200;
+
+/// The key remembering which job WebSocket connection `connection` follows. Outside the
+/// job's hash tag (the connection id is all `$disconnect` has), so it is never touched
+/// in the same script as the job's keys.
+pub fn ws_connection_key(connection: &str) -> String {
+    format!("logstream:ws-conn:{connection}")
+}
 
 /// The three keys of one job.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, RedisError, Script, Value};
 
-use crate::keys::{ARCHIVE_QUEUE, JobKeys};
+use crate::keys::{ARCHIVE_QUEUE, JobKeys, WS_CONNECTION_TTL_SECS, ws_connection_key};
 use crate::model::{EntryBody, EntryId, JobId, JobStatus, NewEntry, StoredEntry};
 
 /// How long a command may wait for its answer before Redis counts as unreachable.
@@ -98,6 +98,9 @@ pub enum AppendOutcome {
     Appended {
         first: EntryId,
         last: EntryId,
+        /// The job's WebSocket connections at the time of the append, read in the same
+        /// round trip, so a batch with no one watching costs nothing more.
+        connections: Vec<String>,
     },
     /// The batch's `seq` was not above the last accepted one: nothing appended.
     Duplicate,
@@ -113,6 +116,8 @@ pub enum AppendOutcome {
 pub enum StatusOutcome {
     Changed {
         id: EntryId,
+        /// The job's WebSocket connections, read in the same round trip.
+        connections: Vec<String>,
     },
     /// Already in that status: nothing appended.
     Same,
@@ -171,7 +176,8 @@ return 1
 
 /// Appends a batch if the job exists, is not terminal, has the caller's `gen` and the
 /// batch's `seq` is new. KEYS: meta, logs, ws. ARGV: gen, seq or '', ttl, maxlen,
-/// entries…. The seq check comes before the terminal check so that a retry of a batch
+/// entries…. Answers `ok`, the first and last ids, then the job's WebSocket connection
+/// ids (so the caller can push the batch without another round trip). The seq check comes before the terminal check so that a retry of a batch
 /// that was accepted just before the job ended is still answered as a duplicate.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -190,7 +196,9 @@ for i = 5, #ARGV do
   first = first or last
 end
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return {'ok', first, last}
+local r = {'ok', first, last}
+for _, c in ipairs(redis.call('SMEMBERS', KEYS[3])) do r[#r + 1] = c end
+return r
 ",
     )
 });
@@ -198,7 +206,8 @@ return {'ok', first, last}
 /// Moves a job to a new status, appending its `status` entry; a terminal status also
 /// stamps `finished_at` and queues the job for archival. The allowed moves mirror
 /// [`JobStatus::transition`]. KEYS: meta, logs, ws, archive queue. ARGV: status,
-/// entry, ttl, maxlen, now, job id.
+/// entry, ttl, maxlen, now, job id. Answers `ok`, the id, then the job's WebSocket
+/// connection ids.
 static SET_STATUS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -216,7 +225,9 @@ if to == 'ready' or to == 'failed' then
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[6])
 end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return {'ok', id}
+local r = {'ok', id}
+for _, c in ipairs(redis.call('SMEMBERS', KEYS[3])) do r[#r + 1] = c end
+return r
 ",
     )
 });
@@ -382,9 +393,10 @@ impl LogStore {
             })
             .await?;
         match reply.as_slice() {
-            [tag, first, last] if tag == "ok" => Ok(AppendOutcome::Appended {
+            [tag, first, last, connections @ ..] if tag == "ok" => Ok(AppendOutcome::Appended {
                 first: parse_id(first)?,
                 last: parse_id(last)?,
+                connections: connections.to_vec(),
             }),
             [tag] if tag == "duplicate" => Ok(AppendOutcome::Duplicate),
             [tag] if tag == "missing" => Ok(AppendOutcome::NotFound),
@@ -428,7 +440,10 @@ impl LogStore {
             })
             .await?;
         match reply.as_slice() {
-            [tag, id] if tag == "ok" => Ok(StatusOutcome::Changed { id: parse_id(id)? }),
+            [tag, id, connections @ ..] if tag == "ok" => Ok(StatusOutcome::Changed {
+                id: parse_id(id)?,
+                connections: connections.to_vec(),
+            }),
             [tag] if tag == "same" => Ok(StatusOutcome::Same),
             [tag] if tag == "missing" => Ok(StatusOutcome::NotFound),
             [tag, cur] if tag == "forbidden" => Ok(StatusOutcome::Forbidden {
@@ -577,6 +592,113 @@ impl LogStore {
             })
             .await?;
         parse_entries(raw)
+    }
+
+    /// Registers WebSocket connection `connection` as following `job`: added to the
+    /// job's connection set (which takes the job's TTL) and remembered under its own key
+    /// for `$disconnect`, which only knows the connection id. One round trip.
+    pub async fn add_connection(&self, job: &JobId, connection: &str) -> Result<(), StoreError> {
+        let ws = JobKeys::new(job).ws;
+        let by_id = ws_connection_key(connection);
+        let ttl = self.retention.ttl_secs;
+        self.run(|mut c| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SADD").arg(&ws).arg(connection).ignore();
+            pipe.cmd("EXPIRE").arg(&ws).arg(ttl).ignore();
+            pipe.cmd("SET")
+                .arg(&by_id)
+                .arg(job.as_str())
+                .arg("EX")
+                .arg(WS_CONNECTION_TTL_SECS)
+                .ignore();
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .await
+    }
+
+    /// Forgets connection `connection` (its `$disconnect`); returns the job it followed,
+    /// if it was known.
+    pub async fn remove_connection(&self, connection: &str) -> Result<Option<JobId>, StoreError> {
+        let by_id = ws_connection_key(connection);
+        let job: Option<String> = self
+            .run(|mut c| {
+                let mut cmd = redis::cmd("GETDEL");
+                cmd.arg(&by_id);
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        let Some(job) = job.and_then(|raw| JobId::parse(&raw).ok()) else {
+            return Ok(None);
+        };
+        self.drop_connections(&job, &[connection.to_owned()])
+            .await?;
+        Ok(Some(job))
+    }
+
+    /// Removes `connections` from `job`'s set: what a push does with connections that
+    /// answered 410 Gone (`$disconnect` is best effort in API Gateway).
+    pub async fn drop_connections(
+        &self,
+        job: &JobId,
+        connections: &[String],
+    ) -> Result<(), StoreError> {
+        if connections.is_empty() {
+            return Ok(());
+        }
+        let ws = JobKeys::new(job).ws;
+        self.run(|mut c| {
+            let mut cmd = redis::cmd("SREM");
+            cmd.arg(&ws).arg(connections);
+            async move { cmd.query_async::<()>(&mut c).await }
+        })
+        .await
+    }
+
+    /// Of `connections`, which answered 410 Gone, removes from `job`'s set those that
+    /// registered at least `grace` ago (or are not registered at all), and returns how
+    /// many it removed. The grace matters on AWS: a connection is added during its
+    /// `$connect`, before API Gateway completes the handshake, and a push in that window
+    /// is answered 410 although the client is about to be connected. Two round trips.
+    pub async fn drop_gone_connections(
+        &self,
+        job: &JobId,
+        connections: &[String],
+        grace: Duration,
+    ) -> Result<usize, StoreError> {
+        if connections.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<String> = connections.iter().map(|c| ws_connection_key(c)).collect();
+        let ttls: Vec<i64> = self
+            .run(|mut c| {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("TTL").arg(key);
+                }
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        let full = i64::try_from(WS_CONNECTION_TTL_SECS).unwrap_or(i64::MAX);
+        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        let old: Vec<String> = connections
+            .iter()
+            .zip(ttls)
+            .filter(|(_, ttl)| *ttl < 0 || full - *ttl >= grace)
+            .map(|(c, _)| c.clone())
+            .collect();
+        self.drop_connections(job, &old).await?;
+        Ok(old.len())
+    }
+
+    /// The WebSocket connections following `job`.
+    pub async fn connections(&self, job: &JobId) -> Result<Vec<String>, StoreError> {
+        let ws = JobKeys::new(job).ws;
+        self.run(|mut c| {
+            let mut cmd = redis::cmd("SMEMBERS");
+            cmd.arg(&ws);
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
     }
 
     /// A connection of its own for blocking reads (`XREAD BLOCK`): the shared one

@@ -14,12 +14,18 @@
 //! cached per process ([`JobCache`]): the hot path (a batch for a job this instance has
 //! seen) is a single Redis round trip. The append script checks the job's `generation`
 //! so a cached entry for an expired-and-recreated job id is noticed and reloaded.
+//!
+//! After a batch or a status change is stored, the job's WebSocket connections (read in
+//! the same round trip) get it through [`push`], within a small time bound.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod push;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -34,11 +40,14 @@ use logstream_shared::auth::{
 use logstream_shared::config::{Config, ConfigError};
 use logstream_shared::error::ApiError;
 use logstream_shared::http::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
+use logstream_shared::model::StoredEntry;
 use logstream_shared::model::{
     EntryBody, EntryId, JobId, JobStatus, LineStream, NewEntry, StageStatus, now_ms,
 };
 use logstream_shared::sanitize::Sanitizer;
 use logstream_shared::store::{AppendOutcome, LogStore, NewJob, StatusOutcome, StoreError};
+
+use push::{WsPush, done_message, entries_messages};
 
 /// Most lines one request may carry.
 pub const MAX_LINES_PER_REQUEST: usize = 10_000;
@@ -56,15 +65,41 @@ pub struct IngestState {
     store: LogStore,
     key: IngestKey,
     jobs: JobCache,
+    push: Option<WsPush>,
 }
 
 impl IngestState {
+    /// State without WebSocket push.
     pub fn new(store: LogStore, key: IngestKey) -> Arc<Self> {
+        Self::with_push(store, key, None)
+    }
+
+    /// State that pushes stored entries to the jobs' WebSocket connections.
+    pub fn with_push(store: LogStore, key: IngestKey, push: Option<WsPush>) -> Arc<Self> {
         Arc::new(Self {
             store,
             key,
             jobs: JobCache::default(),
+            push,
         })
+    }
+
+    /// [`IngestState::from_config`], plus WebSocket push when `LOGSTREAM_WS_ENDPOINT`
+    /// is set (the Lambda's wiring: AWS region and credentials from the environment).
+    pub async fn from_config_with_push(config: &Config) -> Result<Arc<Self>, ConfigError> {
+        let store = config.open_store()?;
+        let key = IngestKey::new(config.require_ingest_key()?.expose());
+        let push = match &config.ws_endpoint {
+            Some(endpoint) => Some(
+                WsPush::from_environment(
+                    endpoint,
+                    Duration::from_millis(config.ws_push_timeout_ms),
+                )
+                .await,
+            ),
+            None => None,
+        };
+        Ok(Self::with_push(store, key, push))
     }
 
     /// Reads what the ingest function needs from `config` (`REDIS_URL`,
@@ -182,7 +217,7 @@ impl IngestState {
         mut settings: Arc<JobSettings>,
         seq: Option<u64>,
         lines: &[RawLine<'_>],
-    ) -> Result<AppendOutcome, ApiError> {
+    ) -> Result<(AppendOutcome, Vec<String>), ApiError> {
         let now = now_ms();
         for _ in 0..2 {
             let mut batch = settings.sanitizer.batch();
@@ -210,13 +245,83 @@ impl IngestState {
                         .await?
                         .ok_or_else(ApiError::job_not_found)?;
                 }
-                outcome => return Ok(outcome),
+                outcome => return Ok((outcome, entries)),
             }
         }
         Err(ApiError::conflict(
             "job_changed",
             "the job was recreated during the request; retry",
         ))
+    }
+}
+
+impl IngestState {
+    /// Pushes a stored batch (`stored`, the entries' JSON, with ids `first..=last`) and
+    /// the `done` message if the job ended, to `connections`. Within the push bound;
+    /// never fails the request.
+    async fn push(
+        &self,
+        job: &JobId,
+        connections: &[String],
+        first: EntryId,
+        last: EntryId,
+        stored: Vec<String>,
+        done: Option<JobStatus>,
+    ) {
+        let Some(push) = &self.push else { return };
+        if connections.is_empty() {
+            return;
+        }
+        let entries = match consecutive_ids(first, last, stored.len()) {
+            Some(ids) => ids
+                .into_iter()
+                .zip(stored)
+                .map(|(id, json)| StoredEntry { id, json })
+                .collect(),
+            // Ids skipped a millisecond inside the batch: read them back.
+            None => match self
+                .store
+                .entries_after(job, just_before(first), stored.len())
+                .await
+            {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(error = %e, "websocket push skipped: batch ids unreadable");
+                    return;
+                }
+            },
+        };
+        let mut messages = entries_messages(&entries);
+        if let Some(status) = done {
+            messages.push(done_message(status));
+        }
+        push.deliver(&self.store, job, connections, &messages).await;
+    }
+}
+
+/// The ids of an `n`-entry batch from `first` to `last` when they are consecutive in
+/// one millisecond, which is how Redis numbers entries added by one script (its clock is
+/// frozen while a script runs); `None` otherwise.
+fn consecutive_ids(first: EntryId, last: EntryId, n: usize) -> Option<Vec<EntryId>> {
+    let n = u64::try_from(n).ok()?;
+    (n > 0 && first.ms == last.ms && last.seq.checked_sub(first.seq)? + 1 == n).then(|| {
+        (first.seq..=last.seq)
+            .map(|seq| EntryId { ms: first.ms, seq })
+            .collect()
+    })
+}
+
+/// The largest stream id below `id`.
+fn just_before(id: EntryId) -> EntryId {
+    match id.seq {
+        0 => EntryId {
+            ms: id.ms.saturating_sub(1),
+            seq: u64::MAX,
+        },
+        seq => EntryId {
+            ms: id.ms,
+            seq: seq - 1,
+        },
     }
 }
 
@@ -407,13 +512,23 @@ async fn post_logs(
             format!("seq must be at most {MAX_SEQ}"),
         ));
     }
-    match state.append_lines(&job, settings, seq, &lines).await? {
-        AppendOutcome::Appended { first, last } => Ok(Json(Accepted {
-            accepted: lines.len(),
-            first_id: Some(first),
-            last_id: Some(last),
-            duplicate: false,
-        })),
+    let (outcome, stored) = state.append_lines(&job, settings, seq, &lines).await?;
+    match outcome {
+        AppendOutcome::Appended {
+            first,
+            last,
+            connections,
+        } => {
+            state
+                .push(&job, &connections, first, last, stored, None)
+                .await;
+            Ok(Json(Accepted {
+                accepted: lines.len(),
+                first_id: Some(first),
+                last_id: Some(last),
+                duplicate: false,
+            }))
+        }
         AppendOutcome::Duplicate => Ok(Json(Accepted {
             accepted: 0,
             first_id: None,
@@ -503,10 +618,22 @@ async fn post_event(
     .to_stored_json();
     match state
         .store
-        .append(&job, &settings.generation, None, &[entry])
+        .append(
+            &job,
+            &settings.generation,
+            None,
+            std::slice::from_ref(&entry),
+        )
         .await?
     {
-        AppendOutcome::Appended { first, .. } => Ok(Json(EventStored { id: first })),
+        AppendOutcome::Appended {
+            first, connections, ..
+        } => {
+            state
+                .push(&job, &connections, first, first, vec![entry], None)
+                .await;
+            Ok(Json(EventStored { id: first }))
+        }
         AppendOutcome::Terminal(status) => Err(finished(status)),
         AppendOutcome::Stale => {
             state.jobs.forget(&job);
@@ -544,9 +671,19 @@ async fn put_status(
             "status must be running, ready or failed",
         ));
     }
-    match state.store.set_status(&job, status, now_ms()).await? {
-        StatusOutcome::Changed { .. } => {
+    let ts = now_ms();
+    match state.store.set_status(&job, status, ts).await? {
+        StatusOutcome::Changed { id, connections } => {
             tracing::info!(%status, "job status changed");
+            let entry = NewEntry {
+                ts,
+                body: EntryBody::Status { status },
+            }
+            .to_stored_json();
+            let done = status.is_terminal().then_some(status);
+            state
+                .push(&job, &connections, id, id, vec![entry], done)
+                .await;
             Ok(Json(StatusOut { status }))
         }
         StatusOutcome::Same => Ok(Json(StatusOut { status })),
@@ -561,6 +698,19 @@ async fn put_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consecutive_ids_cover_a_batch_in_one_millisecond() {
+        let id = |ms, seq| EntryId { ms, seq };
+        assert_eq!(
+            consecutive_ids(id(5, 2), id(5, 4), 3),
+            Some(vec![id(5, 2), id(5, 3), id(5, 4)])
+        );
+        assert_eq!(consecutive_ids(id(5, 2), id(6, 0), 2), None);
+        assert_eq!(consecutive_ids(id(5, 2), id(5, 4), 2), None);
+        assert_eq!(just_before(id(5, 0)), id(4, u64::MAX));
+        assert_eq!(just_before(id(5, 3)), id(5, 2));
+    }
 
     #[test]
     fn plain_text_splits_on_newlines_and_crlf() {

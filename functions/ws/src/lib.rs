@@ -1,0 +1,191 @@
+//! The ws function: API Gateway WebSocket routes.
+//!
+//! | route | does |
+//! |---|---|
+//! | `$connect` | `?job_id=…&access_token=…` (or `Authorization: Bearer`): the SSE rules, 401 for a bad token, 400 for a bad job id, 404 for a job that is missing or someone else's; an admitted connection joins `job:{ID}:ws` |
+//! | `$disconnect` | removes the connection from its job's set |
+//! | `$default` | answers `ping` (or `{"type":"ping"}`) with `{"type":"pong"}`; ignores the rest |
+//!
+//! Pushing is not done here: the ingest function posts each stored batch to the job's
+//! connections (see `logstream_ingest::push`). Refusing at `$connect` matters because
+//! API Gateway sends the integration's status to the client and closes the handshake.
+//!
+//! [`WsState::connect`] and [`WsState::disconnect`] are also what `logstream dev` runs for
+//! its local `/ws` clients, so the admission rules are written once.
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+use std::sync::Arc;
+
+use http::{HeaderMap, StatusCode};
+use lambda_http::aws_lambda_events::apigw::{
+    ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest,
+};
+use lambda_http::aws_lambda_events::encodings::Body;
+
+use logstream_shared::auth::bearer;
+use logstream_shared::config::{Config, ConfigError};
+use logstream_shared::error::ApiError;
+use logstream_shared::jwt::ViewerAuth;
+use logstream_shared::model::JobId;
+use logstream_shared::store::LogStore;
+
+/// Longest connection id accepted (API Gateway's are 16 characters).
+pub const MAX_CONNECTION_ID_LEN: usize = 128;
+
+/// The answer to a ping.
+pub const PONG: &str = r#"{"type":"pong"}"#;
+
+/// Everything the WebSocket routes share, built once per process.
+pub struct WsState {
+    store: LogStore,
+    viewers: ViewerAuth,
+}
+
+impl WsState {
+    pub fn new(store: LogStore, viewers: ViewerAuth) -> Arc<Self> {
+        Arc::new(Self { store, viewers })
+    }
+
+    /// Reads what the ws function needs from `config`; connects lazily.
+    pub fn from_config(config: &Config, http: reqwest::Client) -> Result<Arc<Self>, ConfigError> {
+        Ok(Self::new(config.open_store()?, config.viewer_auth(http)?))
+    }
+
+    /// Admits `connection` to follow `job_id` as the viewer holding `token`, or refuses:
+    /// 401 (no or bad token), 400 (bad job id or connection id), 404 (no such job, or
+    /// someone else's: the same answer).
+    pub async fn connect(
+        &self,
+        job_id: Option<&str>,
+        token: Option<&str>,
+        connection: &str,
+    ) -> Result<JobId, ApiError> {
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        let viewer = self.viewers.verify(token).await?;
+        let job = JobId::parse(job_id.unwrap_or_default())
+            .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
+        check_connection_id(connection)?;
+        match self.store.job_meta(&job).await? {
+            Some(meta) if meta.owner == viewer.user => {}
+            _ => return Err(ApiError::job_not_found()),
+        }
+        self.store.add_connection(&job, connection).await?;
+        tracing::info!(job_id = %job, connection, "websocket connected");
+        Ok(job)
+    }
+
+    /// Forgets `connection`. Unknown connections are not an error: `$disconnect` may
+    /// come after a push already dropped the connection.
+    pub async fn disconnect(&self, connection: &str) -> Result<(), ApiError> {
+        check_connection_id(connection)?;
+        if let Some(job) = self.store.remove_connection(connection).await? {
+            tracing::info!(job_id = %job, connection, "websocket disconnected");
+        }
+        Ok(())
+    }
+}
+
+fn check_connection_id(connection: &str) -> Result<(), ApiError> {
+    let ok = !connection.is_empty()
+        && connection.len() <= MAX_CONNECTION_ID_LEN
+        && connection
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=_-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_connection_id",
+            "malformed connection id",
+        ))
+    }
+}
+
+/// The answer to a client's message on `$default`: a pong for a ping, nothing else.
+pub fn reply_to(message: &str) -> Option<&'static str> {
+    let message = message.trim();
+    let is_ping = message.eq_ignore_ascii_case("ping")
+        || serde_json::from_str::<serde_json::Value>(message)
+            .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("ping"));
+    is_ping.then_some(PONG)
+}
+
+/// Handles one API Gateway WebSocket event. Never an invocation error: every failure is
+/// an answer with the SPEC's status code and JSON error body.
+#[tracing::instrument(skip_all, fields(route = event.request_context.route_key.as_deref().unwrap_or("")))]
+pub async fn handle(
+    state: &WsState,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
+    let connection = event
+        .request_context
+        .connection_id
+        .clone()
+        .unwrap_or_default();
+    let result = match event.request_context.route_key.as_deref() {
+        Some("$connect") => {
+            let token = bearer(&event.headers).map(str::to_owned).or_else(|| {
+                event
+                    .query_string_parameters
+                    .first("access_token")
+                    .map(str::to_owned)
+            });
+            state
+                .connect(
+                    event.query_string_parameters.first("job_id"),
+                    token.as_deref(),
+                    &connection,
+                )
+                .await
+                .map(|_| None)
+        }
+        Some("$disconnect") => state.disconnect(&connection).await.map(|()| None),
+        _ => Ok(reply_to(event.body.as_deref().unwrap_or_default())),
+    };
+    match result {
+        Ok(body) => response(StatusCode::OK, body.map(str::to_owned)),
+        Err(e) => {
+            let body = serde_json::json!({"error": {"code": e.code, "message": e.message}});
+            let mut answer = response(e.status, Some(body.to_string()));
+            if e.status == StatusCode::UNAUTHORIZED {
+                answer.headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            answer
+        }
+    }
+}
+
+fn response(status: StatusCode, body: Option<String>) -> ApiGatewayProxyResponse {
+    let mut answer = ApiGatewayProxyResponse::default();
+    answer.status_code = i64::from(status.as_u16());
+    answer.headers = HeaderMap::new();
+    answer.body = body.map(Body::Text);
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_get_a_pong_and_other_messages_nothing() {
+        assert_eq!(reply_to("ping"), Some(PONG));
+        assert_eq!(reply_to(r#"{"type":"ping"}"#), Some(PONG));
+        assert_eq!(reply_to("hello"), None);
+        assert_eq!(reply_to(r#"{"type":"subscribe"}"#), None);
+    }
+
+    #[test]
+    fn connection_ids_are_checked() {
+        assert!(check_connection_id("L0SM9cOFvHcCIhw=").is_ok());
+        assert!(check_connection_id("").is_err());
+        assert!(check_connection_id("a b").is_err());
+        assert!(check_connection_id(&"a".repeat(129)).is_err());
+    }
+}
