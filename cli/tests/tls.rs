@@ -102,9 +102,9 @@ async fn the_service_works_over_rediss() {
         .spawn()
         .unwrap();
     let mut first = String::new();
-    BufReader::new(dev.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    // Kept open to the end: the server prints more lines, and a closed pipe would fail it.
+    let mut stdout = BufReader::new(dev.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
     let url = first.trim().rsplit(' ').next().unwrap().to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{first}");
 
@@ -130,6 +130,7 @@ async fn the_service_works_over_rediss() {
     assert_eq!(posted["accepted"], 1, "{posted}");
 
     let _ = dev.kill();
+    drop(stdout);
     let _ = dev.wait();
     let _ = std::fs::remove_dir_all(&certs);
 }
