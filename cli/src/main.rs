@@ -330,18 +330,21 @@ async fn service(command: Command) -> anyhow::Result<()> {
         Command::Dev { addr } => {
             let config = exit_on_error("logstream dev", Config::from_env());
             let server = dev::start(config, &addr).await?;
-            println!("logstream dev listening on {}", server.url());
-            println!("  redis:       {}", server.redis_url);
-            println!("  archive:     {}", server.archive);
-            println!("  ingest key:  {}", server.ingest_key);
-            println!(
-                "  websocket:   ws://{}/ws?job_id=ID&access_token=JWT",
+            let mut banner = format!(
+                "logstream dev listening on {}\n  redis:       {}\n  archive:     {}\n  \
+                 ingest key:  {}\n  websocket:   ws://{}/ws?job_id=ID&access_token=JWT\n",
+                server.url(),
+                server.redis_url,
+                server.archive,
+                server.ingest_key,
                 server.addr
             );
             if let Some(token) = &server.viewer_token {
-                println!("  viewer JWT (user {}): {token}", dev::DEV_USER);
+                banner.push_str(&format!("  viewer JWT (user {}): {token}\n", dev::DEV_USER));
             }
-            println!("Ctrl-C stops it.");
+            banner.push_str("Ctrl-C stops it.\n");
+            // A closed stdout (the banner's reader went away) must not stop the service.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
             server.run_until_signal().await
         }
         Command::Bench {
