@@ -37,8 +37,12 @@ enum Command {
         #[arg(long, default_value = dev::DEFAULT_ADDR)]
         addr: String,
     },
-    /// Measures ingest lines/s and history pages/s over HTTP. Without --url it starts
-    /// `logstream dev` in-process on a private redis-server (build with --release).
+    /// Measures the service against the Redis under it: the XADD ceiling, ingest
+    /// lines/s, history pages/s, ingest-to-viewer delivery latency and each function's
+    /// cold start, printed as tables (or JSON). Without --url it starts `logstream dev`
+    /// in-process on a private redis-server (build with --release, and build the
+    /// function binaries too for the cold-start table: `cargo build --release
+    /// --workspace`).
     Bench {
         /// A running service to measure instead.
         #[arg(long, env = "LOGSTREAM_URL")]
@@ -46,30 +50,38 @@ enum Command {
         /// Ingest key of that service.
         #[arg(long, env = "LOGSTREAM_INGEST_KEY", hide_env_values = true)]
         ingest_key: Option<String>,
-        /// Lines per ingest request.
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        /// Ingest requests in all.
-        #[arg(long, default_value_t = 500)]
-        requests: usize,
-        /// Ingest requests in flight at once.
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-        /// History page requests (500 entries each).
-        #[arg(long, default_value_t = 2000)]
+        /// A viewer JWT of that service's `dev` user, for the history and delivery runs.
+        #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
+        viewer_token: Option<String>,
+        /// Lines per ingest request: one run per size.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        batch: Vec<usize>,
+        /// Requests in flight at once: one ingest and one history run per value.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        concurrency: Vec<usize>,
+        /// Lines posted by each ingest run.
+        #[arg(long, default_value_t = 200_000)]
+        lines: usize,
+        /// History page requests per run.
+        #[arg(long, default_value_t = 3000)]
         pages: usize,
-        /// SSE viewers following one job while lines are posted one by one, for the
-        /// ingest-to-viewer delivery latency (0 skips it).
-        #[arg(long, default_value_t = 100)]
-        viewers: usize,
-        /// Lines posted during the delivery run.
+        /// Entries per history page (1-500).
+        #[arg(long, default_value_t = 500)]
+        page_size: usize,
+        /// SSE viewers following one job while lines are posted one by one: one
+        /// delivery run per count (0 skips delivery).
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+        viewers: Vec<usize>,
+        /// Lines posted during each delivery run.
         #[arg(long, default_value_t = 200)]
         deliveries: usize,
-        /// Instead: start each function binary (release builds next to this one) under
-        /// a local Lambda Runtime API and report exec-to-first-answer and peak RSS.
+        /// Leave out the cold-start table.
         #[arg(long)]
+        no_cold_start: bool,
+        /// Only the cold-start table.
+        #[arg(long, conflicts_with = "no_cold_start")]
         cold_start: bool,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -325,7 +337,12 @@ async fn main() -> ExitCode {
 
 /// `dev` and `bench`: the service side.
 async fn service(command: Command) -> anyhow::Result<()> {
-    logstream_shared::telemetry::init();
+    if matches!(command, Command::Bench { .. }) {
+        // The report is the output: only warnings from the in-process service.
+        client_tracing();
+    } else {
+        logstream_shared::telemetry::init();
+    }
     match command {
         Command::Dev { addr } => {
             let config = exit_on_error("logstream dev", Config::from_env());
@@ -350,12 +367,15 @@ async fn service(command: Command) -> anyhow::Result<()> {
         Command::Bench {
             url,
             ingest_key,
+            viewer_token,
             batch,
-            requests,
             concurrency,
+            lines,
             pages,
+            page_size,
             viewers,
             deliveries,
+            no_cold_start,
             cold_start,
             json,
         } => {
@@ -371,12 +391,15 @@ async fn service(command: Command) -> anyhow::Result<()> {
             let opts = bench::BenchOptions {
                 url,
                 ingest_key,
-                batch,
-                requests,
+                viewer_token,
+                batches: batch,
                 concurrency,
+                lines,
                 pages,
+                page_size,
                 viewers,
                 deliveries,
+                cold_start: !no_cold_start,
             };
             let report = bench::run(opts).await?;
             if json {

@@ -203,7 +203,7 @@ impl Config {
     /// The viewer-token verifier: needs `LOGSTREAM_JWT_SECRET` or a JWKS.
     pub fn viewer_auth(
         &self,
-        http: reqwest::Client,
+        http: impl Into<crate::jwt::HttpClient>,
     ) -> Result<crate::jwt::ViewerAuth, ConfigError> {
         crate::jwt::ViewerAuth::new(self.jwt.clone(), http)
             .map_err(|e| ConfigError::Viewer(e.to_string()))

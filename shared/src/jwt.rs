@@ -41,7 +41,7 @@
 //!   the variant, but it is left out of the message.
 
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -217,7 +217,8 @@ impl ViewerAuth {
     /// or has no usable RSA key. It does **not** fetch a JWKS URL: cold starts must stay fast,
     /// so the first token fetches it. `http` is used for those fetches; each fetch sets its own
     /// timeout of about 3 s.
-    pub fn new(settings: JwtSettings, http: reqwest::Client) -> Result<Self, JwtSetupError> {
+    pub fn new(settings: JwtSettings, http: impl Into<HttpClient>) -> Result<Self, JwtSetupError> {
+        let http = http.into();
         let JwtSettings {
             hs256_secret,
             jwks,
@@ -439,6 +440,29 @@ fn map_decode_error(err: jsonwebtoken::errors::Error) -> JwtError {
     }
 }
 
+/// The HTTP client JWKS fetches use, built on first use: building a client loads the
+/// TLS roots, a cost a cold start should not pay when it may never fetch a JWKS (HS256
+/// tokens, an inline JWKS, or keys fetched later). Clones share one client.
+#[derive(Clone, Default)]
+pub struct HttpClient(Arc<OnceLock<reqwest::Client>>);
+
+impl HttpClient {
+    /// A client made with `reqwest::Client::new()` the first time it is needed.
+    pub fn lazy() -> Self {
+        Self::default()
+    }
+
+    fn get(&self) -> &reqwest::Client {
+        self.0.get_or_init(reqwest::Client::new)
+    }
+}
+
+impl From<reqwest::Client> for HttpClient {
+    fn from(client: reqwest::Client) -> Self {
+        Self(Arc::new(OnceLock::from(client)))
+    }
+}
+
 /// The RS256 keys and, for a URL source, the state of fetching them.
 struct KeyStore {
     origin: KeyOrigin,
@@ -451,10 +475,7 @@ struct KeyStore {
 
 enum KeyOrigin {
     Inline,
-    Url {
-        url: reqwest::Url,
-        http: reqwest::Client,
-    },
+    Url { url: reqwest::Url, http: HttpClient },
 }
 
 #[derive(Default)]
@@ -503,7 +524,7 @@ impl KeyStore {
         }
     }
 
-    fn remote(url: reqwest::Url, http: reqwest::Client) -> Self {
+    fn remote(url: reqwest::Url, http: HttpClient) -> Self {
         Self {
             origin: KeyOrigin::Url { url, http },
             cache: RwLock::default(),
@@ -546,7 +567,7 @@ impl KeyStore {
     async fn refresh(
         &self,
         url: &reqwest::Url,
-        http: &reqwest::Client,
+        http: &HttpClient,
         seen: u64,
         every: Duration,
     ) -> Result<(), JwtError> {
@@ -560,7 +581,7 @@ impl KeyStore {
             .is_some_and(|last| last.elapsed() < every);
         if !rate_limited {
             state.last_attempt = Some(Instant::now());
-            match fetch_jwks(http, url).await {
+            match fetch_jwks(http.get(), url).await {
                 Ok(keys) => {
                     tracing::debug!(keys = keys.len(), "fetched the JWKS");
                     let mut set = self.write();

@@ -271,19 +271,34 @@ pub struct StoredEntry {
 impl StoredEntry {
     /// The API's JSON for this entry: `{"id":"…",` spliced before the stored fields.
     pub fn to_json(&self) -> String {
-        let rest = self.json.strip_prefix('{').unwrap_or("}");
-        let sep = if rest.starts_with('}') { "" } else { "," };
-        format!("{{\"id\":\"{}\"{sep}{rest}", self.id)
+        let mut out = String::with_capacity(self.json.len() + 40);
+        self.write_json(&mut out);
+        out
     }
 
-    /// The entry as a raw JSON value, to embed in a response without re-encoding.
-    pub fn to_raw(&self) -> Box<serde_json::value::RawValue> {
-        // `to_json` of valid stored JSON is valid JSON. A corrupt stored value (not
-        // written by this code) becomes `null` rather than failing a whole page.
-        serde_json::value::RawValue::from_string(self.to_json()).unwrap_or_else(|_| {
-            tracing::warn!(id = %self.id, "stored entry is not valid JSON");
-            serde_json::value::RawValue::NULL.to_owned()
-        })
+    /// Appends [`to_json`](Self::to_json) to `out`, without an allocation of its own:
+    /// how a page or a batch of frames is written in one buffer.
+    ///
+    /// The stored JSON is this code's own output, so it is spliced as it is rather
+    /// than parsed again; only its shape is checked, and a value that is not an object
+    /// (not written by this code) becomes `null` rather than breaking the document.
+    pub fn write_json(&self, out: &mut String) {
+        use std::fmt::Write;
+        let Some(fields) = self
+            .json
+            .strip_prefix('{')
+            .filter(|rest| rest.ends_with('}'))
+        else {
+            tracing::warn!(id = %self.id, "stored entry is not a JSON object");
+            out.push_str("null");
+            return;
+        };
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{{\"id\":\"{}\"", self.id);
+        if !fields.starts_with('}') {
+            out.push(',');
+        }
+        out.push_str(fields);
     }
 
     /// The inverse of [`to_json`](Self::to_json): splits an entry's API JSON (as the
@@ -407,6 +422,27 @@ mod tests {
         ] {
             assert_eq!(StoredEntry::from_json_line(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn entries_written_into_one_buffer_match_their_own_json_and_corrupt_ones_become_null() {
+        let a = StoredEntry {
+            id: "5-0".parse().unwrap(),
+            json: r#"{"ts":1,"kind":"line","stream":"stdout","text":"a"}"#.into(),
+        };
+        let corrupt = StoredEntry {
+            id: "5-1".parse().unwrap(),
+            json: "not json".into(),
+        };
+        let mut out = String::from("[");
+        a.write_json(&mut out);
+        out.push(',');
+        corrupt.write_json(&mut out);
+        out.push(']');
+        assert_eq!(out, format!("[{},null]", a.to_json()));
+        let parsed: Vec<Option<Entry>> = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed[0].as_ref().map(|e| e.id), Some(a.id));
+        assert!(parsed[1].is_none());
     }
 
     #[test]

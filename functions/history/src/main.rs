@@ -3,6 +3,7 @@
 //! router. Nothing else.
 
 use logstream_shared::config::{Config, exit_on_error};
+use logstream_shared::jwt::HttpClient;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -10,7 +11,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let config = exit_on_error("logstream-history", Config::from_env());
     let state = exit_on_error(
         "logstream-history",
-        logstream_history::HistoryState::from_config(&config, reqwest::Client::new()).await,
+        logstream_history::HistoryState::from_config(&config, HttpClient::lazy()).await,
     );
     lambda_http::run(logstream_history::router(state, &config.cors_origins)).await
 }

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use logstream_shared::config::{Config, ConfigError};
 use logstream_shared::error::ApiError;
 use logstream_shared::http::{ApiQuery, JobPath, authenticate_viewer, finish};
-use logstream_shared::jwt::ViewerAuth;
+use logstream_shared::jwt::{HttpClient, ViewerAuth};
 use logstream_shared::model::{EntryId, JobId, JobStatus, StoredEntry, now_ms};
 use logstream_shared::store::{LogStore, StoreError};
 
@@ -77,7 +77,10 @@ impl SseState {
     }
 
     /// Reads what the sse function needs from `config`; connects lazily.
-    pub fn from_config(config: &Config, http: reqwest::Client) -> Result<Arc<Self>, ConfigError> {
+    pub fn from_config(
+        config: &Config,
+        http: impl Into<HttpClient>,
+    ) -> Result<Arc<Self>, ConfigError> {
         let store = config.open_store()?;
         Ok(Self::new(
             store,

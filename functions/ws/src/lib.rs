@@ -26,7 +26,7 @@ use lambda_http::aws_lambda_events::encodings::Body;
 use logstream_shared::auth::bearer;
 use logstream_shared::config::{Config, ConfigError};
 use logstream_shared::error::ApiError;
-use logstream_shared::jwt::ViewerAuth;
+use logstream_shared::jwt::{HttpClient, ViewerAuth};
 use logstream_shared::model::JobId;
 use logstream_shared::store::LogStore;
 
@@ -48,7 +48,10 @@ impl WsState {
     }
 
     /// Reads what the ws function needs from `config`; connects lazily.
-    pub fn from_config(config: &Config, http: reqwest::Client) -> Result<Arc<Self>, ConfigError> {
+    pub fn from_config(
+        config: &Config,
+        http: impl Into<HttpClient>,
+    ) -> Result<Arc<Self>, ConfigError> {
         Ok(Self::new(config.open_store()?, config.viewer_auth(http)?))
     }
 

@@ -4,6 +4,7 @@
 use lambda_http::aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use lambda_http::{Error, LambdaEvent, lambda_runtime, service_fn};
 use logstream_shared::config::{Config, exit_on_error};
+use logstream_shared::jwt::HttpClient;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -11,7 +12,7 @@ async fn main() -> Result<(), Error> {
     let config = exit_on_error("logstream-ws", Config::from_env());
     let state = exit_on_error(
         "logstream-ws",
-        logstream_ws::WsState::from_config(&config, reqwest::Client::new()),
+        logstream_ws::WsState::from_config(&config, HttpClient::lazy()),
     );
     let state = &*state;
     lambda_runtime::run(service_fn(
