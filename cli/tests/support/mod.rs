@@ -1,5 +1,10 @@
 //! Test support: `logstream dev` on port 0 over this binary's private Redis, an HTTP
 //! client, and viewer tokens signed with the test secret.
+//!
+//! `LOGSTREAM_TEST_REDIS=cluster` makes that private Redis a six-node Redis Cluster
+//! (`REDIS_URL` = the comma-separated node list), so the same tests run unchanged
+//! against a cluster (`scripts/test` does so for the ingest, history, SSE and archive
+//! tests). Tests that stop or restart their own Redis stay on a single node.
 
 #![allow(dead_code)]
 
@@ -16,6 +21,8 @@ pub const JWT_SECRET: &str = "test-secret-for-hs256-viewers-0123456789";
 
 pub struct Env {
     pub server: DevServer,
+    /// A cluster of this server's own ([`env_isolated`] in cluster mode).
+    pub own_cluster: Option<logstream_shared::redis_cluster::RedisCluster>,
     pub http: reqwest::Client,
     /// This server's archive folder (a temporary one unless the test set
     /// `LOGSTREAM_ARCHIVE_DIR`), removed with the `Env`.
@@ -32,10 +39,46 @@ impl Drop for TempDir {
     }
 }
 
+/// Whether `LOGSTREAM_TEST_REDIS=cluster` asks for the tests to run on a cluster.
+pub fn cluster_mode() -> bool {
+    std::env::var("LOGSTREAM_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}
+
+/// `REDIS_URL` of this test binary's shared private Redis: one `redis-server`, or in
+/// cluster mode a six-node cluster.
+pub fn shared_redis_url() -> String {
+    if cluster_mode() {
+        logstream_shared::redis_cluster::shared()
+            .expect("redis cluster")
+            .url()
+    } else {
+        logstream_shared::redis_server::shared()
+            .expect("redis-server")
+            .url()
+    }
+}
+
 /// A dev server on the shared private Redis.
 pub async fn env() -> Env {
-    let redis = logstream_shared::redis_server::shared().expect("redis-server");
-    env_with(&[("REDIS_URL", &redis.url())]).await
+    env_with(&[("REDIS_URL", &shared_redis_url())]).await
+}
+
+/// A dev server on a Redis no other test uses (whose archive queue, for one, is its
+/// own): a fresh cluster in cluster mode, else a `redis-server` of its own.
+pub async fn env_isolated(pairs: &[(&str, &str)]) -> Env {
+    if !cluster_mode() {
+        return env_with(pairs).await;
+    }
+    let cluster = tokio::task::spawn_blocking(logstream_shared::redis_cluster::RedisCluster::start)
+        .await
+        .expect("join")
+        .expect("redis cluster");
+    let url = cluster.url();
+    let mut all = vec![("REDIS_URL", url.as_str())];
+    all.extend_from_slice(pairs);
+    let mut env = env_with(&all).await;
+    env.own_cluster = Some(cluster);
+    env
 }
 
 /// A dev server with extra settings (`REDIS_URL` unset: it starts its own Redis).
@@ -64,6 +107,7 @@ pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
     let server = dev::start(config, "127.0.0.1:0").await.expect("dev server");
     Env {
         server,
+        own_cluster: None,
         http: reqwest::Client::new(),
         archive_dir,
         keep_archive_dir: temp,
