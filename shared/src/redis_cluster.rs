@@ -45,6 +45,8 @@ impl From<std::io::Error> for RedisClusterError {
 #[derive(Debug)]
 struct Node {
     port: u16,
+    /// The shell command line that runs it (again, for [`RedisCluster::restart`]).
+    command: String,
     guard: Option<Guarded>,
 }
 
@@ -81,17 +83,18 @@ impl RedisCluster {
             let bus = free_port()?;
             let dir = cluster.dir.join(port.to_string());
             std::fs::create_dir_all(&dir)?;
-            let guard = Guarded::spawn(&format!(
+            let command = format!(
                 "redis-server --port {port} --cluster-port {bus} --bind 127.0.0.1 \
                  --cluster-enabled yes --cluster-config-file nodes.conf \
                  --cluster-node-timeout {NODE_TIMEOUT_MS} --cluster-replica-validity-factor 0 \
                  --save '' --appendonly no --dir '{dir}' --loglevel warning \
-                 >'{dir}/redis.log' 2>&1",
+                 >>'{dir}/redis.log' 2>&1",
                 dir = dir.display(),
-            ))?;
+            );
             cluster.nodes.push(Node {
                 port,
-                guard: Some(guard),
+                guard: Some(Guarded::spawn(&command)?),
+                command,
             });
         }
         for node in &cluster.nodes {
@@ -226,6 +229,22 @@ impl RedisCluster {
             }
         }
         Ok(())
+    }
+
+    /// Starts the killed node on `port` again, with its cluster configuration
+    /// (`nodes.conf`) but no data: it rejoins the cluster it knew.
+    pub fn restart(&mut self, port: u16) -> Result<(), RedisClusterError> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port && n.guard.is_none())
+            .ok_or_else(|| RedisClusterError::Timeout {
+                what: format!("a stopped node on port {port}"),
+            })?;
+        node.guard = Some(Guarded::spawn(&node.command)?);
+        wait_until(Duration::from_secs(10), &format!("node {port}"), || {
+            Ok(query::<String>(port, &["PING"]).is_ok())
+        })
     }
 
     /// Waits until a master other than `old` serves `slot` and every running node reports

@@ -451,18 +451,23 @@ impl ConnectionLike for Conn {
 }
 
 /// How a [`LogStore`] reaches Redis.
+// One per process (clones are few): the single-node variant's size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Backend {
     Single {
         client: redis::Client,
         conn: ConnectionManager,
     },
-    Cluster {
-        nodes: Vec<String>,
-        client: ClusterClient,
-        /// Connected on first use (the cluster client connects eagerly).
-        conn: Arc<OnceCell<ClusterConnection>>,
-    },
+    Cluster(Arc<ClusterBackend>),
+}
+
+/// A cluster's seeds, its client, and the shared connection.
+struct ClusterBackend {
+    nodes: Vec<String>,
+    client: ClusterClient,
+    /// Connected on first use (the cluster client connects eagerly).
+    conn: OnceCell<ClusterConnection>,
 }
 
 /// The Redis side of logstream. Cheap to clone: clones share one connection.
@@ -470,6 +475,18 @@ enum Backend {
 pub struct LogStore {
     backend: Backend,
     retention: Retention,
+}
+
+/// Connects `client` to its cluster: the seeds, the slot map, every node; bounded, as
+/// a silent network would otherwise hold the first request for a connect timeout per
+/// step.
+async fn connect_cluster(client: &ClusterClient) -> Result<ClusterConnection, RedisError> {
+    tokio::time::timeout(
+        CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
+        client.get_async_connection(),
+    )
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
 }
 
 /// A cluster client for `nodes` whose every request (redirects and retries included)
@@ -525,18 +542,18 @@ impl LogStore {
                     .map_err(StoreError::Redis)?;
                 Backend::Single { client, conn }
             }
-            RedisTarget::Cluster(nodes) => Backend::Cluster {
+            RedisTarget::Cluster(nodes) => Backend::Cluster(Arc::new(ClusterBackend {
                 client: cluster_client(&nodes, RESPONSE_TIMEOUT).map_err(StoreError::Redis)?,
                 nodes,
-                conn: Arc::new(OnceCell::new()),
-            },
+                conn: OnceCell::new(),
+            })),
         };
         Ok(Self { backend, retention })
     }
 
     /// Whether this store talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.backend, Backend::Cluster { .. })
+        matches!(self.backend, Backend::Cluster(_))
     }
 
     /// The retention settings writes apply.
@@ -549,8 +566,9 @@ impl LogStore {
     async fn conn(&self) -> Result<Conn, StoreError> {
         match &self.backend {
             Backend::Single { conn, .. } => Ok(Conn::Single(conn.clone())),
-            Backend::Cluster { client, conn, .. } => conn
-                .get_or_try_init(|| client.get_async_connection())
+            Backend::Cluster(cluster) => cluster
+                .conn
+                .get_or_try_init(|| connect_cluster(&cluster.client))
                 .await
                 .map(|c| Conn::Cluster(c.clone()))
                 // Whatever stopped the first connect (no node answering, no slot map
@@ -1024,9 +1042,8 @@ impl LogStore {
                         .await?,
                 )
             }
-            Backend::Cluster { nodes, .. } => ReaderConn::Cluster(
-                cluster_client(nodes, block + RESPONSE_TIMEOUT)?
-                    .get_async_connection()
+            Backend::Cluster(cluster) => ReaderConn::Cluster(
+                connect_cluster(&cluster_client(&cluster.nodes, block + RESPONSE_TIMEOUT)?)
                     .await
                     .map_err(StoreError::Unavailable)?,
             ),

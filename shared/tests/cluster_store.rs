@@ -271,3 +271,116 @@ async fn reads_writes_and_a_blocking_reader_follow_a_resharded_slot() {
     let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!(page.entries.len(), 3);
 }
+
+/// What `WAIT 1` (block until the replica has the write) would add to every batch:
+/// a 100-line append script on a master alone, then followed by `WAIT 1 1000` in the
+/// same pipeline, with 1 and 8 concurrent writers on one multiplexed connection (as
+/// the store shares one). Run with
+/// `cargo test -p logstream-shared --release --test cluster_store -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement"]
+async fn measure_what_wait_for_the_replica_costs() {
+    let cluster = shared().unwrap();
+    let (id, master) = job_per_master(cluster, "wait-cost").remove(0);
+    let key = format!("job:{{{id}}}:logs");
+    let conn = redis::Client::open(format!("redis://127.0.0.1:{master}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    const CODE: &str = "for i = 1, #ARGV do \
+        redis.call('XADD', KEYS[1], 'MAXLEN', '~', 50000, '*', 'e', ARGV[i]) end return 1";
+    let lines: Vec<String> = (0..100)
+        .map(|i| {
+            line(&format!(
+                "{i:>4} added 120 packages, and audited 121 packages in 3s"
+            ))
+        })
+        .collect();
+    for (wait, writers) in [(false, 1), (true, 1), (false, 8), (true, 8)] {
+        const BATCHES: usize = 2000;
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|_| {
+                let (mut conn, key, lines) = (conn.clone(), key.clone(), lines.clone());
+                tokio::spawn(async move {
+                    let mut took = Vec::new();
+                    for _ in 0..BATCHES / writers {
+                        let t = std::time::Instant::now();
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("EVAL")
+                            .arg(CODE)
+                            .arg(1)
+                            .arg(&key)
+                            .arg(&lines)
+                            .ignore();
+                        if wait {
+                            pipe.cmd("WAIT").arg(1).arg(1000);
+                            let (acked,): (i64,) = pipe.query_async(&mut conn).await.unwrap();
+                            assert_eq!(acked, 1);
+                        } else {
+                            pipe.query_async::<()>(&mut conn).await.unwrap();
+                        }
+                        took.push(t.elapsed());
+                    }
+                    took
+                })
+            })
+            .collect();
+        let mut took = Vec::new();
+        for t in tasks {
+            took.extend(t.await.unwrap());
+        }
+        let elapsed = started.elapsed();
+        took.sort();
+        let pct = |p: f64| took[((took.len() - 1) as f64 * p) as usize];
+        eprintln!(
+            "WAIT {}: {writers} writer(s): {:.0} batches/s ({:.0} lines/s), p50 {:?}, p99 {:?}",
+            if wait { "on " } else { "off" },
+            took.len() as f64 / elapsed.as_secs_f64(),
+            took.len() as f64 * 100.0 / elapsed.as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_opened_while_the_cluster_is_down_answers_unavailable_then_recovers() {
+    // A cluster of its own: every node of it is stopped.
+    let mut cluster = RedisCluster::start().unwrap();
+    let store = LogStore::open(&cluster.url(), RETENTION).unwrap();
+    let ports = cluster.live_ports();
+    for &port in &ports {
+        cluster.kill(port).unwrap();
+    }
+    let id = JobId::parse("down").unwrap();
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let err = store.job_meta(&id).await.unwrap_err();
+        assert!(
+            matches!(err, logstream_shared::store::StoreError::Unavailable(_)),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "fast, not a hang"
+        );
+    }
+    // The nodes come back with their cluster configuration (and no data).
+    for &port in &ports {
+        cluster.restart(port).unwrap();
+    }
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster
+            .wait_healthy(Duration::from_secs(30))
+            .map(|()| cluster)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // The failed first connect was not remembered: this request connects.
+    let id = job_per_master(&cluster, "back").remove(0).0;
+    create(&store, &id).await;
+    assert_eq!(store.job_meta(&id).await.unwrap().unwrap().owner, "alice");
+}

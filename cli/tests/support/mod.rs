@@ -21,8 +21,6 @@ pub const JWT_SECRET: &str = "test-secret-for-hs256-viewers-0123456789";
 
 pub struct Env {
     pub server: DevServer,
-    /// A cluster of this server's own ([`env_isolated`] in cluster mode).
-    pub own_cluster: Option<logstream_shared::redis_cluster::RedisCluster>,
     pub http: reqwest::Client,
     /// This server's archive folder (a temporary one unless the test set
     /// `LOGSTREAM_ARCHIVE_DIR`), removed with the `Env`.
@@ -64,10 +62,13 @@ pub async fn env() -> Env {
 }
 
 /// A dev server on a Redis no other test uses (whose archive queue, for one, is its
-/// own): a fresh cluster in cluster mode, else a `redis-server` of its own.
-pub async fn env_isolated(pairs: &[(&str, &str)]) -> Env {
+/// own): a fresh cluster in cluster mode (returned too: keep it while the server runs),
+/// else a `redis-server` of the server's own.
+pub async fn env_isolated(
+    pairs: &[(&str, &str)],
+) -> (Env, Option<logstream_shared::redis_cluster::RedisCluster>) {
     if !cluster_mode() {
-        return env_with(pairs).await;
+        return (env_with(pairs).await, None);
     }
     let cluster = tokio::task::spawn_blocking(logstream_shared::redis_cluster::RedisCluster::start)
         .await
@@ -76,9 +77,7 @@ pub async fn env_isolated(pairs: &[(&str, &str)]) -> Env {
     let url = cluster.url();
     let mut all = vec![("REDIS_URL", url.as_str())];
     all.extend_from_slice(pairs);
-    let mut env = env_with(&all).await;
-    env.own_cluster = Some(cluster);
-    env
+    (env_with(&all).await, Some(cluster))
 }
 
 /// A dev server with extra settings (`REDIS_URL` unset: it starts its own Redis).
@@ -107,7 +106,6 @@ pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
     let server = dev::start(config, "127.0.0.1:0").await.expect("dev server");
     Env {
         server,
-        own_cluster: None,
         http: reqwest::Client::new(),
         archive_dir,
         keep_archive_dir: temp,
