@@ -135,7 +135,15 @@ async fn post_until_acknowledged(env: &Env, job: &str, seq: u64, lines: &[Value]
             .await;
         match res {
             Ok(res) if res.status() == StatusCode::OK => return attempts,
-            Ok(res) => assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "batch {seq}"),
+            Ok(res) => {
+                let status = res.status();
+                let body = res.text().await.unwrap_or_default();
+                assert_eq!(
+                    status,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "batch {seq}: {body}"
+                );
+            }
             Err(_) => {}
         }
         assert!(
@@ -182,6 +190,11 @@ async fn follow(env: &Env, job: &str) -> (Vec<String>, usize) {
 
 #[tokio::test]
 async fn a_killed_master_fails_over_and_no_acknowledged_line_is_lost_or_doubled() {
+    // The service's warnings and errors (a 500's cause) show in the test output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let (env, mut cluster) = cluster_env(&[("LOGSTREAM_HEARTBEAT_SECS", "1")]).await;
     let (job, master) = job_per_master(&cluster, "failover").remove(0);
     let slot = cluster.slot(&format!("job:{{{job}}}:logs")).unwrap();
@@ -224,6 +237,23 @@ async fn a_killed_master_fails_over_and_no_acknowledged_line_is_lost_or_doubled(
     let new_master = new_master.unwrap();
     let failover = killed_at.elapsed();
     assert_ne!(new_master, master);
+    // The promoted replica has the job (the replica had it all along).
+    let mut promoted = redis::Client::open(format!("redis://127.0.0.1:{new_master}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let meta: Option<String> = redis::cmd("HGET")
+        .arg(format!("job:{{{job}}}:meta"))
+        .arg("owner")
+        .query_async(&mut promoted)
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.as_deref(),
+        Some("alice"),
+        "the new master {new_master} has the job"
+    );
 
     let retried = writer.await.unwrap();
     loop {

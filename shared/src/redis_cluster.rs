@@ -6,7 +6,9 @@
 //! like [`crate::redis_server`] disposable and dying with their owner. The node timeout
 //! is short (1 s) so a killed master is failed over within a few seconds, and a replica
 //! may always take over (`cluster-replica-validity-factor 0`): the tests kill masters
-//! on purpose. Everything else is Redis's default, `cluster-require-full-coverage`
+//! on purpose. A replica's first copy starts at once (`repl-diskless-sync-delay 0`), and
+//! [`RedisCluster::start`] returns only once every replica has it: a replica promoted
+//! before its first sync would take over with no data at all. Everything else is Redis's default, `cluster-require-full-coverage`
 //! included, so while a master is down and not yet replaced the whole cluster answers
 //! `CLUSTERDOWN`, as a real one configured that way does.
 
@@ -87,6 +89,7 @@ impl RedisCluster {
                 "redis-server --port {port} --cluster-port {bus} --bind 127.0.0.1 \
                  --cluster-enabled yes --cluster-config-file nodes.conf \
                  --cluster-node-timeout {NODE_TIMEOUT_MS} --cluster-replica-validity-factor 0 \
+                 --repl-diskless-sync-delay 0 \
                  --save '' --appendonly no --dir '{dir}' --loglevel warning \
                  >>'{dir}/redis.log' 2>&1",
                 dir = dir.display(),
@@ -270,15 +273,21 @@ impl RedisCluster {
     }
 
     /// Waits until every running node reports `cluster_state:ok`, three masters serve
-    /// slots and every running replica's link to its master is up.
+    /// slots and every other running node is a replica whose initial sync is done
+    /// (`master_link_status:up`). A node still on its way to becoming a replica, or a
+    /// replica still waiting for its first copy, would be promoted empty by a failover.
     pub fn wait_healthy(&self, limit: Duration) -> Result<(), RedisClusterError> {
         wait_until(limit, "a healthy cluster", || {
-            if !self.all_ok() || self.masters().map(|m| m.len()).unwrap_or(0) != MASTERS {
+            let masters = self.masters()?;
+            if !self.all_ok() || masters.len() != MASTERS {
                 return Ok(false);
             }
             for port in self.live_ports() {
+                if masters.contains(&port) {
+                    continue;
+                }
                 let info: String = query(port, &["INFO", "replication"])?;
-                if info.contains("role:slave") && !info.contains("master_link_status:up") {
+                if !(info.contains("role:slave") && info.contains("master_link_status:up")) {
                     return Ok(false);
                 }
             }
