@@ -417,7 +417,7 @@ impl LuaCall<'_> {
 /// A connection to Redis, single node or cluster: every method of [`LogStore`] runs
 /// the same code on either.
 #[derive(Clone)]
-pub enum Conn {
+enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
