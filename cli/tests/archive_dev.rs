@@ -27,8 +27,8 @@ async fn wait_for(env: &Env, user: &str, path: &str, done: impl Fn(&Value) -> bo
 
 #[tokio::test]
 async fn a_finished_job_is_archived_to_the_folder_and_served_after_its_ttl() {
-    // A Redis of its own (no REDIS_URL): the archive queue is not shared with other tests.
-    let env = env_with(&[("LOGSTREAM_TTL_SECS", "2")]).await;
+    // A Redis of its own: the archive queue is not shared with other tests.
+    let (env, _cluster) = env_isolated(&[("LOGSTREAM_TTL_SECS", "2")]).await;
     let (job, _) = env.create_job("alice").await;
     env.set_status(&job, "running").await;
     env.post_lines(&job, "line", 1_000).await;

@@ -255,9 +255,8 @@ async fn viewer_tokens_are_checked() {
 
 #[tokio::test]
 async fn cors_headers_go_to_configured_origins_only() {
-    let redis = logstream_shared::redis_server::shared().unwrap();
     let env = env_with(&[
-        ("REDIS_URL", &redis.url()),
+        ("REDIS_URL", &shared_redis_url()),
         ("LOGSTREAM_CORS_ORIGINS", "https://app.example"),
     ])
     .await;
@@ -321,9 +320,8 @@ async fn rs256_tokens_verify_against_a_jwks_served_over_http() {
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let redis = logstream_shared::redis_server::shared().unwrap();
     let env = env_with(&[
-        ("REDIS_URL", &redis.url()),
+        ("REDIS_URL", &shared_redis_url()),
         ("LOGSTREAM_JWT_SECRET", ""),
         ("LOGSTREAM_JWKS_URL", &jwks_url),
         ("LOGSTREAM_JWT_ISSUER", "https://clerk.example.com"),

@@ -240,9 +240,8 @@ async fn a_reader_resuming_after_a_forced_disconnect_sees_every_line_once() {
 
 #[tokio::test]
 async fn heartbeats_fill_silence() {
-    let redis = logstream_shared::redis_server::shared().unwrap();
     let env = env_with(&[
-        ("REDIS_URL", &redis.url()),
+        ("REDIS_URL", &shared_redis_url()),
         ("LOGSTREAM_HEARTBEAT_SECS", "1"),
     ])
     .await;

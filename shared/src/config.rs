@@ -253,23 +253,11 @@ fn positive(raw: Option<String>, var: &'static str, default: u64) -> Result<u64,
     }
 }
 
+/// One `redis://`/`rediss://` URL, or a comma-separated list of them (Redis Cluster).
 fn check_redis_url(url: &str) -> Result<(), ConfigError> {
-    let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
-    if nodes.len() > 1 {
-        return Err(invalid(
-            "REDIS_URL",
-            "a comma-separated list (Redis Cluster) is not supported by this build yet".into(),
-        ));
-    }
-    let node = nodes[0];
-    if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
-        return Err(invalid(
-            "REDIS_URL",
-            "must start with redis:// or rediss://".into(),
-        ));
-    }
-    redis::Client::open(node).map_err(|e| invalid("REDIS_URL", e.to_string()))?;
-    Ok(())
+    crate::store::RedisTarget::parse(url)
+        .map(|_| ())
+        .map_err(|reason| invalid("REDIS_URL", reason))
 }
 
 fn check_origin(origin: &str) -> Result<HeaderValue, ConfigError> {
@@ -327,7 +315,10 @@ mod tests {
     fn every_bad_value_names_its_variable() {
         let cases: &[(&str, &str)] = &[
             ("REDIS_URL", "http://localhost"),
-            ("REDIS_URL", "redis://a:1,redis://b:2"),
+            ("REDIS_URL", "redis://a:1,rediss://b:2"),
+            ("REDIS_URL", "redis://a:1,,redis://b:2"),
+            ("REDIS_URL", "redis://a:1,http://b:2"),
+            ("REDIS_URL", ","),
             ("LOGSTREAM_INGEST_KEY", "short"),
             ("LOGSTREAM_TTL_SECS", "0"),
             ("LOGSTREAM_MAXLEN", "lots"),
@@ -373,6 +364,52 @@ mod tests {
         assert!(
             !format!("{c:?}").contains("0123456789abcdef"),
             "Debug hides the key"
+        );
+    }
+
+    #[test]
+    fn a_comma_list_of_node_urls_is_a_cluster() {
+        use crate::store::RedisTarget;
+        for (url, nodes) in [
+            (
+                "redis://a:7000,redis://b:7001",
+                vec!["redis://a:7000", "redis://b:7001"],
+            ),
+            (
+                " rediss://a:7000 , rediss://b:7001 ",
+                vec!["rediss://a:7000", "rediss://b:7001"],
+            ),
+            (
+                "rediss://clustercfg.example:6379,",
+                vec!["rediss://clustercfg.example:6379"],
+            ),
+        ] {
+            let c = config(&[("REDIS_URL", url)]).unwrap();
+            assert_eq!(
+                RedisTarget::parse(c.require_redis_url().unwrap()),
+                Ok(RedisTarget::Cluster(
+                    nodes.iter().map(|n| n.to_string()).collect()
+                )),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            RedisTarget::parse("redis://a:6379"),
+            Ok(RedisTarget::Single("redis://a:6379".into()))
+        );
+        let err = config(&[("REDIS_URL", "redis://a:1,rediss://b:2")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "REDIS_URL is invalid: cluster node URLs mix redis:// and rediss://; use one scheme"
+        );
+        let err = config(&[("REDIS_URL", "redis://a:1,b:2")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "REDIS_URL is invalid: cluster node 2 (\"b:2\"): must start with redis:// or rediss://"
         );
     }
 }

@@ -9,7 +9,10 @@
 //! | `logstream:archive-queue` | sorted set | finished jobs waiting for the archiver, scored by finish time (ms) |
 //!
 //! The `{ID}` braces are a Redis Cluster hash tag: all of one job's keys live in one
-//! slot, so the Lua scripts that touch them together stay legal in cluster mode.
+//! slot, so the Lua scripts and pipelines that touch them together stay legal in
+//! cluster mode. The two keys outside any job (the archive queue, a connection's own
+//! key) are never in a script or pipeline with a job's keys: they get commands of their
+//! own (see [`crate::store`]).
 //! Every job key gets the TTL (`LOGSTREAM_TTL_SECS`, 24 h) on creation and again on
 //! every write, so an active job never expires and an abandoned one cleans itself up.
 //!

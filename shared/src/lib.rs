@@ -13,6 +13,7 @@
 //! | [`http`] | extractors, viewer auth, 404/405/CORS/body limit for every router |
 //! | [`archive`] | finished jobs' logs in S3 or a local folder: format, index, pages |
 //! | [`redis_server`] | a private `redis-server` for `logstream dev` and tests |
+//! | [`redis_cluster`] | a private six-node Redis Cluster for the tests |
 //! | [`s3_server`] | a private S3-compatible server for the archive tests and benchmark |
 //! | [`process`] | helper servers that die with their owner |
 //! | [`telemetry`] | tracing setup for the Lambda mains and the CLI |
@@ -29,6 +30,7 @@ pub mod jwt;
 pub mod keys;
 pub mod model;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod s3_server;
 pub mod sanitize;

@@ -1,25 +1,49 @@
 //! `LogStore`: every Redis operation logstream performs, over one multiplexed
-//! connection per process.
+//! connection per process (per node, in a cluster).
 //!
 //! Each write is one round trip and atomic: a Lua script checks the job's state and
 //! appends the whole batch (or nothing), so a failed or retried request never leaves
 //! half a batch, and two racing terminal updates cannot both win. Reads that need the
 //! job's metadata and its entries send both commands in one pipeline.
 //!
-//! The connection is a lazy [`ConnectionManager`]: a function starts even when Redis is
-//! down, a request then fails fast with [`StoreError::Unavailable`] (the API's 503), and
-//! the manager reconnects when Redis is back. A command that finds the connection
-//! dropped is retried once, because the first command after a Redis restart fails
-//! before the manager notices. Blocking reads (`XREAD BLOCK`, the live-log path) must
-//! not use this connection: its response timeout is shorter than a block.
+//! **Single node or cluster.** `REDIS_URL` is one node URL, or a comma-separated list of
+//! node URLs for Redis Cluster (see [`RedisTarget`]). Both modes run the same code: a
+//! [`Conn`] is either a [`ConnectionManager`] or the redis crate's
+//! [`ClusterConnection`], which routes each command, pipeline and script by its first
+//! key and follows `MOVED`/`ASK`. That is legal because every script and pipeline here
+//! touches the keys of one job only, which share the job's hash tag and so one slot
+//! ([`crate::keys`]); keys outside a job (the archive queue, a WebSocket connection's
+//! own key) are always written by commands of their own. Scripts go out as `EVALSHA`
+//! and fall back to `EVAL` on `NOSCRIPT`, on the node that owns the key: a fresh node,
+//! or a replica promoted after a failover, may not have them cached, and `SCRIPT LOAD`
+//! would have to reach every node of the cluster at once.
+//!
+//! The connection is lazy: a function starts even when Redis is down, a request then
+//! fails fast with [`StoreError::Unavailable`] (the API's 503), and the connection
+//! recovers when Redis is back. Single node: a lazy [`ConnectionManager`]. Cluster: the
+//! crate's cluster client connects eagerly, so the first request connects it (behind a
+//! [`OnceCell`]; a failed attempt leaves the cell empty and the next request tries
+//! again), and it then repairs node connections and its slot map by itself. A command
+//! that finds the connection dropped is retried once, because the first command after
+//! a Redis restart fails before the manager notices. Blocking reads (`XREAD BLOCK`, the
+//! live-log path) must not use this connection: its response timeout is shorter than a
+//! block, and a blocked command would hold up everything queued behind it.
 //!
 //! The key layout is described in [`crate::keys`].
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, RedisError, Script, Value};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
+    ServerErrorKind, ToRedisArgs, Value,
+};
+use tokio::sync::OnceCell;
 
 use crate::keys::{ARCHIVE_QUEUE, JobKeys, WS_CONNECTION_TTL_SECS, ws_connection_key};
 use crate::model::{EntryBody, EntryId, JobId, JobStatus, NewEntry, StoredEntry};
@@ -28,6 +52,13 @@ use crate::model::{EntryBody, EntryId, JobId, JobStatus, NewEntry, StoredEntry};
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a (re)connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the cluster client may retry one request (redirects, a node being
+/// repaired, `TRYAGAIN`, `CLUSTERDOWN` during a failover), all within
+/// [`RESPONSE_TIMEOUT`].
+const CLUSTER_RETRIES: u32 = 12;
+/// The cluster client's wait between retries (ms): its defaults start above a second,
+/// which would spend most of the response timeout on one wait.
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (20, 400);
 
 /// What went wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +84,76 @@ impl From<RedisError> for StoreError {
     }
 }
 
+/// Whether `e` means "try again later" rather than "something is wrong": the network,
+/// a timeout, or a cluster in the middle of a failover or resharding (after the cluster
+/// client's own retries ran out).
 fn is_unreachable(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::BusyLoading
+                )
+        )
+}
+
+/// Where `REDIS_URL` points: one node, or the seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One `redis://` or `rediss://` URL.
+    Single(String),
+    /// A comma-separated list of node URLs, all `redis://` or all `rediss://`. The
+    /// client discovers the other nodes itself, so a few seeds are enough; a single
+    /// cluster configuration endpoint (ElastiCache cluster mode) is written with a
+    /// trailing comma: `rediss://clustercfg.example:6379,`.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// Parses `REDIS_URL`; the error is one line saying what is wrong.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        if !url.contains(',') {
+            check_node_url(url)?;
+            return Ok(Self::Single(url.to_owned()));
+        }
+        let mut nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+        // One trailing comma is allowed: a list of one seed (a configuration endpoint).
+        if nodes.last() == Some(&"") {
+            nodes.pop();
+        }
+        if nodes.is_empty() {
+            return Err("a cluster list needs at least one node URL".into());
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            if node.is_empty() {
+                return Err(format!("entry {} of the cluster list is empty", i + 1));
+            }
+            check_node_url(node).map_err(|e| format!("cluster node {} ({node:?}): {e}", i + 1))?;
+        }
+        let tls = nodes[0].starts_with("rediss://");
+        if nodes.iter().any(|n| n.starts_with("rediss://") != tls) {
+            return Err("cluster node URLs mix redis:// and rediss://; use one scheme".into());
+        }
+        Ok(Self::Cluster(
+            nodes.into_iter().map(str::to_owned).collect(),
+        ))
+    }
+}
+
+fn check_node_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err("must start with redis:// or rediss://".into());
+    }
+    redis::Client::open(url).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Retention settings every write applies.
@@ -163,8 +262,8 @@ const META_FIELDS: [&str; 8] = [
 
 /// Creates the meta hash unless the job exists.
 /// KEYS: meta. ARGV: ttl, then field/value pairs.
-static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static CREATE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
@@ -179,8 +278,8 @@ return 1
 /// entries…. Answers `ok`, the first and last ids, then the job's WebSocket connection
 /// ids (so the caller can push the batch without another round trip). The seq check comes before the terminal check so that a retry of a batch
 /// that was accepted just before the job ended is still answered as a duplicate.
-static APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static APPEND: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'status', 'gen', 'seq')
 if not m[1] then return {'missing'} end
@@ -204,17 +303,20 @@ return r
 });
 
 /// Moves a job to a new status, appending its `status` entry; a terminal status also
-/// stamps `finished_at` and queues the job for archival. The allowed moves mirror
-/// [`JobStatus::transition`]. KEYS: meta, logs, ws, archive queue. ARGV: status,
-/// entry, ttl, maxlen, now, job id. Answers `ok`, the id, then the job's WebSocket
-/// connection ids.
-static SET_STATUS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// stamps `finished_at`. The allowed moves mirror [`JobStatus::transition`]. KEYS: meta,
+/// logs, ws (one job's keys only: the archive queue lives in another slot and is
+/// written by [`LogStore::set_status`] after this script). ARGV: status, entry, ttl,
+/// maxlen, now. Answers `ok`, the id, then the job's WebSocket connection ids; or
+/// `same` with `finished_at` and `archived`, so a retried terminal update can queue the
+/// job again if the first attempt stopped before it did.
+static SET_STATUS: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
-local cur = redis.call('HGET', KEYS[1], 'status')
+local m = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'archived')
+local cur = m[1]
 if not cur then return {'missing'} end
 local to = ARGV[1]
-if cur == to then return {'same'} end
+if cur == to then return {'same', m[2] or '', m[3] or ''} end
 local ok = (cur == 'queued' and (to == 'running' or to == 'failed'))
   or (cur == 'running' and (to == 'ready' or to == 'failed'))
 if not ok then return {'forbidden', cur} end
@@ -222,7 +324,6 @@ local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2]
 redis.call('HSET', KEYS[1], 'status', to)
 if to == 'ready' or to == 'failed' then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[5])
-  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[6])
 end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 local r = {'ok', id}
@@ -234,8 +335,8 @@ return r
 
 /// Sets `archived` on a job's meta hash, unless the hash has expired meanwhile (a plain
 /// HSET would recreate it without a TTL). KEYS: meta.
-static MARK_ARCHIVED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static MARK_ARCHIVED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'archived', '1')
@@ -244,12 +345,161 @@ return 1
     )
 });
 
+/// A Lua script, sent as `EVALSHA` and, when the node answers `NOSCRIPT`, as `EVAL`
+/// (which also caches it there). Both are routed by the first key, so in a cluster the
+/// script runs, and gets cached, on the node that owns the job's slot.
+struct Lua {
+    code: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Self {
+        Self {
+            code,
+            hash: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
+
+    fn key(&self, key: impl ToRedisArgs) -> LuaCall<'_> {
+        let mut call = LuaCall {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        };
+        call.key(key);
+        call
+    }
+}
+
+/// One invocation of a [`Lua`] script: its keys and arguments.
+struct LuaCall<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl LuaCall<'_> {
+    fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    fn cmd(&self, cached: bool) -> Cmd {
+        let mut cmd = if cached {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(&self.lua.hash);
+            cmd
+        } else {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(self.lua.code);
+            cmd
+        };
+        cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+        cmd
+    }
+
+    async fn invoke<T: FromRedisValue>(&self, conn: &mut Conn) -> redis::RedisResult<T> {
+        match self.cmd(true).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.cmd(false).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// A connection to Redis, single node or cluster: every method of [`LogStore`] runs
+/// the same code on either.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How a [`LogStore`] reaches Redis.
+// One per process (clones are few): the single-node variant's size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Backend {
+    Single {
+        client: redis::Client,
+        conn: ConnectionManager,
+    },
+    Cluster(Arc<ClusterBackend>),
+}
+
+/// A cluster's seeds, its client, and the shared connection.
+struct ClusterBackend {
+    nodes: Vec<String>,
+    client: ClusterClient,
+    /// Connected on first use (the cluster client connects eagerly).
+    conn: OnceCell<ClusterConnection>,
+}
+
 /// The Redis side of logstream. Cheap to clone: clones share one connection.
 #[derive(Clone)]
 pub struct LogStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    backend: Backend,
     retention: Retention,
+}
+
+/// Connects `client` to its cluster: the seeds, the slot map, every node; bounded, as
+/// a silent network would otherwise hold the first request for a connect timeout per
+/// step.
+async fn connect_cluster(client: &ClusterClient) -> Result<ClusterConnection, RedisError> {
+    tokio::time::timeout(
+        CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
+        client.get_async_connection(),
+    )
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
+}
+
+/// A cluster client for `nodes` whose every request (redirects and retries included)
+/// must be answered within `response`.
+fn cluster_client(nodes: &[String], response: Duration) -> Result<ClusterClient, RedisError> {
+    let (min_wait, max_wait) = CLUSTER_RETRY_WAIT_MS;
+    ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(response)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(min_wait)
+        .max_retry_wait(max_wait)
+        .build()
 }
 
 impl std::fmt::Debug for LogStore {
@@ -270,21 +520,40 @@ pub fn install_tls_provider() {
 
 impl LogStore {
     /// Prepares the connection without connecting: fails only on a malformed URL.
+    /// `url` is one node URL or a comma-separated cluster list ([`RedisTarget`]).
     pub fn open(url: &str, retention: Retention) -> Result<Self, StoreError> {
         install_tls_provider();
-        let client = redis::Client::open(url).map_err(StoreError::Redis)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(StoreError::Redis)?;
-        Ok(Self {
-            client,
-            conn,
-            retention,
-        })
+        let bad_url = |reason: String| {
+            StoreError::Redis(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "bad REDIS_URL",
+                reason,
+            )))
+        };
+        let backend = match RedisTarget::parse(url).map_err(bad_url)? {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url).map_err(StoreError::Redis)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(200));
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map_err(StoreError::Redis)?;
+                Backend::Single { client, conn }
+            }
+            RedisTarget::Cluster(nodes) => Backend::Cluster(Arc::new(ClusterBackend {
+                client: cluster_client(&nodes, RESPONSE_TIMEOUT).map_err(StoreError::Redis)?,
+                nodes,
+                conn: OnceCell::new(),
+            })),
+        };
+        Ok(Self { backend, retention })
+    }
+
+    /// Whether this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
     }
 
     /// The retention settings writes apply.
@@ -292,19 +561,37 @@ impl LogStore {
         self.retention
     }
 
+    /// The shared connection; in a cluster, connected on first use. A failed connect
+    /// is [`StoreError::Unavailable`] and is tried again by the next call.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.backend {
+            Backend::Single { conn, .. } => Ok(Conn::Single(conn.clone())),
+            Backend::Cluster(cluster) => cluster
+                .conn
+                .get_or_try_init(|| connect_cluster(&cluster.client))
+                .await
+                .map(|c| Conn::Cluster(c.clone()))
+                // Whatever stopped the first connect (no node answering, no slot map
+                // yet), the cluster is not reachable now: the API's 503.
+                .map_err(StoreError::Unavailable),
+        }
+    }
+
     /// Runs one command (or pipeline, or script), retrying once if the connection had
     /// dropped. Retrying is safe for everything here: reads are idempotent, and a write
     /// whose connection dropped before an answer is answered as a duplicate on retry
-    /// when it carries a `seq`.
+    /// when it carries a `seq`. (The cluster client also retries redirects and node
+    /// failures itself, within the response timeout.)
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match op(self.conn.clone()).await {
+        let conn = self.conn().await?;
+        match op(conn.clone()).await {
             Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
                 tracing::debug!(error = %e, "redis connection dropped, retrying once");
-                op(self.conn.clone()).await.map_err(StoreError::from)
+                op(conn).await.map_err(StoreError::from)
             }
             other => other.map_err(StoreError::from),
         }
@@ -340,7 +627,7 @@ impl LogStore {
             .run(|mut c| {
                 let mut inv = CREATE.key(&keys.meta);
                 inv.arg(ttl).arg(&fields[..]);
-                async move { inv.invoke_async(&mut c).await }
+                async move { inv.invoke(&mut c).await }
             })
             .await?;
         Ok(created == 1)
@@ -389,7 +676,7 @@ impl LogStore {
                     .arg(ttl_secs)
                     .arg(maxlen)
                     .arg(entries);
-                async move { inv.invoke_async(&mut c).await }
+                async move { inv.invoke(&mut c).await }
             })
             .await?;
         match reply.as_slice() {
@@ -410,7 +697,15 @@ impl LogStore {
         }
     }
 
-    /// Moves the job to `to`, appending a `status` entry stamped `ts`.
+    /// Moves the job to `to`, appending a `status` entry stamped `ts`. A terminal status
+    /// also queues the job for archival.
+    ///
+    /// The status change is one script on the job's keys; queueing is a second command
+    /// (`ZADD NX`), because the queue lives in another cluster slot. If that second
+    /// step fails the caller gets an error (503) and retries, and the retry, answered
+    /// [`StatusOutcome::Same`], queues the job then: a terminal job that is neither
+    /// archived nor queued cannot come out of a request that succeeded. Only terminal
+    /// changes pay the second round trip, once per job.
     pub async fn set_status(
         &self,
         job: &JobId,
@@ -429,22 +724,32 @@ impl LogStore {
                 let mut inv = SET_STATUS.key(&keys.meta);
                 inv.key(&keys.logs)
                     .key(&keys.ws)
-                    .key(ARCHIVE_QUEUE)
                     .arg(to.as_str())
                     .arg(&entry)
                     .arg(ttl_secs)
                     .arg(maxlen)
-                    .arg(ts)
-                    .arg(job.as_str());
-                async move { inv.invoke_async(&mut c).await }
+                    .arg(ts);
+                async move { inv.invoke(&mut c).await }
             })
             .await?;
         match reply.as_slice() {
-            [tag, id, connections @ ..] if tag == "ok" => Ok(StatusOutcome::Changed {
-                id: parse_id(id)?,
-                connections: connections.to_vec(),
-            }),
-            [tag] if tag == "same" => Ok(StatusOutcome::Same),
+            [tag, id, connections @ ..] if tag == "ok" => {
+                let id = parse_id(id)?;
+                if to.is_terminal() {
+                    self.queue_archive(job, ts).await?;
+                }
+                Ok(StatusOutcome::Changed {
+                    id,
+                    connections: connections.to_vec(),
+                })
+            }
+            [tag, finished_at, archived] if tag == "same" => {
+                if to.is_terminal() && archived != "1" {
+                    let finished_at = finished_at.parse().unwrap_or(ts);
+                    self.queue_archive(job, finished_at).await?;
+                }
+                Ok(StatusOutcome::Same)
+            }
             [tag] if tag == "missing" => Ok(StatusOutcome::NotFound),
             [tag, cur] if tag == "forbidden" => Ok(StatusOutcome::Forbidden {
                 current: parse_status(cur)?,
@@ -453,6 +758,21 @@ impl LogStore {
                 "status script answered {other:?}"
             ))),
         }
+    }
+
+    /// Queues a finished job for archival, scored by its finish time (ms); a job already
+    /// queued keeps its place (`NX`).
+    async fn queue_archive(&self, job: &JobId, finished_at: u64) -> Result<(), StoreError> {
+        self.run(|mut c| async move {
+            redis::cmd("ZADD")
+                .arg(ARCHIVE_QUEUE)
+                .arg("NX")
+                .arg(finished_at)
+                .arg(job.as_str())
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     /// The job's metadata and one page of its entries, in one round trip. `None` if the
@@ -596,24 +916,29 @@ impl LogStore {
 
     /// Registers WebSocket connection `connection` as following `job`: added to the
     /// job's connection set (which takes the job's TTL) and remembered under its own key
-    /// for `$disconnect`, which only knows the connection id. One round trip.
+    /// for `$disconnect`, which only knows the connection id. The two keys are in
+    /// different cluster slots, so they are two requests sent at once: on one node they
+    /// share the multiplexed connection's round trip, in a cluster they go to their
+    /// nodes in parallel.
     pub async fn add_connection(&self, job: &JobId, connection: &str) -> Result<(), StoreError> {
         let ws = JobKeys::new(job).ws;
         let by_id = ws_connection_key(connection);
         let ttl = self.retention.ttl_secs;
-        self.run(|mut c| {
+        let follow = self.run(|mut c| {
             let mut pipe = redis::pipe();
             pipe.cmd("SADD").arg(&ws).arg(connection).ignore();
             pipe.cmd("EXPIRE").arg(&ws).arg(ttl).ignore();
-            pipe.cmd("SET")
-                .arg(&by_id)
+            async move { pipe.query_async::<()>(&mut c).await }
+        });
+        let remember = self.run(|mut c| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&by_id)
                 .arg(job.as_str())
                 .arg("EX")
-                .arg(WS_CONNECTION_TTL_SECS)
-                .ignore();
-            async move { pipe.query_async::<()>(&mut c).await }
-        })
-        .await
+                .arg(WS_CONNECTION_TTL_SECS);
+            async move { cmd.query_async::<()>(&mut c).await }
+        });
+        tokio::try_join!(follow, remember).map(|_| ())
     }
 
     /// Forgets connection `connection` (its `$disconnect`); returns the job it followed,
@@ -658,7 +983,9 @@ impl LogStore {
     /// registered at least `grace` ago (or are not registered at all), and returns how
     /// many it removed. The grace matters on AWS: a connection is added during its
     /// `$connect`, before API Gateway completes the handshake, and a push in that window
-    /// is answered 410 although the client is about to be connected. Two round trips.
+    /// is answered 410 although the client is about to be connected. Two round trips:
+    /// the `TTL`s (one request per connection key, all sent at once, since the keys lie in
+    /// different cluster slots), then the removal.
     pub async fn drop_gone_connections(
         &self,
         job: &JobId,
@@ -669,15 +996,12 @@ impl LogStore {
             return Ok(0);
         }
         let keys: Vec<String> = connections.iter().map(|c| ws_connection_key(c)).collect();
-        let ttls: Vec<i64> = self
-            .run(|mut c| {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("TTL").arg(key);
-                }
-                async move { pipe.query_async(&mut c).await }
+        let ttls: Vec<i64> = futures_util::future::try_join_all(keys.iter().map(|key| {
+            self.run(move |mut c| async move {
+                redis::cmd("TTL").arg(key).query_async::<i64>(&mut c).await
             })
-            .await?;
+        }))
+        .await?;
         let full = i64::try_from(WS_CONNECTION_TTL_SECS).unwrap_or(i64::MAX);
         let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
         let old: Vec<String> = connections
@@ -703,15 +1027,27 @@ impl LogStore {
 
     /// A connection of its own for blocking reads (`XREAD BLOCK`): the shared one
     /// times out a response long before a block ends, and a blocked command would hold
-    /// up every other command queued behind it.
+    /// up every other command queued behind it. In a cluster it is a cluster connection
+    /// of its own, so a read follows its job's slot through `MOVED` after a resharding
+    /// or a failover.
     pub async fn blocking_reader(&self, block: Duration) -> Result<BlockingReader, StoreError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let conn = match &self.backend {
+            Backend::Single { client, .. } => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+                ReaderConn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Backend::Cluster(cluster) => ReaderConn::Cluster(
+                connect_cluster(&cluster_client(&cluster.nodes, block + RESPONSE_TIMEOUT)?)
+                    .await
+                    .map_err(StoreError::Unavailable)?,
+            ),
+        };
         Ok(BlockingReader { conn, block })
     }
 }
@@ -774,7 +1110,7 @@ impl LogStore {
         let marked: i64 = self
             .run(|mut c| {
                 let inv = MARK_ARCHIVED.key(&meta);
-                async move { inv.invoke_async(&mut c).await }
+                async move { inv.invoke(&mut c).await }
             })
             .await?;
         Ok(marked == 1)
@@ -795,8 +1131,14 @@ impl LogStore {
 
 /// A dedicated connection that waits for new entries with `XREAD BLOCK`.
 pub struct BlockingReader {
-    conn: MultiplexedConnection,
+    conn: ReaderConn,
     block: Duration,
+}
+
+/// A [`BlockingReader`]'s connection.
+enum ReaderConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
 }
 
 impl BlockingReader {
@@ -809,16 +1151,18 @@ impl BlockingReader {
         count: usize,
     ) -> Result<Vec<StoredEntry>, StoreError> {
         let logs = JobKeys::new(job).logs;
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
             .arg(count)
             .arg("BLOCK")
             .arg(self.block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&logs)
-            .arg(after.to_string())
-            .query_async(&mut self.conn)
-            .await?;
+            .arg(after.to_string());
+        let reply: Value = match &mut self.conn {
+            ReaderConn::Single(c) => cmd.query_async(c).await?,
+            ReaderConn::Cluster(c) => cmd.query_async(c).await?,
+        };
         match reply {
             Value::Nil => Ok(Vec::new()),
             // RESP2: [[key, entries]]; RESP3: {key: entries}.

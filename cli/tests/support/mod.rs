@@ -1,5 +1,10 @@
 //! Test support: `logstream dev` on port 0 over this binary's private Redis, an HTTP
 //! client, and viewer tokens signed with the test secret.
+//!
+//! `LOGSTREAM_TEST_REDIS=cluster` makes that private Redis a six-node Redis Cluster
+//! (`REDIS_URL` = the comma-separated node list), so the same tests run unchanged
+//! against a cluster (`scripts/test` does so for the ingest, history, SSE and archive
+//! tests). Tests that stop or restart their own Redis stay on a single node.
 
 #![allow(dead_code)]
 
@@ -32,10 +37,47 @@ impl Drop for TempDir {
     }
 }
 
+/// Whether `LOGSTREAM_TEST_REDIS=cluster` asks for the tests to run on a cluster.
+pub fn cluster_mode() -> bool {
+    std::env::var("LOGSTREAM_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}
+
+/// `REDIS_URL` of this test binary's shared private Redis: one `redis-server`, or in
+/// cluster mode a six-node cluster.
+pub fn shared_redis_url() -> String {
+    if cluster_mode() {
+        logstream_shared::redis_cluster::shared()
+            .expect("redis cluster")
+            .url()
+    } else {
+        logstream_shared::redis_server::shared()
+            .expect("redis-server")
+            .url()
+    }
+}
+
 /// A dev server on the shared private Redis.
 pub async fn env() -> Env {
-    let redis = logstream_shared::redis_server::shared().expect("redis-server");
-    env_with(&[("REDIS_URL", &redis.url())]).await
+    env_with(&[("REDIS_URL", &shared_redis_url())]).await
+}
+
+/// A dev server on a Redis no other test uses (whose archive queue, for one, is its
+/// own): a fresh cluster in cluster mode (returned too: keep it while the server runs),
+/// else a `redis-server` of the server's own.
+pub async fn env_isolated(
+    pairs: &[(&str, &str)],
+) -> (Env, Option<logstream_shared::redis_cluster::RedisCluster>) {
+    if !cluster_mode() {
+        return (env_with(pairs).await, None);
+    }
+    let cluster = tokio::task::spawn_blocking(logstream_shared::redis_cluster::RedisCluster::start)
+        .await
+        .expect("join")
+        .expect("redis cluster");
+    let url = cluster.url();
+    let mut all = vec![("REDIS_URL", url.as_str())];
+    all.extend_from_slice(pairs);
+    (env_with(&all).await, Some(cluster))
 }
 
 /// A dev server with extra settings (`REDIS_URL` unset: it starts its own Redis).

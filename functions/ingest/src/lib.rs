@@ -686,6 +686,8 @@ async fn put_status(
                 .await;
             Ok(Json(StatusOut { status }))
         }
+        // A repeated terminal status: the store has queued the job for archival again
+        // if an earlier attempt failed before doing so.
         StatusOutcome::Same => Ok(Json(StatusOut { status })),
         StatusOutcome::Forbidden { current } => Err(ApiError::conflict(
             "invalid_transition",

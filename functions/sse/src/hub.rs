@@ -4,6 +4,8 @@
 //! newest id it has seen, broadcasting each batch of new entries to the viewers of its
 //! job. Two hundred viewers of one job cost one Redis connection, not two hundred.
 //! The block time is bounded so a feed whose viewers have all left notices and ends.
+//! On a Redis Cluster a feed's connection is a cluster connection of its own (a socket
+//! per node), so its reads follow the job's slot through a failover or a resharding.
 //!
 //! Viewers join without a gap or a duplicate whatever the feed's position: a viewer
 //! subscribes first, then reads the history after its own cursor from Redis, then
