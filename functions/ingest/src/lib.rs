@@ -7,8 +7,9 @@
 //! | `POST /jobs/{id}/events` | appends a stage event |
 //! | `PUT /jobs/{id}/status` | moves the job through its states |
 //!
-//! A batch is parsed and sanitized completely before Redis is touched, then appended
-//! by one script in one round trip: it is stored whole or not at all.
+//! A batch is parsed ([`logstream_shared::batch`]) and sanitized completely before
+//! Redis is touched, then appended by one script in one round trip: it is stored whole
+//! or not at all.
 //!
 //! A job's owner, token hash and secrets never change after creation, so they are
 //! cached per process ([`JobCache`]): the hot path (a batch for a job this instance has
@@ -22,7 +23,6 @@
 
 pub mod push;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use logstream_shared::auth::{
     IngestKey, bearer, new_ingest_token, random_hex, token_hash, token_matches,
 };
+use logstream_shared::batch::{BodyFormat, LineBatch, RawLine, parse_body};
 use logstream_shared::config::{Config, ConfigError};
 use logstream_shared::error::ApiError;
 use logstream_shared::http::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
@@ -49,16 +50,16 @@ use logstream_shared::store::{AppendOutcome, LogStore, NewJob, StatusOutcome, St
 
 use push::{WsPush, done_message, entries_messages};
 
-/// Most lines one request may carry.
-pub const MAX_LINES_PER_REQUEST: usize = 10_000;
+/// The body limits (the body parser lives in the shared crate, where the fuzz targets
+/// reach it).
+pub use logstream_shared::batch::{MAX_LINES_PER_REQUEST, MAX_SEQ};
+
 /// Most literal secrets one job may register, and their length bounds.
 pub const MAX_SECRETS: usize = 100;
 pub const MIN_SECRET_LEN: usize = 4;
 pub const MAX_SECRET_LEN: usize = 4096;
 /// Longest owner id and stage name.
 pub const MAX_NAME_LEN: usize = 256;
-/// Largest `seq` that survives the round trip through Lua's doubles exactly.
-pub const MAX_SEQ: u64 = (1 << 53) - 1;
 
 /// Everything the ingest routes share, built once per process.
 pub struct IngestState {
@@ -418,31 +419,6 @@ async fn create_job(
 }
 
 #[derive(Debug, Deserialize)]
-struct LineBatch {
-    lines: Vec<LineIn>,
-    seq: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LineIn {
-    #[serde(default = "default_stream")]
-    stream: LineStream,
-    text: String,
-    ts: Option<u64>,
-}
-
-fn default_stream() -> LineStream {
-    LineStream::Stdout
-}
-
-/// One line before sanitizing.
-struct RawLine<'a> {
-    stream: LineStream,
-    text: Cow<'a, str>,
-    ts: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
 struct LogsQuery {
     stream: Option<String>,
 }
@@ -465,53 +441,17 @@ async fn post_logs(
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<Accepted>, ApiError> {
     let settings = state.authorize(&headers, &job).await?;
-    let (lines, seq) = if is_plain_text(&headers) {
-        let stream = match query.stream.as_deref() {
+    let format = if is_plain_text(&headers) {
+        BodyFormat::PlainText(match query.stream.as_deref() {
             None => LineStream::Stdout,
             Some(raw) => raw.parse().map_err(|()| {
                 ApiError::bad_request("invalid_stream", "stream must be stdout, stderr or system")
             })?,
-        };
-        let lines: Vec<RawLine<'_>> = split_lines(&body)
-            .into_iter()
-            .map(|text| RawLine {
-                stream,
-                text,
-                ts: None,
-            })
-            .collect();
-        (lines, None)
+        })
     } else {
-        let batch: LineBatch = parse_json(&body)?;
-        let lines = batch
-            .lines
-            .into_iter()
-            .map(|l| RawLine {
-                stream: l.stream,
-                text: Cow::Owned(l.text),
-                ts: l.ts,
-            })
-            .collect();
-        (lines, batch.seq)
+        BodyFormat::Json
     };
-    if lines.is_empty() {
-        return Err(ApiError::bad_request("no_lines", "the batch has no lines"));
-    }
-    if lines.len() > MAX_LINES_PER_REQUEST {
-        return Err(ApiError::too_large(
-            "too_many_lines",
-            format!(
-                "{} lines in one request; the limit is {MAX_LINES_PER_REQUEST}",
-                lines.len()
-            ),
-        ));
-    }
-    if seq.is_some_and(|s| s > MAX_SEQ) {
-        return Err(ApiError::bad_request(
-            "invalid_seq",
-            format!("seq must be at most {MAX_SEQ}"),
-        ));
-    }
+    let LineBatch { lines, seq } = parse_body(&body, format)?;
     let (outcome, stored) = state.append_lines(&job, settings, seq, &lines).await?;
     match outcome {
         AppendOutcome::Appended {
@@ -549,19 +489,6 @@ fn is_plain_text(headers: &HeaderMap) -> bool {
                 .to_ascii_lowercase()
                 .starts_with("text/plain")
         })
-}
-
-/// Splits a `text/plain` body into lines: `\n` ends a line, a `\r` just before it is
-/// part of the line ending (CRLF), a final newline does not start an empty line, and
-/// invalid UTF-8 becomes U+FFFD.
-fn split_lines(body: &[u8]) -> Vec<Cow<'_, str>> {
-    if body.is_empty() {
-        return Vec::new();
-    }
-    let body = body.strip_suffix(b"\n").unwrap_or(body);
-    body.split(|&b| b == b'\n')
-        .map(|line| String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)))
-        .collect()
 }
 
 fn finished(status: JobStatus) -> ApiError {
@@ -710,27 +637,5 @@ mod tests {
         assert_eq!(consecutive_ids(id(5, 2), id(5, 4), 2), None);
         assert_eq!(just_before(id(5, 0)), id(4, u64::MAX));
         assert_eq!(just_before(id(5, 3)), id(5, 2));
-    }
-
-    #[test]
-    fn plain_text_splits_on_newlines_and_crlf() {
-        assert_eq!(split_lines(b"a\nb\r\nc"), ["a", "b", "c"]);
-        assert_eq!(split_lines(b"a\n"), ["a"]);
-        assert_eq!(split_lines(b"\n"), [""]);
-        assert_eq!(split_lines(b"a\n\nb\n"), ["a", "", "b"]);
-        assert!(split_lines(b"").is_empty());
-    }
-
-    #[test]
-    fn plain_text_keeps_progress_carriage_returns_inside_a_line() {
-        assert_eq!(split_lines(b"10%\r50%\r\n"), ["10%\r50%"]);
-    }
-
-    #[test]
-    fn invalid_utf8_becomes_replacement_characters() {
-        assert_eq!(
-            split_lines(b"ok \xff\xfe end\n"),
-            ["ok \u{fffd}\u{fffd} end"]
-        );
     }
 }
