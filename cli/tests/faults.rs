@@ -8,6 +8,8 @@
 //!   resume with `Last-Event-ID` and each sees every line exactly once, in order.
 //!   That Redis keeps an fsynced append-only file, so the restart loses nothing it
 //!   acknowledged: the test is about the service, not about Redis losing data.
+//! - Redis loading its data after a restart (it answers `LOADING` meanwhile): requests
+//!   wait, then answer 503 within a bound (never 500), then everything is back.
 //! - Redis stalling (`CLIENT PAUSE`): requests answer 503 within a bound instead of
 //!   waiting for Redis, an open stream ends (to be resumed) instead of hanging, and the
 //!   service works again when the stall ends.
@@ -415,6 +417,78 @@ async fn redis_restarts_while_viewers_follow_and_a_pipeline_writes_lose_and_doub
         0,
         "feeds end with their viewers"
     );
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_loading_its_data_after_a_restart_is_503_not_500() {
+    // Each command replayed from the append-only file takes 5 ms more: some 6 s of
+    // `LOADING` for the job below, longer than the store's 3 s response timeout. The
+    // redis client waits through `LOADING`; what must not happen is a 500 or a hang.
+    let redis = RedisServer::start_persistent_with("--key-load-delay 5000").unwrap();
+    let env = env_with(&[("REDIS_URL", &redis.url())]).await;
+    let (job, _) = env.create_job("alice").await;
+    env.post_lines(&job, "line", 1000).await;
+
+    let mut restart = tokio::task::spawn_blocking(move || {
+        let mut redis = redis;
+        // Returns once Redis answers PING, that is once it has loaded everything.
+        redis.restart().expect("redis restarts");
+        redis
+    });
+    let viewer = viewer_token("alice", 300);
+    let mut answers: Vec<(&str, StatusCode)> = Vec::new();
+    let redis = loop {
+        tokio::select! {
+            done = &mut restart => break done.unwrap(),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let checks = [
+            (
+                "GET /jobs/{id}/logs",
+                env.http
+                    .get(env.url(&format!("/jobs/{job}/logs?limit=1")))
+                    .bearer_auth(&viewer),
+            ),
+            (
+                "POST /jobs/{id}/logs",
+                env.http
+                    .post(env.url(&format!("/jobs/{job}/logs")))
+                    .bearer_auth(INGEST_KEY)
+                    .json(&json!({"lines": [{"text": "during"}], "seq": 1})),
+            ),
+            (
+                "GET /jobs/{id}/logs/stream",
+                env.http
+                    .get(env.url(&format!("/jobs/{job}/logs/stream")))
+                    .bearer_auth(&viewer),
+            ),
+        ];
+        for (what, req) in checks {
+            let started = Instant::now();
+            let res = req.send().await.unwrap();
+            assert!(started.elapsed() < ANSWER_WITHIN, "{what} answered in time");
+            answers.push((what, res.status()));
+        }
+    };
+    assert!(
+        answers
+            .iter()
+            .all(|(_, s)| *s == StatusCode::OK || *s == StatusCode::SERVICE_UNAVAILABLE),
+        "only 200 or 503 while Redis loads: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|(_, s)| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "the loading window was met: {answers:?}"
+    );
+    // Loaded: everything is there, once.
+    let (code, page) = env
+        .get_as("alice", &format!("/jobs/{job}/logs?limit=500&after=0-0"))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(texts(&page["lines"])[..2], ["line 0", "line 1"]);
     drop(redis);
 }
 

@@ -47,8 +47,15 @@ impl RedisServer {
     /// append-only file fsynced before each write is answered, so whatever Redis
     /// acknowledged is there again after a restart.
     pub fn start_persistent() -> Result<Self, RedisServerError> {
+        Self::start_persistent_with("")
+    }
+
+    /// [`RedisServer::start_persistent`] with extra `redis-server` arguments, such as
+    /// `--key-load-delay 1000` (µs per key loaded) to make a restart's loading last.
+    pub fn start_persistent_with(args: &str) -> Result<Self, RedisServerError> {
         let mut server = Self::unstarted(free_port()?, None)?;
         server.persistent = true;
+        server.extra = format!("{} {args}", server.extra);
         server.spawn()?;
         Ok(server)
     }
