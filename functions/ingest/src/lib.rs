@@ -24,7 +24,7 @@
 pub mod push;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -135,36 +135,81 @@ pub fn router(state: Arc<IngestState>, cors_origins: &[HeaderValue]) -> Router {
 struct JobSettings {
     token_hash: String,
     generation: String,
-    sanitizer: Sanitizer,
+    /// Shared by every job without literal secrets (see [`sanitizer_for`]).
+    sanitizer: Arc<Sanitizer>,
 }
 
-/// Per-process cache of [`JobSettings`]. Bounded: cleared when full, which only costs
-/// one extra read per active job.
+/// The sanitizer every job without registered secrets shares.
+fn plain_sanitizer() -> &'static Arc<Sanitizer> {
+    static PLAIN: LazyLock<Arc<Sanitizer>> = LazyLock::new(|| Arc::new(Sanitizer::new(&[])));
+    &PLAIN
+}
+
+/// A job's sanitizer. One weighs about 70 kB (its Aho-Corasick automaton), so jobs
+/// without secrets share one: the cache then costs a few hundred bytes per job.
+fn sanitizer_for(secrets: &[String]) -> Arc<Sanitizer> {
+    if secrets.is_empty() {
+        plain_sanitizer().clone()
+    } else {
+        Arc::new(Sanitizer::new(secrets))
+    }
+}
+
+/// Per-process cache of [`JobSettings`]. Bounded, and cleared when full, which only
+/// costs one extra read per active job: at most [`JOB_CACHE_CAP`] jobs, of which at
+/// most [`JOB_CACHE_OWN_SANITIZERS`] with a sanitizer of their own (some 18 MB). A job
+/// that has ended is dropped: it takes no more writes. Without these bounds a warm
+/// instance grew by ~70 kB per job it had seen, past a 256 MB Lambda's memory at a
+/// few thousand jobs (found by `logstream soak`).
 #[derive(Default)]
 struct JobCache {
-    map: Mutex<HashMap<JobId, Arc<JobSettings>>>,
+    map: Mutex<CachedJobs>,
+}
+
+#[derive(Default)]
+struct CachedJobs {
+    jobs: HashMap<JobId, Arc<JobSettings>>,
+    /// Entries whose sanitizer is their own.
+    own: usize,
 }
 
 const JOB_CACHE_CAP: usize = 4096;
+const JOB_CACHE_OWN_SANITIZERS: usize = 256;
+
+fn owns_sanitizer(settings: &JobSettings) -> bool {
+    !Arc::ptr_eq(&settings.sanitizer, plain_sanitizer())
+}
 
 impl JobCache {
     fn get(&self, job: &JobId) -> Option<Arc<JobSettings>> {
-        self.map.lock().ok()?.get(job).cloned()
+        self.map.lock().ok()?.jobs.get(job).cloned()
     }
 
     fn put(&self, job: &JobId, settings: Arc<JobSettings>) {
         if let Ok(mut map) = self.map.lock() {
-            if map.len() >= JOB_CACHE_CAP {
-                map.clear();
+            let own = owns_sanitizer(&settings);
+            if map.jobs.len() >= JOB_CACHE_CAP || (own && map.own >= JOB_CACHE_OWN_SANITIZERS) {
+                map.jobs.clear();
+                map.own = 0;
             }
-            map.insert(job.clone(), settings);
+            if let Some(old) = map.jobs.insert(job.clone(), settings) {
+                map.own -= usize::from(owns_sanitizer(&old));
+            }
+            map.own += usize::from(own);
         }
     }
 
     fn forget(&self, job: &JobId) {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(job);
+        if let Ok(mut map) = self.map.lock()
+            && let Some(old) = map.jobs.remove(job)
+        {
+            map.own -= usize::from(owns_sanitizer(&old));
         }
+    }
+
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
+        self.map.lock().map_or((0, 0), |m| (m.jobs.len(), m.own))
     }
 }
 
@@ -177,9 +222,12 @@ impl IngestState {
         let settings = Arc::new(JobSettings {
             token_hash: meta.token_hash,
             generation: meta.generation,
-            sanitizer: Sanitizer::new(&meta.secrets),
+            sanitizer: sanitizer_for(&meta.secrets),
         });
-        self.jobs.put(job, settings.clone());
+        // An ended job takes no more writes: not worth keeping.
+        if !meta.status.is_terminal() {
+            self.jobs.put(job, settings.clone());
+        }
         Ok(Some(settings))
     }
 
@@ -404,7 +452,7 @@ async fn create_job(
         Arc::new(JobSettings {
             token_hash: hash,
             generation,
-            sanitizer: Sanitizer::new(&req.secrets),
+            sanitizer: sanitizer_for(&req.secrets),
         }),
     );
     tracing::info!(job_id = %job, "job created");
@@ -475,7 +523,10 @@ async fn post_logs(
             last_id: None,
             duplicate: true,
         })),
-        AppendOutcome::Terminal(status) => Err(finished(status)),
+        AppendOutcome::Terminal(status) => {
+            state.jobs.forget(&job);
+            Err(finished(status))
+        }
         AppendOutcome::NotFound | AppendOutcome::Stale => Err(ApiError::job_not_found()),
     }
 }
@@ -599,7 +650,13 @@ async fn put_status(
         ));
     }
     let ts = now_ms();
-    match state.store.set_status(&job, status, ts).await? {
+    let outcome = state.store.set_status(&job, status, ts).await?;
+    if status.is_terminal()
+        && matches!(outcome, StatusOutcome::Changed { .. } | StatusOutcome::Same)
+    {
+        state.jobs.forget(&job);
+    }
+    match outcome {
         StatusOutcome::Changed { id, connections } => {
             tracing::info!(%status, "job status changed");
             let entry = NewEntry {
@@ -637,5 +694,51 @@ mod tests {
         assert_eq!(consecutive_ids(id(5, 2), id(5, 4), 2), None);
         assert_eq!(just_before(id(5, 0)), id(4, u64::MAX));
         assert_eq!(just_before(id(5, 3)), id(5, 2));
+    }
+
+    fn settings(secrets: &[String]) -> Arc<JobSettings> {
+        Arc::new(JobSettings {
+            token_hash: String::new(),
+            generation: String::new(),
+            sanitizer: sanitizer_for(secrets),
+        })
+    }
+
+    #[test]
+    fn jobs_without_secrets_share_one_sanitizer() {
+        let (a, b) = (settings(&[]), settings(&[]));
+        assert!(Arc::ptr_eq(&a.sanitizer, &b.sanitizer));
+        assert!(!owns_sanitizer(&a));
+        assert!(owns_sanitizer(&settings(&["hunter2".into()])));
+    }
+
+    #[test]
+    fn the_job_cache_bounds_its_own_sanitizers_and_forgets_ended_jobs() {
+        let cache = JobCache::default();
+        let id = |n: usize| JobId::parse(&format!("job-{n}")).unwrap();
+        for n in 0..1000 {
+            cache.put(&id(n), settings(&[]));
+        }
+        assert_eq!(cache.counts(), (1000, 0), "plain jobs are cheap: kept");
+        for n in 1000..1000 + JOB_CACHE_OWN_SANITIZERS {
+            cache.put(&id(n), settings(&[format!("secret-{n}")]));
+        }
+        assert_eq!(cache.counts().1, JOB_CACHE_OWN_SANITIZERS);
+        cache.put(&id(5000), settings(&["one more".into()]));
+        assert_eq!(
+            cache.counts(),
+            (1, 1),
+            "cleared at the bound, then the new one"
+        );
+        cache.put(&id(5000), settings(&[]));
+        assert_eq!(cache.counts(), (1, 0), "a replaced entry is uncounted");
+        cache.put(&id(6000), settings(&["x-secret".into()]));
+        cache.forget(&id(6000));
+        cache.forget(&id(6000));
+        assert_eq!(cache.counts(), (1, 0));
+        for n in 0..JOB_CACHE_CAP + 1 {
+            cache.put(&id(n), settings(&[]));
+        }
+        assert!(cache.counts().0 <= JOB_CACHE_CAP);
     }
 }
