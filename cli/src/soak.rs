@@ -9,7 +9,8 @@
 //! - `--jobs` writer slots, each a pipeline: create a job, set it running, stream
 //!   `--job-lines` numbered lines at `--rate` lines/s through the real uploader
 //!   ([`crate::client::upload`]: batches, `seq`, retries), set it `ready`, and start the
-//!   next job, so the set of live jobs keeps rotating;
+//!   next job, so the set of live jobs keeps rotating (the slots start staggered over
+//!   one job's length, so some job ends every moment);
 //! - `--viewers` viewers spread over the slots, each following its slot's current job
 //!   from the start with the real follow client ([`crate::client::follow`]) until
 //!   `done`, checking it got every line of the job, in order, then moving on to the
@@ -341,10 +342,18 @@ async fn write_jobs(
     opts: SoakOptions,
     current: watch::Sender<Option<JobId>>,
     counters: Arc<Counters>,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let batch = (opts.rate / 10).max(1);
     let pause = Duration::from_secs_f64(batch as f64 / opts.rate as f64);
+    // Slots start spread over one job's length, so jobs end and start all the time
+    // rather than all at once.
+    let job_secs = opts.job_lines as f64 / opts.rate as f64;
+    let offset = Duration::from_secs_f64(job_secs * slot as f64 / opts.jobs as f64);
+    tokio::select! {
+        () = tokio::time::sleep(offset) => {}
+        _ = stop.changed() => return,
+    }
     let mut n = 0u64;
     while !*stop.borrow() {
         n += 1;
