@@ -465,6 +465,9 @@ async fn view_jobs(
     }
 }
 
+/// Reads one figure of a sample.
+type Figure = fn(&Sample) -> Option<f64>;
+
 /// Means of each figure over the first and the last third of the samples after
 /// `warmup`. Memory may grow by 10 % (and 5 MB), connection counts by 10 % (and 3).
 fn trends(samples: &[Sample], warmup: Duration) -> Vec<Trend> {
@@ -476,14 +479,14 @@ fn trends(samples: &[Sample], warmup: Duration) -> Vec<Trend> {
     if third == 0 {
         return Vec::new();
     }
-    let figures: [(&'static str, fn(&Sample) -> Option<f64>, f64); 5] = [
+    let figures: [(&'static str, Figure, f64); 5] = [
         ("rss_mb", |s| s.rss_mb, 5.0),
         ("redis_mb", |s| s.redis_mb, 5.0),
         ("fds", |s| s.fds.map(|n| n as f64), 3.0),
         ("service_conns", |s| s.service_conns.map(|n| n as f64), 3.0),
         ("redis_clients", |s| s.redis_clients.map(|n| n as f64), 3.0),
     ];
-    let mean = |part: &[&Sample], f: fn(&Sample) -> Option<f64>| -> Option<f64> {
+    let mean = |part: &[&Sample], f: Figure| -> Option<f64> {
         let values: Vec<f64> = part.iter().filter_map(|s| f(s)).collect();
         (values.len() == part.len()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
@@ -663,16 +666,16 @@ mod tests {
 
     #[test]
     fn growth_beyond_the_tolerance_is_not_flat() {
-        let flat: Vec<Sample> = (0..9).map(|i| sample(f64::from(i), 50.0, 200)).collect();
-        let trends = trends(&flat, Duration::ZERO);
-        assert_eq!(trends.len(), 3, "figures without values are left out");
-        assert!(trends.iter().all(|t| t.flat));
-        let growing: Vec<Sample> = (0..9)
+        let flat: Vec<Sample> = (0..9u32).map(|i| sample(f64::from(i), 50.0, 200)).collect();
+        let steady = trends(&flat, Duration::ZERO);
+        assert_eq!(steady.len(), 3, "figures without values are left out");
+        assert!(steady.iter().all(|t| t.flat));
+        let growing: Vec<Sample> = (0..9u32)
             .map(|i| {
                 sample(
                     f64::from(i),
                     50.0 + 10.0 * f64::from(i),
-                    200 + 20 * i as u64,
+                    200 + 20 * u64::from(i),
                 )
             })
             .collect();
