@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`dev`] | `logstream dev`: the local service, in-process so tests can start it on port 0 |
 //! | [`bench`] | `logstream bench`: ingest and history throughput |
+//! | [`soak`] | `logstream soak`: many jobs and viewers for a set time, memory and connections watched |
 //! | [`client`] | a Rust client of the API (uploader with `seq` and retries, live follow): usable by other Rust code |
 //! | [`lines`] | a command's output, in chunks, into lines |
 //! | [`run`] | `logstream run`: a command's output streamed to a job |
@@ -21,5 +22,6 @@ pub mod lines;
 pub mod local_ws;
 pub mod render;
 pub mod run;
+pub mod soak;
 pub mod view;
 pub mod viewer;

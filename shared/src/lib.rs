@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`model`] | `JobId`, `EntryId`, `Entry`, the job status machine |
 //! | [`sanitize`] | ANSI stripping, progress collapse, secret redaction, line cap |
+//! | [`batch`] | the ingest body: a JSON batch or `text/plain` lines, parsed and checked |
 //! | [`keys`] | the Redis key layout |
 //! | [`store`] | `LogStore`: every Redis operation, one round trip per batch |
 //! | [`auth`] | pipeline credentials: ingest key and per-job tokens |
@@ -18,13 +19,17 @@
 //! | [`process`] | helper servers that die with their owner |
 //! | [`telemetry`] | tracing setup for the Lambda mains and the CLI |
 //! | `testing` | (feature `testing`) sample Lambda events through lambda_http's types |
+//! | `fuzzing` | (feature `fuzzing`) one check per fuzz target, shared with the corpus replay tests |
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod archive;
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http;
 pub mod jwt;
 pub mod keys;

@@ -2,7 +2,8 @@
 //! `REDIS_URL` is unset) and for the tests, which never assume a Redis is running.
 //!
 //! The server dies with its owner (see [`crate::process`]). Persistence is off: this
-//! Redis is disposable.
+//! Redis is disposable. [`RedisServer::start_persistent`] turns the append-only file on
+//! (fsync on every write) for tests that restart Redis and expect the data back.
 
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -31,6 +32,8 @@ pub struct RedisServer {
     /// Extra `redis-server` arguments (TLS).
     extra: String,
     tls_port: Option<u16>,
+    /// Append-only file, fsynced on every write: survives [`RedisServer::restart`].
+    persistent: bool,
     guard: Option<Guarded>,
 }
 
@@ -40,6 +43,31 @@ impl RedisServer {
         Self::start_with(None)
     }
 
+    /// Starts a server that keeps its data across [`RedisServer::restart`]: an
+    /// append-only file fsynced before each write is answered, so whatever Redis
+    /// acknowledged is there again after a restart.
+    pub fn start_persistent() -> Result<Self, RedisServerError> {
+        Self::start_persistent_with("")
+    }
+
+    /// [`RedisServer::start_persistent`] with extra `redis-server` arguments, such as
+    /// `--key-load-delay 1000` (µs per key loaded) to make a restart's loading last.
+    pub fn start_persistent_with(args: &str) -> Result<Self, RedisServerError> {
+        let mut server = Self::unstarted(free_port()?, None)?;
+        server.persistent = true;
+        server.extra = format!("{} {args}", server.extra);
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts a server on `port` (free, chosen by the caller): for a service that was
+    /// told to use that port before anything listened on it.
+    pub fn start_on(port: u16) -> Result<Self, RedisServerError> {
+        let mut server = Self::unstarted(port, None)?;
+        server.spawn()?;
+        Ok(server)
+    }
+
     /// Starts a server that also accepts TLS on a second port, with the certificate and
     /// key in `certs` (`server.pem`, `server.key`, and the `ca.pem` that signed them).
     pub fn start_tls(certs: &Path) -> Result<Self, RedisServerError> {
@@ -47,7 +75,12 @@ impl RedisServer {
     }
 
     fn start_with(certs: Option<&Path>) -> Result<Self, RedisServerError> {
-        let port = free_port()?;
+        let mut server = Self::unstarted(free_port()?, certs)?;
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn unstarted(port: u16, certs: Option<&Path>) -> Result<Self, RedisServerError> {
         let dir =
             std::env::temp_dir().join(format!("logstream-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -64,15 +97,14 @@ impl RedisServer {
                 (args, Some(tls_port))
             }
         };
-        let mut server = Self {
+        Ok(Self {
             port,
             dir,
             extra,
             tls_port,
+            persistent: false,
             guard: None,
-        };
-        server.spawn()?;
-        Ok(server)
+        })
     }
 
     /// `rediss://localhost:PORT` of a server started with [`RedisServer::start_tls`].
@@ -98,7 +130,8 @@ impl RedisServer {
         wait_closed(self.port, Duration::from_secs(5));
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Starts the server again on the same port: empty, unless it was started with
+    /// [`RedisServer::start_persistent`].
     pub fn restart(&mut self) -> Result<(), RedisServerError> {
         self.stop();
         self.spawn()
@@ -113,8 +146,13 @@ impl RedisServer {
         {
             return Err(RedisServerError::NotInstalled);
         }
+        let persistence = if self.persistent {
+            "--appendonly yes --appendfsync always"
+        } else {
+            "--appendonly no"
+        };
         self.guard = Some(Guarded::spawn(&format!(
-            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir '{dir}' \
+            "redis-server --port {port} --bind 127.0.0.1 --save '' {persistence} --dir '{dir}' \
              --loglevel warning {extra} >'{dir}/redis.log' 2>&1",
             port = self.port,
             dir = self.dir.display(),

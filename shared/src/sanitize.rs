@@ -82,8 +82,8 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024;
 pub const REDACTED: &str = "***";
 
 /// Text put between the kept part of a cut line and the number of bytes cut.
-const TRUNCATED_PREFIX: &str = "\u{2026} [truncated ";
-const TRUNCATED_SUFFIX: &str = " bytes]";
+pub(crate) const TRUNCATED_PREFIX: &str = "\u{2026} [truncated ";
+pub(crate) const TRUNCATED_SUFFIX: &str = " bytes]";
 
 const ESC: u8 = 0x1B;
 const BEL: u8 = 0x07;

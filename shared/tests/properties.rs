@@ -1,8 +1,13 @@
 //! Property tests (proptest) for the parsers and the sanitizer: arbitrary input never
 //! panics, the sanitizer never grows a line past its cap and never lets a registered
-//! secret through whole, and ids round-trip.
+//! secret through whole, ids round-trip, the `text/plain` splitter gives the body back
+//! line by line, and JSON batches within the limits are accepted and round-trip. The
+//! generated inputs also go through the fuzz targets' checks
+//! ([`logstream_shared::fuzzing`]).
 
-use logstream_shared::model::{EntryId, JobId};
+use logstream_shared::batch::{BodyFormat, MAX_SEQ, parse_body};
+use logstream_shared::fuzzing;
+use logstream_shared::model::{EntryId, JobId, LineStream};
 use logstream_shared::sanitize::{MAX_LINE_BYTES, Sanitizer};
 use proptest::prelude::*;
 
@@ -83,5 +88,111 @@ proptest! {
             && raw.len() <= 128
             && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         prop_assert_eq!(JobId::parse(&raw).is_ok(), valid);
+    }
+
+    #[test]
+    fn sanitizing_with_secrets_passes_the_fuzz_check(
+        secrets in prop::collection::vec("[A-Za-z0-9_.!-]{4,20}", 0..4),
+        text in log_text(),
+    ) {
+        // The fuzz target's input layout: `secret,secret\0lines`.
+        let mut input = secrets.join(",").into_bytes();
+        input.push(0);
+        input.extend(text.as_bytes());
+        fuzzing::sanitizer(&input);
+    }
+}
+
+/// A `text/plain` body: printable runs, LF, CRLF, lone CR, invalid UTF-8, unicode.
+fn plain_body() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        "[ -~]{0,20}".prop_map(String::into_bytes),
+        Just(b"\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(vec![0xff]),
+        Just(vec![0xe2, 0x82]),
+        Just("ü€😀".as_bytes().to_vec()),
+    ];
+    prop::collection::vec(piece, 0..40).prop_map(|p| p.concat())
+}
+
+/// Text shaped like a JSON batch body, often valid, often not quite.
+fn json_body() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just(r#"{"lines":["#.to_owned()),
+        Just(r#"{"text":"#.to_owned()),
+        Just(r#""stream":"stderr","#.to_owned()),
+        Just(r#""stream":"nope","#.to_owned()),
+        Just(r#""ts":"#.to_owned()),
+        Just(r#""seq":"#.to_owned()),
+        "-?[0-9]{1,22}",
+        r#""[ -!#-\[\]-~]{0,10}""#,
+        Just(r#""\u001b[31m\ud83d\ude00""#.to_owned()),
+        Just("null".to_owned()),
+        Just(",".to_owned()),
+        Just("}".to_owned()),
+        Just("]".to_owned()),
+    ];
+    prop::collection::vec(piece, 0..30).prop_map(|p| p.concat())
+}
+
+fn line_stream() -> impl Strategy<Value = LineStream> {
+    prop_oneof![
+        Just(LineStream::Stdout),
+        Just(LineStream::Stderr),
+        Just(LineStream::System)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn the_splitter_gives_one_line_per_newline_and_the_body_back(body in plain_body()) {
+        fuzzing::splitter(&body);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_break_the_splitter(body in prop::collection::vec(any::<u8>(), 0..300)) {
+        fuzzing::splitter(&body);
+    }
+
+    #[test]
+    fn json_batches_within_the_limits_are_accepted_as_sent(
+        lines in prop::collection::vec((line_stream(), any::<String>(), prop::option::of(any::<u64>())), 1..40),
+        seq in prop::option::of(0..=MAX_SEQ),
+    ) {
+        let json: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|(stream, text, ts)| serde_json::json!({"stream": stream, "text": text, "ts": ts}))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({"lines": json, "seq": seq})).unwrap();
+        let batch = parse_body(&body, BodyFormat::Json).unwrap();
+        prop_assert_eq!(batch.seq, seq);
+        prop_assert_eq!(batch.lines.len(), lines.len());
+        for (got, (stream, text, ts)) in batch.lines.iter().zip(&lines) {
+            prop_assert_eq!(got.stream, *stream);
+            prop_assert_eq!(got.text.as_ref(), text.as_str());
+            prop_assert_eq!(got.ts, *ts);
+        }
+        fuzzing::batch(&body);
+    }
+
+    #[test]
+    fn malformed_json_batches_are_refused_as_client_errors(body in json_body()) {
+        fuzzing::batch(body.as_bytes());
+    }
+
+    #[test]
+    fn id_text_in_queries_passes_the_fuzz_check(
+        parts in prop::collection::vec(prop_oneof![
+            "[0-9]{1,21}-[0-9]{1,21}",
+            "[A-Za-z0-9_-]{1,130}",
+            "[0-9+-]{0,6}",
+            ".{0,10}",
+        ], 0..6),
+    ) {
+        fuzzing::ids(parts.join("&").as_bytes());
     }
 }

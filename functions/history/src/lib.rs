@@ -150,15 +150,19 @@ async fn get_job(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-struct PageQuery {
-    limit: Option<String>,
-    before: Option<String>,
-    after: Option<String>,
+/// A page request's query (`?limit&before&after`), as sent. Public for the property
+/// tests of its parsers.
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<String>,
+    pub before: Option<String>,
+    pub after: Option<String>,
 }
 
 impl PageQuery {
-    fn limit(&self) -> Result<usize, ApiError> {
+    /// The page size: [`DEFAULT_LIMIT`] when absent, at most [`MAX_LIMIT`]; 400 for 0,
+    /// a negative number or anything else.
+    pub fn limit(&self) -> Result<usize, ApiError> {
         let Some(raw) = self.limit.as_deref() else {
             return Ok(DEFAULT_LIMIT);
         };
@@ -171,7 +175,8 @@ impl PageQuery {
         }
     }
 
-    fn cursor(&self) -> Result<Cursor, ApiError> {
+    /// Where the page starts; 400 for a malformed id or for both cursors at once.
+    pub fn cursor(&self) -> Result<Cursor, ApiError> {
         let parse = |raw: &str| {
             raw.parse::<EntryId>()
                 .map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))

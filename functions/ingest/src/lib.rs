@@ -7,8 +7,9 @@
 //! | `POST /jobs/{id}/events` | appends a stage event |
 //! | `PUT /jobs/{id}/status` | moves the job through its states |
 //!
-//! A batch is parsed and sanitized completely before Redis is touched, then appended
-//! by one script in one round trip: it is stored whole or not at all.
+//! A batch is parsed ([`logstream_shared::batch`]) and sanitized completely before
+//! Redis is touched, then appended by one script in one round trip: it is stored whole
+//! or not at all.
 //!
 //! A job's owner, token hash and secrets never change after creation, so they are
 //! cached per process ([`JobCache`]): the hot path (a batch for a job this instance has
@@ -22,9 +23,8 @@
 
 pub mod push;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use logstream_shared::auth::{
     IngestKey, bearer, new_ingest_token, random_hex, token_hash, token_matches,
 };
+use logstream_shared::batch::{BodyFormat, LineBatch, RawLine, parse_body};
 use logstream_shared::config::{Config, ConfigError};
 use logstream_shared::error::ApiError;
 use logstream_shared::http::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
@@ -49,16 +50,16 @@ use logstream_shared::store::{AppendOutcome, LogStore, NewJob, StatusOutcome, St
 
 use push::{WsPush, done_message, entries_messages};
 
-/// Most lines one request may carry.
-pub const MAX_LINES_PER_REQUEST: usize = 10_000;
+/// The body limits (the body parser lives in the shared crate, where the fuzz targets
+/// reach it).
+pub use logstream_shared::batch::{MAX_LINES_PER_REQUEST, MAX_SEQ};
+
 /// Most literal secrets one job may register, and their length bounds.
 pub const MAX_SECRETS: usize = 100;
 pub const MIN_SECRET_LEN: usize = 4;
 pub const MAX_SECRET_LEN: usize = 4096;
 /// Longest owner id and stage name.
 pub const MAX_NAME_LEN: usize = 256;
-/// Largest `seq` that survives the round trip through Lua's doubles exactly.
-pub const MAX_SEQ: u64 = (1 << 53) - 1;
 
 /// Everything the ingest routes share, built once per process.
 pub struct IngestState {
@@ -134,36 +135,81 @@ pub fn router(state: Arc<IngestState>, cors_origins: &[HeaderValue]) -> Router {
 struct JobSettings {
     token_hash: String,
     generation: String,
-    sanitizer: Sanitizer,
+    /// Shared by every job without literal secrets (see [`sanitizer_for`]).
+    sanitizer: Arc<Sanitizer>,
 }
 
-/// Per-process cache of [`JobSettings`]. Bounded: cleared when full, which only costs
-/// one extra read per active job.
+/// The sanitizer every job without registered secrets shares.
+fn plain_sanitizer() -> &'static Arc<Sanitizer> {
+    static PLAIN: LazyLock<Arc<Sanitizer>> = LazyLock::new(|| Arc::new(Sanitizer::new(&[])));
+    &PLAIN
+}
+
+/// A job's sanitizer. One weighs about 70 kB (its Aho-Corasick automaton), so jobs
+/// without secrets share one: the cache then costs a few hundred bytes per job.
+fn sanitizer_for(secrets: &[String]) -> Arc<Sanitizer> {
+    if secrets.is_empty() {
+        plain_sanitizer().clone()
+    } else {
+        Arc::new(Sanitizer::new(secrets))
+    }
+}
+
+/// Per-process cache of [`JobSettings`]. Bounded, and cleared when full, which only
+/// costs one extra read per active job: at most [`JOB_CACHE_CAP`] jobs, of which at
+/// most [`JOB_CACHE_OWN_SANITIZERS`] with a sanitizer of their own (some 18 MB). A job
+/// that has ended is dropped: it takes no more writes. Without these bounds a warm
+/// instance grew by ~70 kB per job it had seen, past a 256 MB Lambda's memory at a
+/// few thousand jobs (found by `logstream soak`).
 #[derive(Default)]
 struct JobCache {
-    map: Mutex<HashMap<JobId, Arc<JobSettings>>>,
+    map: Mutex<CachedJobs>,
+}
+
+#[derive(Default)]
+struct CachedJobs {
+    jobs: HashMap<JobId, Arc<JobSettings>>,
+    /// Entries whose sanitizer is their own.
+    own: usize,
 }
 
 const JOB_CACHE_CAP: usize = 4096;
+const JOB_CACHE_OWN_SANITIZERS: usize = 256;
+
+fn owns_sanitizer(settings: &JobSettings) -> bool {
+    !Arc::ptr_eq(&settings.sanitizer, plain_sanitizer())
+}
 
 impl JobCache {
     fn get(&self, job: &JobId) -> Option<Arc<JobSettings>> {
-        self.map.lock().ok()?.get(job).cloned()
+        self.map.lock().ok()?.jobs.get(job).cloned()
     }
 
     fn put(&self, job: &JobId, settings: Arc<JobSettings>) {
         if let Ok(mut map) = self.map.lock() {
-            if map.len() >= JOB_CACHE_CAP {
-                map.clear();
+            let own = owns_sanitizer(&settings);
+            if map.jobs.len() >= JOB_CACHE_CAP || (own && map.own >= JOB_CACHE_OWN_SANITIZERS) {
+                map.jobs.clear();
+                map.own = 0;
             }
-            map.insert(job.clone(), settings);
+            if let Some(old) = map.jobs.insert(job.clone(), settings) {
+                map.own -= usize::from(owns_sanitizer(&old));
+            }
+            map.own += usize::from(own);
         }
     }
 
     fn forget(&self, job: &JobId) {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(job);
+        if let Ok(mut map) = self.map.lock()
+            && let Some(old) = map.jobs.remove(job)
+        {
+            map.own -= usize::from(owns_sanitizer(&old));
         }
+    }
+
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
+        self.map.lock().map_or((0, 0), |m| (m.jobs.len(), m.own))
     }
 }
 
@@ -176,9 +222,12 @@ impl IngestState {
         let settings = Arc::new(JobSettings {
             token_hash: meta.token_hash,
             generation: meta.generation,
-            sanitizer: Sanitizer::new(&meta.secrets),
+            sanitizer: sanitizer_for(&meta.secrets),
         });
-        self.jobs.put(job, settings.clone());
+        // An ended job takes no more writes: not worth keeping.
+        if !meta.status.is_terminal() {
+            self.jobs.put(job, settings.clone());
+        }
         Ok(Some(settings))
     }
 
@@ -403,7 +452,7 @@ async fn create_job(
         Arc::new(JobSettings {
             token_hash: hash,
             generation,
-            sanitizer: Sanitizer::new(&req.secrets),
+            sanitizer: sanitizer_for(&req.secrets),
         }),
     );
     tracing::info!(job_id = %job, "job created");
@@ -415,31 +464,6 @@ async fn create_job(
             status: JobStatus::Queued,
         }),
     ))
-}
-
-#[derive(Debug, Deserialize)]
-struct LineBatch {
-    lines: Vec<LineIn>,
-    seq: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LineIn {
-    #[serde(default = "default_stream")]
-    stream: LineStream,
-    text: String,
-    ts: Option<u64>,
-}
-
-fn default_stream() -> LineStream {
-    LineStream::Stdout
-}
-
-/// One line before sanitizing.
-struct RawLine<'a> {
-    stream: LineStream,
-    text: Cow<'a, str>,
-    ts: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -465,53 +489,17 @@ async fn post_logs(
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<Accepted>, ApiError> {
     let settings = state.authorize(&headers, &job).await?;
-    let (lines, seq) = if is_plain_text(&headers) {
-        let stream = match query.stream.as_deref() {
+    let format = if is_plain_text(&headers) {
+        BodyFormat::PlainText(match query.stream.as_deref() {
             None => LineStream::Stdout,
             Some(raw) => raw.parse().map_err(|()| {
                 ApiError::bad_request("invalid_stream", "stream must be stdout, stderr or system")
             })?,
-        };
-        let lines: Vec<RawLine<'_>> = split_lines(&body)
-            .into_iter()
-            .map(|text| RawLine {
-                stream,
-                text,
-                ts: None,
-            })
-            .collect();
-        (lines, None)
+        })
     } else {
-        let batch: LineBatch = parse_json(&body)?;
-        let lines = batch
-            .lines
-            .into_iter()
-            .map(|l| RawLine {
-                stream: l.stream,
-                text: Cow::Owned(l.text),
-                ts: l.ts,
-            })
-            .collect();
-        (lines, batch.seq)
+        BodyFormat::Json
     };
-    if lines.is_empty() {
-        return Err(ApiError::bad_request("no_lines", "the batch has no lines"));
-    }
-    if lines.len() > MAX_LINES_PER_REQUEST {
-        return Err(ApiError::too_large(
-            "too_many_lines",
-            format!(
-                "{} lines in one request; the limit is {MAX_LINES_PER_REQUEST}",
-                lines.len()
-            ),
-        ));
-    }
-    if seq.is_some_and(|s| s > MAX_SEQ) {
-        return Err(ApiError::bad_request(
-            "invalid_seq",
-            format!("seq must be at most {MAX_SEQ}"),
-        ));
-    }
+    let LineBatch { lines, seq } = parse_body(&body, format)?;
     let (outcome, stored) = state.append_lines(&job, settings, seq, &lines).await?;
     match outcome {
         AppendOutcome::Appended {
@@ -535,7 +523,10 @@ async fn post_logs(
             last_id: None,
             duplicate: true,
         })),
-        AppendOutcome::Terminal(status) => Err(finished(status)),
+        AppendOutcome::Terminal(status) => {
+            state.jobs.forget(&job);
+            Err(finished(status))
+        }
         AppendOutcome::NotFound | AppendOutcome::Stale => Err(ApiError::job_not_found()),
     }
 }
@@ -549,19 +540,6 @@ fn is_plain_text(headers: &HeaderMap) -> bool {
                 .to_ascii_lowercase()
                 .starts_with("text/plain")
         })
-}
-
-/// Splits a `text/plain` body into lines: `\n` ends a line, a `\r` just before it is
-/// part of the line ending (CRLF), a final newline does not start an empty line, and
-/// invalid UTF-8 becomes U+FFFD.
-fn split_lines(body: &[u8]) -> Vec<Cow<'_, str>> {
-    if body.is_empty() {
-        return Vec::new();
-    }
-    let body = body.strip_suffix(b"\n").unwrap_or(body);
-    body.split(|&b| b == b'\n')
-        .map(|line| String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)))
-        .collect()
 }
 
 fn finished(status: JobStatus) -> ApiError {
@@ -672,7 +650,13 @@ async fn put_status(
         ));
     }
     let ts = now_ms();
-    match state.store.set_status(&job, status, ts).await? {
+    let outcome = state.store.set_status(&job, status, ts).await?;
+    if status.is_terminal()
+        && matches!(outcome, StatusOutcome::Changed { .. } | StatusOutcome::Same)
+    {
+        state.jobs.forget(&job);
+    }
+    match outcome {
         StatusOutcome::Changed { id, connections } => {
             tracing::info!(%status, "job status changed");
             let entry = NewEntry {
@@ -714,25 +698,49 @@ mod tests {
         assert_eq!(just_before(id(5, 3)), id(5, 2));
     }
 
-    #[test]
-    fn plain_text_splits_on_newlines_and_crlf() {
-        assert_eq!(split_lines(b"a\nb\r\nc"), ["a", "b", "c"]);
-        assert_eq!(split_lines(b"a\n"), ["a"]);
-        assert_eq!(split_lines(b"\n"), [""]);
-        assert_eq!(split_lines(b"a\n\nb\n"), ["a", "", "b"]);
-        assert!(split_lines(b"").is_empty());
+    fn settings(secrets: &[String]) -> Arc<JobSettings> {
+        Arc::new(JobSettings {
+            token_hash: String::new(),
+            generation: String::new(),
+            sanitizer: sanitizer_for(secrets),
+        })
     }
 
     #[test]
-    fn plain_text_keeps_progress_carriage_returns_inside_a_line() {
-        assert_eq!(split_lines(b"10%\r50%\r\n"), ["10%\r50%"]);
+    fn jobs_without_secrets_share_one_sanitizer() {
+        let (a, b) = (settings(&[]), settings(&[]));
+        assert!(Arc::ptr_eq(&a.sanitizer, &b.sanitizer));
+        assert!(!owns_sanitizer(&a));
+        assert!(owns_sanitizer(&settings(&["hunter2".into()])));
     }
 
     #[test]
-    fn invalid_utf8_becomes_replacement_characters() {
+    fn the_job_cache_bounds_its_own_sanitizers_and_forgets_ended_jobs() {
+        let cache = JobCache::default();
+        let id = |n: usize| JobId::parse(&format!("job-{n}")).unwrap();
+        for n in 0..1000 {
+            cache.put(&id(n), settings(&[]));
+        }
+        assert_eq!(cache.counts(), (1000, 0), "plain jobs are cheap: kept");
+        for n in 1000..1000 + JOB_CACHE_OWN_SANITIZERS {
+            cache.put(&id(n), settings(&[format!("secret-{n}")]));
+        }
+        assert_eq!(cache.counts().1, JOB_CACHE_OWN_SANITIZERS);
+        cache.put(&id(5000), settings(&["one more".into()]));
         assert_eq!(
-            split_lines(b"ok \xff\xfe end\n"),
-            ["ok \u{fffd}\u{fffd} end"]
+            cache.counts(),
+            (1, 1),
+            "cleared at the bound, then the new one"
         );
+        cache.put(&id(5000), settings(&[]));
+        assert_eq!(cache.counts(), (1, 0), "a replaced entry is uncounted");
+        cache.put(&id(6000), settings(&["x-secret".into()]));
+        cache.forget(&id(6000));
+        cache.forget(&id(6000));
+        assert_eq!(cache.counts(), (1, 0));
+        for n in 0..JOB_CACHE_CAP + 1 {
+            cache.put(&id(n), settings(&[]));
+        }
+        assert!(cache.counts().0 <= JOB_CACHE_CAP);
     }
 }
