@@ -62,7 +62,24 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts six nodes, creates the cluster (three masters, one replica each) and waits
     /// until every node reports `cluster_state:ok` and every replica is in sync.
+    ///
+    /// Ports are picked free, then given to redis-server: in between, a busy test run's
+    /// outgoing connections can take one, and that node never starts. Such a start is
+    /// thrown away and made again on new ports, up to three times.
     pub fn start() -> Result<Self, RedisClusterError> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once() {
+                Err(RedisClusterError::Timeout { what }) if attempt < 3 => {
+                    eprintln!("redis cluster: {what} did not come up, starting over on new ports");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once() -> Result<Self, RedisClusterError> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
