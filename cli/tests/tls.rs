@@ -1,7 +1,8 @@
 //! `rediss://`: the real `logstream` binary against a TLS-only Redis port, with a CA
 //! made for the test (trusted through `SSL_CERT_FILE`, which the platform certificate
 //! loader honours). Proves the TLS crypto provider is in place: without one, rustls
-//! panics at the first connection, only in deployment.
+//! panics at the first connection, only in deployment. Covers both kinds of
+//! connection: the redis crate's (ingest) and the store's own page reads (history).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -9,6 +10,8 @@ use std::process::{Command, Stdio};
 
 use logstream_shared::redis_server::RedisServer;
 use serde_json::{Value, json};
+
+mod support;
 
 const KEY: &str = "tls-test-ingest-key-0123456789";
 
@@ -97,6 +100,7 @@ async fn the_service_works_over_rediss() {
         .env("REDIS_URL", redis.tls_url().unwrap())
         .env("SSL_CERT_FILE", certs.join("ca.pem"))
         .env("LOGSTREAM_INGEST_KEY", KEY)
+        .env("LOGSTREAM_JWT_SECRET", support::JWT_SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -128,6 +132,17 @@ async fn the_service_works_over_rediss() {
         .await
         .unwrap();
     assert_eq!(posted["accepted"], 1, "{posted}");
+
+    // History pages are read over connections of their own (`resp.rs`): TLS there too.
+    let page = http
+        .get(format!("{url}/jobs/tls-1/logs"))
+        .bearer_auth(support::viewer_token("alice", 300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page: Value = page.json().await.unwrap();
+    assert_eq!(page["lines"][0]["text"], "over TLS", "{page}");
 
     let _ = dev.kill();
     drop(stdout);

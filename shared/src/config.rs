@@ -411,5 +411,12 @@ mod tests {
             err,
             "REDIS_URL is invalid: cluster node 2 (\"b:2\"): must start with redis:// or rediss://"
         );
+        let err = config(&[("REDIS_URL", "rediss://a:6379/#insecure")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "REDIS_URL is invalid: #insecure is not supported: server certificates are always checked"
+        );
     }
 }

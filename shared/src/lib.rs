@@ -37,6 +37,7 @@ pub mod model;
 pub mod process;
 pub mod redis_cluster;
 pub mod redis_server;
+mod resp;
 pub mod s3_server;
 pub mod sanitize;
 pub mod store;

@@ -47,6 +47,7 @@ use tokio::sync::OnceCell;
 
 use crate::keys::{ARCHIVE_QUEUE, JobKeys, WS_CONNECTION_TTL_SECS, ws_connection_key};
 use crate::model::{EntryBody, EntryId, JobId, JobStatus, NewEntry, StoredEntry};
+use crate::resp::{DecodeError, DirectReads, Replies};
 
 /// How long a command may wait for its answer before Redis counts as unreachable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -152,7 +153,12 @@ fn check_node_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
         return Err("must start with redis:// or rediss://".into());
     }
-    redis::Client::open(url).map_err(|e| e.to_string())?;
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    if let redis::ConnectionAddr::TcpTls { insecure: true, .. } =
+        client.get_connection_info().addr()
+    {
+        return Err("#insecure is not supported: server certificates are always checked".into());
+    }
     Ok(())
 }
 
@@ -474,6 +480,8 @@ struct ClusterBackend {
 #[derive(Clone)]
 pub struct LogStore {
     backend: Backend,
+    /// History pages: large replies, decoded in place ([`crate::resp`]).
+    direct: Arc<DirectReads>,
     retention: Retention,
 }
 
@@ -530,7 +538,20 @@ impl LogStore {
                 reason,
             )))
         };
-        let backend = match RedisTarget::parse(url).map_err(bad_url)? {
+        let target = RedisTarget::parse(url).map_err(bad_url)?;
+        let direct = match &target {
+            RedisTarget::Single(url) => DirectReads::new(
+                std::slice::from_ref(url),
+                false,
+                CONNECT_TIMEOUT,
+                RESPONSE_TIMEOUT,
+            ),
+            RedisTarget::Cluster(nodes) => {
+                DirectReads::new(nodes, true, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)
+            }
+        }
+        .map_err(StoreError::Redis)?;
+        let backend = match target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url).map_err(StoreError::Redis)?;
                 let config = ConnectionManagerConfig::new()
@@ -548,7 +569,11 @@ impl LogStore {
                 conn: OnceCell::new(),
             })),
         };
-        Ok(Self { backend, retention })
+        Ok(Self {
+            backend,
+            direct: Arc::new(direct),
+            retention,
+        })
     }
 
     /// Whether this store talks to a Redis Cluster.
@@ -796,51 +821,74 @@ impl LogStore {
             }
             Cursor::Latest => false,
         };
-        let (meta, raw, older): (Vec<Option<String>>, Value, Value) = self
-            .run(|mut c| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("HMGET").arg(&keys.meta).arg(&META_FIELDS[..]);
-                if empty_beyond {
-                    // Keep the reply shape: a range that is always empty.
-                    pipe.cmd("XRANGE").arg(&keys.logs).arg("+").arg("-");
-                } else {
-                    match cursor {
-                        Cursor::Latest => pipe.cmd("XREVRANGE").arg(&keys.logs).arg("+").arg("-"),
-                        Cursor::Before(id) => pipe
-                            .cmd("XREVRANGE")
-                            .arg(&keys.logs)
-                            .arg(format!("({id}"))
-                            .arg("-"),
-                        Cursor::After(id) => pipe
-                            .cmd("XRANGE")
-                            .arg(&keys.logs)
-                            .arg(format!("({id}"))
-                            .arg("+"),
-                    };
-                    pipe.arg("COUNT").arg(count);
+        let mut cmds = Vec::with_capacity(3);
+        let mut meta = redis::cmd("HMGET");
+        meta.arg(&keys.meta).arg(&META_FIELDS[..]);
+        cmds.push(meta);
+        let range = if empty_beyond {
+            // Keep the reply shape: a range that is always empty.
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(&keys.logs).arg("+").arg("-");
+            cmd
+        } else {
+            let mut cmd = match cursor {
+                Cursor::Latest => {
+                    let mut cmd = redis::cmd("XREVRANGE");
+                    cmd.arg(&keys.logs).arg("+").arg("-");
+                    cmd
                 }
-                // Whether anything precedes an `after` page: the cursor entry itself or older.
-                match cursor {
-                    Cursor::After(id) => pipe
-                        .cmd("XREVRANGE")
-                        .arg(&keys.logs)
-                        .arg(id.to_string())
-                        .arg("-")
-                        .arg("COUNT")
-                        .arg(1),
-                    _ => pipe.cmd("XRANGE").arg(&keys.logs).arg("+").arg("-"),
-                };
-                async move { pipe.query_async(&mut c).await }
+                Cursor::Before(id) => {
+                    let mut cmd = redis::cmd("XREVRANGE");
+                    cmd.arg(&keys.logs).arg(format!("({id}")).arg("-");
+                    cmd
+                }
+                Cursor::After(id) => {
+                    let mut cmd = redis::cmd("XRANGE");
+                    cmd.arg(&keys.logs).arg(format!("({id}")).arg("+");
+                    cmd
+                }
+            };
+            cmd.arg("COUNT").arg(count);
+            cmd
+        };
+        cmds.push(range);
+        // Whether anything precedes an `after` page: the cursor entry itself or older.
+        let older = match cursor {
+            Cursor::After(id) => {
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(&keys.logs)
+                    .arg(id.to_string())
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+                cmd
+            }
+            _ => {
+                let mut cmd = redis::cmd("XRANGE");
+                cmd.arg(&keys.logs).arg("+").arg("-");
+                cmd
+            }
+        };
+        cmds.push(older);
+        let (meta, mut entries, older) = self
+            .direct
+            .query(keys.meta.as_bytes(), &cmds, |replies| {
+                replies.next_reply()?;
+                let meta = decode_strings(replies)?;
+                replies.next_reply()?;
+                let entries = decode_entries(replies)?;
+                replies.next_reply()?;
+                let older = decode_entries(replies)?;
+                Ok((meta, entries, older))
             })
             .await?;
         let Some(meta) = parse_meta(meta)? else {
             return Ok(None);
         };
-        let mut entries = parse_entries(raw)?;
         let has_more = entries.len() > limit;
         entries.truncate(limit);
         let has_older = match cursor {
-            Cursor::After(_) => !parse_entries(older)?.is_empty(),
+            Cursor::After(_) => !older.is_empty(),
             _ => has_more,
         };
         if !matches!(cursor, Cursor::After(_)) {
@@ -1229,6 +1277,57 @@ fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>, StoreError
         },
         generation: generation.unwrap_or_default(),
     }))
+}
+
+/// Decodes an array of bulk strings or nils (an `HMGET` reply) in place.
+fn decode_strings(replies: &mut Replies<'_>) -> Result<Vec<Option<String>>, DecodeError> {
+    let n = replies.array()?.unwrap_or(0);
+    (0..n)
+        .map(|_| {
+            replies.bulk()?.map_or(Ok(None), |b| {
+                String::from_utf8(b.to_vec())
+                    .map(Some)
+                    .map_err(|_| DecodeError::Corrupt("a value is not UTF-8".into()))
+            })
+        })
+        .collect()
+}
+
+/// Decodes an `XRANGE`/`XREVRANGE` reply in place: [`parse_entries`] for
+/// [`crate::resp`].
+fn decode_entries(replies: &mut Replies<'_>) -> Result<Vec<StoredEntry>, DecodeError> {
+    let bad = || DecodeError::Corrupt("malformed stream entry".into());
+    let n = replies.array()?.unwrap_or(0);
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        if replies.array()? != Some(2) {
+            return Err(bad());
+        }
+        let id = replies.bulk()?.ok_or_else(bad)?;
+        let id = std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| parse_id(id).ok())
+            .ok_or_else(bad)?;
+        let fields = replies.array()?.ok_or_else(bad)?;
+        let mut json = None;
+        for _ in 0..fields / 2 {
+            let name = replies.bulk()?;
+            let value = replies.bulk()?;
+            if name == Some(b"e")
+                && let Some(value) = value
+            {
+                json = Some(String::from_utf8(value.to_vec()).map_err(|_| bad())?);
+            }
+        }
+        if fields % 2 == 1 {
+            replies.skip()?;
+        }
+        entries.push(StoredEntry {
+            id,
+            json: json.ok_or_else(bad)?,
+        });
+    }
+    Ok(entries)
 }
 
 /// Decodes an `XRANGE`/`XREVRANGE` reply (`[[id, [field, value, …]], …]`) without the

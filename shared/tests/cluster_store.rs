@@ -235,12 +235,18 @@ async fn reads_writes_and_a_blocking_reader_follow_a_resharded_slot() {
     let zero = EntryId { ms: 0, seq: 0 };
     assert_eq!(reader.read(&id, zero, 10).await.unwrap().len(), 1);
     let slot = cluster.slot(&format!("job:{{{id}}}:logs")).unwrap();
+    // History pages route themselves (`resp.rs`): this one learns the slot's owner.
+    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    assert_eq!(page.entries.len(), 1);
 
     // Mid-migration: the keys are on the new node and the old one answers ASK for
     // them; a script over the job's keys (one of which does not exist) is refused with
     // TRYAGAIN until the move is done, and the client keeps retrying meanwhile.
     cluster.move_slot(slot, to, false).unwrap();
     assert_eq!(store.job_meta(&id).await.unwrap().unwrap().owner, "alice");
+    // The owner it learnt answers ASK: the page is read on the new node after ASKING.
+    let (meta, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    assert_eq!((meta.owner.as_str(), page.entries.len()), ("alice", 1));
     let writer = {
         let (store, id) = (store.clone(), id.clone());
         tokio::spawn(async move { store.append(&id, "g", None, &[line("during")]).await })

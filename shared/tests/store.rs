@@ -240,3 +240,81 @@ async fn an_unreachable_redis_is_unavailable_not_a_hang() {
         "{err:?}"
     );
 }
+
+/// History pages travel over connections of their own (`resp.rs`): they must log in
+/// and pick the database exactly as the URL says, like the store's other connections.
+#[tokio::test]
+async fn pages_log_in_and_select_the_database_the_url_names() {
+    let redis = RedisServer::start().unwrap();
+    let port = redis.port();
+    let mut admin = raw(&redis.url()).await;
+    for acl in [
+        &[
+            "SETUSER",
+            "reader",
+            "on",
+            ">reader-secret",
+            "~*",
+            "&*",
+            "+@all",
+        ][..],
+        // From here on, a connection that does not log in can do nothing.
+        &["SETUSER", "default", "resetpass", ">default-secret"][..],
+    ] {
+        let _: () = redis::cmd("ACL")
+            .arg(acl)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    let open = |url: String| LogStore::open(&url, RETENTION).unwrap();
+    let reader = open(format!("redis://reader:reader-secret@127.0.0.1:{port}/3"));
+    let id = job("login");
+    create(&reader, &id, "g").await;
+    reader
+        .append(&id, "g", None, &[line("one"), line("two")])
+        .await
+        .unwrap();
+    let (_, page) = reader.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    assert_eq!(page.entries.len(), 2);
+
+    let password_only = open(format!("redis://:default-secret@127.0.0.1:{port}/3"));
+    let (_, page) = password_only
+        .page(&id, Cursor::Latest, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.entries.len(), 2);
+
+    // The job is in database 3 only: the reads above did select it.
+    let db0 = open(format!("redis://reader:reader-secret@127.0.0.1:{port}"));
+    assert!(db0.page(&id, Cursor::Latest, 10).await.unwrap().is_none());
+
+    let wrong = open(format!("redis://reader:wrong@127.0.0.1:{port}/3"));
+    let err = wrong.page(&id, Cursor::Latest, 10).await.unwrap_err();
+    assert!(
+        matches!(err, logstream_shared::store::StoreError::Redis(_)),
+        "a refused login is a configuration error, not an outage: {err:?}"
+    );
+}
+
+/// A page read on a pooled connection that died with its server (a restart) is tried
+/// again on a new one, and a server that stays down is `Unavailable`.
+#[tokio::test]
+async fn page_reads_survive_a_restart_and_report_a_dead_server_as_unavailable() {
+    let mut redis = RedisServer::start_persistent().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    let id = job("page-restart");
+    create(&store, &id, "g").await;
+    store.append(&id, "g", None, &[line("kept")]).await.unwrap();
+    assert!(store.page(&id, Cursor::Latest, 10).await.unwrap().is_some());
+    redis.restart().unwrap();
+    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    assert_eq!(page.entries.len(), 1);
+    redis.stop();
+    let err = store.page(&id, Cursor::Latest, 10).await.unwrap_err();
+    assert!(
+        matches!(err, logstream_shared::store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+}

@@ -1,0 +1,741 @@
+//! Large reads over connections of logstream's own, decoded in place.
+//!
+//! The redis crate decodes every reply into a tree of [`redis::Value`]s through a
+//! general parser: about 0.13 µs per value, plus an allocation for each. A 500-entry
+//! history page is a 2 500-value, ~90 kB reply, and decoding it took the service three
+//! times longer than Redis took to produce it (320–470 µs against ~100 µs), which held
+//! history to ~1 500 pages/s on two cores. [`DirectReads`] sends such a read over a
+//! connection of its own and hands the complete reply to a decoder that walks the
+//! bytes where they lie: the entries' JSON is copied once, into their `String`s.
+//!
+//! It speaks just enough RESP2 for reads:
+//! - commands are encoded by the redis crate ([`Cmd::write_packed_command`]);
+//! - host, port, TLS, user, password and database come from the same `REDIS_URL`,
+//!   parsed by the redis crate; TLS uses the same rustls provider and the platform's
+//!   certificates, as the crate's own `rediss://` connections do;
+//! - in a cluster, a request goes to the node that last owned its key's slot (learnt
+//!   from `MOVED`), or to a seed; `ASK` is followed with `ASKING` before each command;
+//!   `TRYAGAIN`, `CLUSTERDOWN` and unreachable nodes are retried (on the seeds) within
+//!   the response timeout, like the cluster client does for every other command;
+//! - connections are pooled per node, one per request in flight, and dropped on any
+//!   I/O error or timeout (their state is then unknown). A request that fails on a
+//!   pooled connection is tried once more on a new one: after a Redis restart the first
+//!   use of an old connection fails.
+//!
+//! Errors map onto [`StoreError`] exactly as the redis crate's do, so an unreachable
+//! Redis is the API's 503 on this path too.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use redis::cluster_routing::Slot;
+use redis::{Cmd, ConnectionAddr, ErrorKind, RedisError, ServerErrorKind, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::store::StoreError;
+
+/// Idle connections kept per node; more are made while more requests are in flight.
+const MAX_IDLE_PER_NODE: usize = 16;
+/// A connection whose buffer grew beyond this (one very large reply) is not kept.
+const MAX_KEPT_BUFFER: usize = 4 << 20;
+/// Bytes read per `read` call at least.
+const READ_CHUNK: usize = 64 << 10;
+/// Attempts per request, redirects and retries included (all within the response
+/// timeout).
+const MAX_ATTEMPTS: u32 = 16;
+/// Wait before retrying after a cluster said "not now" or a node was unreachable:
+/// doubles from the first value up to the second (ms).
+const RETRY_WAIT_MS: (u64, u64) = (20, 400);
+
+/// A node: host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Node {
+    host: String,
+    port: u16,
+}
+
+impl Node {
+    fn parse(addr: &str) -> Option<Self> {
+        let (host, port) = addr.rsplit_once(':')?;
+        Some(Self {
+            host: host.to_owned(),
+            port: port.parse().ok()?,
+        })
+    }
+}
+
+/// What every connection sends after connecting.
+#[derive(Debug, Clone, Default)]
+struct Login {
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+/// Reads over pooled connections of their own; see the module documentation.
+pub(crate) struct DirectReads {
+    seeds: Vec<Node>,
+    tls: bool,
+    login: Login,
+    cluster: bool,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    /// Built on the first TLS connection (loading the platform certificates is slow).
+    tls_config: OnceLock<Result<tokio_rustls::TlsConnector, String>>,
+    idle: Mutex<HashMap<Node, Vec<Wire>>>,
+    /// Cluster only: the owner of each slot a `MOVED` named.
+    owners: Mutex<HashMap<Slot, Node>>,
+}
+
+impl std::fmt::Debug for DirectReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectReads")
+            .field("seeds", &self.seeds)
+            .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// Connecting, writing or reading failed: the connection is gone.
+    Io(io::Error),
+    /// Redis answered an error.
+    Server(RedisError),
+    /// The reply is not what the command answers.
+    Corrupt(String),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<DecodeError> for Failure {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Server(e) => Self::Server(e),
+            DecodeError::Corrupt(what) => Self::Corrupt(what),
+        }
+    }
+}
+
+impl DirectReads {
+    /// Reads for `urls`: one node, or the seeds of a cluster. The URLs were checked by
+    /// [`crate::store::RedisTarget::parse`]; the login comes from the first.
+    pub(crate) fn new(
+        urls: &[String],
+        cluster: bool,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        let mut seeds = Vec::with_capacity(urls.len());
+        let mut tls = false;
+        let mut login = Login::default();
+        for (i, url) in urls.iter().enumerate() {
+            let client = redis::Client::open(url.as_str())?;
+            let info = client.get_connection_info();
+            let node = match info.addr() {
+                ConnectionAddr::Tcp(host, port) => Node {
+                    host: host.clone(),
+                    port: *port,
+                },
+                ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: false,
+                    ..
+                } => {
+                    tls = true;
+                    Node {
+                        host: host.clone(),
+                        port: *port,
+                    }
+                }
+                _ => {
+                    return Err(RedisError::from((
+                        ErrorKind::InvalidClientConfig,
+                        "only redis:// and rediss:// (with certificate checks) are supported",
+                    )));
+                }
+            };
+            if i == 0 {
+                let settings = info.redis_settings();
+                login = Login {
+                    username: settings.username().map(str::to_owned),
+                    password: settings.password().map(str::to_owned),
+                    db: settings.db(),
+                };
+            }
+            seeds.push(node);
+        }
+        Ok(Self {
+            seeds,
+            tls,
+            login,
+            cluster,
+            connect_timeout,
+            response_timeout,
+            tls_config: OnceLock::new(),
+            idle: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends `cmds` (all on keys of `key`'s slot) in one round trip and decodes their
+    /// replies with `decode`, which reads them in order from a [`Replies`].
+    pub(crate) async fn query<T>(
+        &self,
+        key: &[u8],
+        cmds: &[Cmd],
+        decode: impl Fn(&mut Replies<'_>) -> Result<T, DecodeError>,
+    ) -> Result<T, StoreError> {
+        let slot = Slot::for_key(key);
+        let deadline = Instant::now() + self.response_timeout;
+        let mut node = self.owner(slot);
+        let mut asking = false;
+        let mut next_seed = 0;
+        let mut wait = Duration::from_millis(RETRY_WAIT_MS.0);
+        let mut fresh = false;
+        let mut retried = false;
+        let mut last = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let attempt = self.attempt(&node, cmds, asking, fresh, &decode);
+            let failure = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(failure)) => failure,
+                Err(_) => return Err(StoreError::Unavailable(timed_out())),
+            };
+            asking = false;
+            fresh = false;
+            match failure {
+                Failure::Corrupt(what) => return Err(StoreError::Corrupt(what)),
+                Failure::Server(e) => match e.kind() {
+                    ErrorKind::Server(kind @ (ServerErrorKind::Moved | ServerErrorKind::Ask))
+                        if self.cluster =>
+                    {
+                        let Some(to) = e.redirect_node().and_then(|(addr, _)| Node::parse(addr))
+                        else {
+                            return Err(StoreError::from(e));
+                        };
+                        if kind == ServerErrorKind::Moved {
+                            self.set_owner(slot, Some(to.clone()));
+                        } else {
+                            asking = true;
+                        }
+                        node = to;
+                        last = Some(e);
+                        continue;
+                    }
+                    ErrorKind::Server(ServerErrorKind::TryAgain | ServerErrorKind::ClusterDown)
+                        if self.cluster =>
+                    {
+                        last = Some(e);
+                    }
+                    _ => return Err(StoreError::from(e)),
+                },
+                Failure::Io(e) => {
+                    self.forget_node(&node);
+                    if self.cluster {
+                        // Whoever owned the slot may be gone (a failover): ask the seeds.
+                        self.set_owner(slot, None);
+                        node = self.seeds[next_seed % self.seeds.len()].clone();
+                        next_seed += 1;
+                        last = Some(e.into());
+                    } else if !retried {
+                        // Perhaps only the pooled connection was dead: once on a new one.
+                        retried = true;
+                        fresh = true;
+                        continue;
+                    } else {
+                        return Err(StoreError::Unavailable(e.into()));
+                    }
+                }
+            }
+            // Give the cluster a moment (a failover, a migration) before the next try.
+            if Instant::now() + wait >= deadline {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(RETRY_WAIT_MS.1));
+        }
+        Err(last.map_or_else(
+            || StoreError::Unavailable(timed_out()),
+            |e| {
+                if e.is_io_error() || e.is_cluster_error() {
+                    StoreError::Unavailable(e)
+                } else {
+                    StoreError::from(e)
+                }
+            },
+        ))
+    }
+
+    /// One try on `node`: on a pooled connection unless `fresh`, else on a new one.
+    async fn attempt<T>(
+        &self,
+        node: &Node,
+        cmds: &[Cmd],
+        asking: bool,
+        fresh: bool,
+        decode: &impl Fn(&mut Replies<'_>) -> Result<T, DecodeError>,
+    ) -> Result<T, Failure> {
+        let pooled = if fresh { None } else { self.take_idle(node) };
+        let mut wire = match pooled {
+            Some(wire) => wire,
+            None => self.connect(node).await?,
+        };
+        let mut packed = Vec::new();
+        for cmd in cmds {
+            if asking {
+                redis::cmd("ASKING").write_packed_command(&mut packed);
+            }
+            cmd.write_packed_command(&mut packed);
+        }
+        let replies = cmds.len() * if asking { 2 } else { 1 };
+        wire.exchange(&packed, replies).await?;
+        // The exchange is complete: whatever the decoder makes of the replies, the
+        // connection is ready for the next request.
+        let result = decode(&mut Replies::new(&wire.buf, asking));
+        self.put_idle(node, wire);
+        result.map_err(Failure::from)
+    }
+
+    fn owner(&self, slot: Slot) -> Node {
+        let known = if self.cluster {
+            lock(&self.owners).get(&slot).cloned()
+        } else {
+            None
+        };
+        known.unwrap_or_else(|| self.seeds[0].clone())
+    }
+
+    fn set_owner(&self, slot: Slot, node: Option<Node>) {
+        let mut owners = lock(&self.owners);
+        match node {
+            Some(node) => owners.insert(slot, node),
+            None => owners.remove(&slot),
+        };
+    }
+
+    fn take_idle(&self, node: &Node) -> Option<Wire> {
+        lock(&self.idle).get_mut(node)?.pop()
+    }
+
+    fn put_idle(&self, node: &Node, wire: Wire) {
+        if wire.buf.capacity() > MAX_KEPT_BUFFER {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        let kept = idle.entry(node.clone()).or_default();
+        if kept.len() < MAX_IDLE_PER_NODE {
+            kept.push(wire);
+        }
+    }
+
+    /// Drops `node`'s idle connections: one failed, the others are likely dead too.
+    fn forget_node(&self, node: &Node) {
+        lock(&self.idle).remove(node);
+    }
+
+    /// A new, logged-in connection to `node`.
+    async fn connect(&self, node: &Node) -> Result<Wire, Failure> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((node.host.as_str(), node.port)),
+        )
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        tcp.set_nodelay(true)?;
+        let io: Box<dyn Io> = if self.tls {
+            let connector = self.tls_connector().map_err(|e| {
+                Failure::Server(RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "TLS setup failed",
+                    e,
+                )))
+            })?;
+            let name = rustls::pki_types::ServerName::try_from(node.host.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            Box::new(connector.connect(name, tcp).await?)
+        } else {
+            Box::new(tcp)
+        };
+        let mut wire = Wire {
+            io,
+            buf: Vec::new(),
+        };
+        let mut hello = Vec::new();
+        if let Some(password) = &self.login.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = &self.login.username {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            hello.push(auth);
+        }
+        if self.login.db != 0 {
+            let mut select = redis::cmd("SELECT");
+            select.arg(self.login.db);
+            hello.push(select);
+        }
+        if !hello.is_empty() {
+            let mut packed = Vec::new();
+            for cmd in &hello {
+                cmd.write_packed_command(&mut packed);
+            }
+            wire.exchange(&packed, hello.len()).await?;
+            let mut replies = Replies::new(&wire.buf, false);
+            for _ in &hello {
+                replies.ok()?;
+            }
+        }
+        Ok(wire)
+    }
+
+    fn tls_connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
+        self.tls_config
+            .get_or_init(|| {
+                crate::store::install_tls_provider();
+                let mut roots = rustls::RootCertStore::empty();
+                let found = rustls_native_certs::load_native_certs();
+                if let Some(e) = found.errors.first() {
+                    return Err(format!("loading the platform certificates: {e}"));
+                }
+                roots.add_parsable_certificates(found.certs);
+                let config = rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+            })
+            .clone()
+    }
+}
+
+fn timed_out() -> RedisError {
+    io::Error::from(io::ErrorKind::TimedOut).into()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing here can panic while holding a lock; a poisoned map is still a map.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// One connection and its read buffer.
+struct Wire {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+}
+
+impl Wire {
+    /// Writes `packed` and reads until `replies` complete replies are in `buf`.
+    async fn exchange(&mut self, packed: &[u8], replies: usize) -> io::Result<()> {
+        self.io.write_all(packed).await?;
+        self.io.flush().await?;
+        self.buf.clear();
+        let mut scanned = 0;
+        let mut complete = 0;
+        while complete < replies {
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "redis closed the connection",
+                ));
+            }
+            while complete < replies {
+                match skip(&self.buf, scanned) {
+                    Ok(end) => {
+                        scanned = end;
+                        complete += 1;
+                    }
+                    Err(Scan::Incomplete) => break,
+                    Err(Scan::Invalid(what)) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, what));
+                    }
+                }
+            }
+        }
+        if scanned != self.buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "redis sent more than was asked",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why [`skip`] stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// The buffer ends inside the value.
+    Incomplete,
+    /// Not RESP2.
+    Invalid(&'static str),
+}
+
+/// The end of the value starting at `at`, without recursion (a nested reply cannot
+/// exhaust the stack).
+fn skip(buf: &[u8], mut at: usize) -> Result<usize, Scan> {
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        let (kind, line, next) = header(buf, at).map_err(|e| match e {
+            HeaderError::Incomplete => Scan::Incomplete,
+            HeaderError::Invalid(what) => Scan::Invalid(what),
+        })?;
+        at = next;
+        match kind {
+            b'+' | b'-' => {}
+            b':' => {
+                integer(line).ok_or(Scan::Invalid("bad integer"))?;
+            }
+            b'$' => match integer(line).ok_or(Scan::Invalid("bad bulk length"))? {
+                -1 => {}
+                n if n >= 0 => {
+                    let end = at + n as usize;
+                    if buf.len() < end + 2 {
+                        return Err(Scan::Incomplete);
+                    }
+                    if &buf[end..end + 2] != b"\r\n" {
+                        return Err(Scan::Invalid("bulk string without its CRLF"));
+                    }
+                    at = end + 2;
+                }
+                _ => return Err(Scan::Invalid("bad bulk length")),
+            },
+            b'*' => match integer(line).ok_or(Scan::Invalid("bad array length"))? {
+                -1 => {}
+                n if n >= 0 => pending += n as u64,
+                _ => return Err(Scan::Invalid("bad array length")),
+            },
+            _ => return Err(Scan::Invalid("unknown reply type")),
+        }
+    }
+    Ok(at)
+}
+
+enum HeaderError {
+    Incomplete,
+    Invalid(&'static str),
+}
+
+/// The type byte at `at`, the rest of its line, and where the next line starts.
+fn header(buf: &[u8], at: usize) -> Result<(u8, &[u8], usize), HeaderError> {
+    let rest = buf.get(at..).ok_or(HeaderError::Incomplete)?;
+    let Some(cr) = memchr::memchr(b'\r', rest) else {
+        return Err(HeaderError::Incomplete);
+    };
+    match rest.get(cr + 1) {
+        None => return Err(HeaderError::Incomplete),
+        Some(b'\n') => {}
+        Some(_) => return Err(HeaderError::Invalid("a line without its LF")),
+    }
+    let (&kind, line) = rest[..cr]
+        .split_first()
+        .ok_or(HeaderError::Invalid("an empty line"))?;
+    Ok((kind, line, at + cr + 2))
+}
+
+fn integer(digits: &[u8]) -> Option<i64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Why a decoder refused a reply.
+#[derive(Debug)]
+pub(crate) enum DecodeError {
+    /// Redis answered an error where the decoder wanted a value.
+    Server(RedisError),
+    /// The reply is not what the command answers.
+    Corrupt(String),
+}
+
+/// The complete replies of one request, read in order. [`DirectReads`] has checked
+/// their framing already, so only their shape can be wrong.
+pub(crate) struct Replies<'a> {
+    buf: &'a [u8],
+    at: usize,
+    /// Each reply is preceded by the `+OK` of an `ASKING`.
+    asking: bool,
+}
+
+impl<'a> Replies<'a> {
+    pub(crate) fn new(buf: &'a [u8], asking: bool) -> Self {
+        Self { buf, at: 0, asking }
+    }
+
+    /// Moves to the next command's reply (past an `ASKING`'s answer).
+    pub(crate) fn next_reply(&mut self) -> Result<(), DecodeError> {
+        if self.asking { self.ok() } else { Ok(()) }
+    }
+
+    /// A `+OK`-style status reply.
+    fn ok(&mut self) -> Result<(), DecodeError> {
+        match self.header()? {
+            (b'+', _) => Ok(()),
+            (kind, _) => Err(unexpected("a status", kind)),
+        }
+    }
+
+    /// An array's length; `None` for a nil array.
+    pub(crate) fn array(&mut self) -> Result<Option<usize>, DecodeError> {
+        match self.header()? {
+            (b'*', line) => Ok(usize::try_from(integer(line).unwrap_or(-1)).ok()),
+            (kind, _) => Err(unexpected("an array", kind)),
+        }
+    }
+
+    /// A bulk string; `None` for nil.
+    pub(crate) fn bulk(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
+        match self.header()? {
+            (b'$', line) => match usize::try_from(integer(line).unwrap_or(-1)) {
+                Ok(n) => {
+                    let value = &self.buf[self.at..self.at + n];
+                    self.at += n + 2;
+                    Ok(Some(value))
+                }
+                Err(_) => Ok(None),
+            },
+            (kind, _) => Err(unexpected("a bulk string", kind)),
+        }
+    }
+
+    /// Skips one value, whatever it is.
+    pub(crate) fn skip(&mut self) -> Result<(), DecodeError> {
+        self.at = skip(self.buf, self.at)
+            .map_err(|_| DecodeError::Corrupt("a reply ends early".into()))?;
+        Ok(())
+    }
+
+    /// The next line's type and content; an error reply becomes
+    /// [`DecodeError::Server`].
+    fn header(&mut self) -> Result<(u8, &'a [u8]), DecodeError> {
+        let (kind, line, next) = header(self.buf, self.at)
+            .map_err(|_| DecodeError::Corrupt("a reply ends early".into()))?;
+        self.at = next;
+        if kind == b'-' {
+            return Err(DecodeError::Server(server_error(line)));
+        }
+        Ok((kind, line))
+    }
+}
+
+fn unexpected(wanted: &str, kind: u8) -> DecodeError {
+    DecodeError::Corrupt(format!(
+        "wanted {wanted}, redis answered a {:?} reply",
+        char::from(kind)
+    ))
+}
+
+/// The redis crate's error for an error reply, so that its kind (`MOVED`, `LOADING`…)
+/// is told apart exactly as on the crate's own connections.
+fn server_error(line: &[u8]) -> RedisError {
+    let mut reply = Vec::with_capacity(line.len() + 3);
+    reply.push(b'-');
+    reply.extend_from_slice(line);
+    reply.extend_from_slice(b"\r\n");
+    match redis::parse_redis_value(&reply).and_then(Value::extract_error) {
+        Err(e) => e,
+        Ok(_) => RedisError::from((
+            ErrorKind::Parse,
+            "unreadable error reply",
+            String::from_utf8_lossy(line).into_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_finds_the_end_of_nested_replies() {
+        let reply = b"*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\ne\r\n$2\r\n{}\r\n$-1\r\n:7\r\n";
+        assert_eq!(skip(reply, 0), Ok(reply.len() - 4));
+        assert_eq!(skip(reply, reply.len() - 4), Ok(reply.len()));
+    }
+
+    #[test]
+    fn skip_says_incomplete_at_every_cut() {
+        let reply = b"*2\r\n$5\r\nhello\r\n*-1\r\n";
+        for cut in 0..reply.len() {
+            assert_eq!(
+                skip(&reply[..cut], 0),
+                Err(Scan::Incomplete),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(skip(reply, 0), Ok(reply.len()));
+    }
+
+    #[test]
+    fn skip_refuses_what_is_not_resp2() {
+        for bad in [
+            &b"?1\r\n"[..],
+            b"$x\r\n",
+            b"$-2\r\n",
+            b"*-5\r\n",
+            b"$3\r\nabcde\r\n",
+            b"+OK\rX",
+            b"\r\n",
+        ] {
+            assert!(
+                matches!(skip(bad, 0), Err(Scan::Invalid(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_deeply_nested_reply_does_not_recurse() {
+        let mut reply = b"*1\r\n".repeat(1_000_000);
+        reply.extend_from_slice(b":1\r\n");
+        assert_eq!(skip(&reply, 0), Ok(reply.len()));
+    }
+
+    #[test]
+    fn replies_decode_values_in_order() {
+        let buf = b"+OK\r\n*2\r\n$2\r\nab\r\n$-1\r\n*-1\r\n";
+        let mut r = Replies::new(buf, true);
+        r.next_reply().unwrap();
+        assert_eq!(r.array().unwrap(), Some(2));
+        assert_eq!(r.bulk().unwrap(), Some(&b"ab"[..]));
+        assert_eq!(r.bulk().unwrap(), None);
+        assert_eq!(r.array().unwrap(), None);
+    }
+
+    #[test]
+    fn error_replies_keep_their_kind() {
+        let mut r = Replies::new(b"-MOVED 3999 127.0.0.1:6381\r\n", false);
+        let Err(DecodeError::Server(e)) = r.array() else {
+            panic!("not a server error");
+        };
+        assert_eq!(e.kind(), ErrorKind::Server(ServerErrorKind::Moved));
+        assert_eq!(e.redirect_node(), Some(("127.0.0.1:6381", 3999)));
+
+        let mut r = Replies::new(b"-LOADING Redis is loading the dataset\r\n", false);
+        let Err(DecodeError::Server(e)) = r.bulk() else {
+            panic!("not a server error");
+        };
+        assert_eq!(e.kind(), ErrorKind::Server(ServerErrorKind::BusyLoading));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_corrupt() {
+        let mut r = Replies::new(b":1\r\n", false);
+        assert!(matches!(r.array(), Err(DecodeError::Corrupt(_))));
+    }
+}
