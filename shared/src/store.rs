@@ -932,7 +932,8 @@ impl LogStore {
         Ok(Some((meta, parse_entries(newest)?.first().map(|e| e.id))))
     }
 
-    /// Up to `count` entries strictly after `after`, oldest first.
+    /// Up to `count` entries strictly after `after`, oldest first. Read like history
+    /// pages ([`crate::resp`]): the archiver and SSE replays ask for thousands at once.
     pub async fn entries_after(
         &self,
         job: &JobId,
@@ -948,18 +949,18 @@ impl LogStore {
             return Ok(Vec::new());
         }
         let logs = JobKeys::new(job).logs;
-        let raw: Value = self
-            .run(|mut c| {
-                let mut cmd = redis::cmd("XRANGE");
-                cmd.arg(&logs)
-                    .arg(format!("({after}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(count);
-                async move { cmd.query_async(&mut c).await }
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(&logs)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        self.direct
+            .query(logs.as_bytes(), &[cmd], |replies| {
+                replies.next_reply()?;
+                decode_entries(replies)
             })
-            .await?;
-        parse_entries(raw)
+            .await
     }
 
     /// Registers WebSocket connection `connection` as following `job`: added to the
