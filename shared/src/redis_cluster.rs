@@ -216,37 +216,66 @@ impl RedisCluster {
     /// master. With `finish` false it stops after migrating the keys: the slot is then
     /// mid-migration and its old owner answers `ASK` for keys it no longer has.
     pub fn move_slot(&self, slot: u16, to: u16, finish: bool) -> Result<(), RedisClusterError> {
+        let from = self.start_slot_move(slot, to)?;
+        loop {
+            let keys: Vec<String> = query(
+                from,
+                &["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "100"],
+            )?;
+            if keys.is_empty() {
+                break;
+            }
+            self.migrate_keys(from, to, &keys)?;
+        }
+        if finish {
+            self.finish_slot_move(slot, from, to)?;
+        }
+        Ok(())
+    }
+
+    /// Marks `slot` as moving from its master to the master on port `to` (`IMPORTING`,
+    /// `MIGRATING`); returns the old master's port. Keys then move with
+    /// [`RedisCluster::migrate_keys`].
+    pub fn start_slot_move(&self, slot: u16, to: u16) -> Result<u16, RedisClusterError> {
         let from = self
             .master_of_slot(slot)?
             .ok_or_else(|| RedisClusterError::Timeout {
                 what: format!("a master for slot {slot}"),
             })?;
-        let id = |port: u16| query::<String>(port, &["CLUSTER", "MYID"]);
-        let (from_id, to_id) = (id(from)?, id(to)?);
+        let (from_id, to_id) = (node_id(from)?, node_id(to)?);
         let slot_s = slot.to_string();
         let _: () = query(to, &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id])?;
         let _: () = query(from, &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id])?;
-        loop {
-            let keys: Vec<String> = query(from, &["CLUSTER", "GETKEYSINSLOT", &slot_s, "100"])?;
-            if keys.is_empty() {
-                break;
-            }
-            let to_s = to.to_string();
-            let mut args = vec!["MIGRATE", "127.0.0.1", &to_s, "", "0", "5000", "KEYS"];
-            args.extend(keys.iter().map(String::as_str));
-            let _: () = query(from, &args)?;
-        }
-        if finish {
-            // The new owner first, then the old one, then everyone else (as the docs say).
-            let mut order = vec![to, from];
-            order.extend(
-                self.masters()?
-                    .into_iter()
-                    .filter(|p| *p != to && *p != from),
-            );
-            for port in order {
-                let _: () = query(port, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id])?;
-            }
+        Ok(from)
+    }
+
+    /// `MIGRATE`s `keys` from the master on port `from` to the one on `to`.
+    pub fn migrate_keys(
+        &self,
+        from: u16,
+        to: u16,
+        keys: &[String],
+    ) -> Result<(), RedisClusterError> {
+        let to_s = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &to_s, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        let _: () = query(from, &args)?;
+        Ok(())
+    }
+
+    /// Gives `slot` to the master on `to` for good: the new owner first, then the old
+    /// one, then everyone else (as the Redis docs say).
+    pub fn finish_slot_move(&self, slot: u16, from: u16, to: u16) -> Result<(), RedisClusterError> {
+        let to_id = node_id(to)?;
+        let slot_s = slot.to_string();
+        let mut order = vec![to, from];
+        order.extend(
+            self.masters()?
+                .into_iter()
+                .filter(|p| *p != to && *p != from),
+        );
+        for port in order {
+            let _: () = query(port, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id])?;
         }
         Ok(())
     }
@@ -358,6 +387,10 @@ pub fn shared() -> Result<&'static RedisCluster, String> {
 }
 
 /// One command to the node on `port`, on a short-lived connection.
+fn node_id(port: u16) -> Result<String, RedisClusterError> {
+    Ok(query(port, &["CLUSTER", "MYID"])?)
+}
+
 fn query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
     let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;

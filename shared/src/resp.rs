@@ -14,11 +14,15 @@
 //!   parsed by the redis crate; TLS uses the same rustls provider and the platform's
 //!   certificates, as the crate's own `rediss://` connections do;
 //! - in a cluster, a request goes to the node that last owned its key's slot (learnt
-//!   from `MOVED`), or to a seed; `ASK` is followed with `ASKING` before each command;
-//!   `TRYAGAIN`, `CLUSTERDOWN` and unreachable nodes are retried (on the seeds) within
-//!   the response timeout, like the cluster client does for every other command;
-//! - connections are pooled per node, one per request in flight, and dropped on any
-//!   I/O error or timeout (their state is then unknown). A request that fails on a
+//!   from `MOVED`), or to a seed (the next one when a seed cannot be reached); `ASK` is
+//!   followed with `ASKING` before each command; `TRYAGAIN`, `CLUSTERDOWN` and
+//!   unreachable nodes are retried within the response timeout, like the cluster client
+//!   does for every other command. A pipeline whose replies are partly `ASK` (a slot in
+//!   migration, the job's keys split between two nodes) counts as `TRYAGAIN`: neither
+//!   node can answer for the whole job;
+//! - connections are pooled per node, one per request in flight (at most
+//!   [`MAX_IN_FLIGHT`] at once), closed after [`MAX_IDLE_AGE`] unused, and dropped on
+//!   any I/O error or timeout (their state is then unknown). A request that fails on a
 //!   pooled connection is tried once more on a new one: after a Redis restart the first
 //!   use of an old connection fails.
 //!
@@ -27,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -34,14 +39,22 @@ use redis::cluster_routing::Slot;
 use redis::{Cmd, ConnectionAddr, ErrorKind, RedisError, ServerErrorKind, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::store::StoreError;
 
 /// Idle connections kept per node; more are made while more requests are in flight.
 const MAX_IDLE_PER_NODE: usize = 16;
-/// A connection whose buffer grew beyond this (one very large reply) is not kept.
-const MAX_KEPT_BUFFER: usize = 4 << 20;
+/// Requests in flight at once (so connections open at once), all nodes together: a
+/// burst of readers waits for a connection instead of pushing Redis to `maxclients`.
+const MAX_IN_FLIGHT: usize = 64;
+/// An idle connection older than this is closed rather than used: a network path may
+/// have forgotten a quiet flow without telling either end, and a request on it would
+/// hang until the response timeout.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
+/// A kept connection's buffer beyond this (one very large reply) is freed.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
 /// Bytes read per `read` call at least.
 const READ_CHUNK: usize = 64 << 10;
 /// Attempts per request, redirects and retries included (all within the response
@@ -87,8 +100,12 @@ pub(crate) struct DirectReads {
     /// Built on the first TLS connection (loading the platform certificates is slow).
     tls_config: OnceLock<Result<tokio_rustls::TlsConnector, String>>,
     idle: Mutex<HashMap<Node, Vec<Wire>>>,
+    in_flight: Semaphore,
     /// Cluster only: the owner of each slot a `MOVED` named.
     owners: Mutex<HashMap<Slot, Node>>,
+    /// Cluster only: the seed asked about slots whose owner is not known; moves on when
+    /// that seed cannot be reached.
+    seed: AtomicUsize,
 }
 
 impl std::fmt::Debug for DirectReads {
@@ -107,8 +124,10 @@ enum Failure {
     Io(io::Error),
     /// Redis answered an error.
     Server(RedisError),
-    /// The reply is not what the command answers.
+    /// The reply is not what the command answers, or not RESP2 at all.
     Corrupt(String),
+    /// This side cannot connect as configured (TLS set-up).
+    Config(RedisError),
 }
 
 impl From<io::Error> for Failure {
@@ -184,7 +203,9 @@ impl DirectReads {
             response_timeout,
             tls_config: OnceLock::new(),
             idle: Mutex::new(HashMap::new()),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
             owners: Mutex::new(HashMap::new()),
+            seed: AtomicUsize::new(0),
         })
     }
 
@@ -200,22 +221,30 @@ impl DirectReads {
         let deadline = Instant::now() + self.response_timeout;
         let mut node = self.owner(slot);
         let mut asking = false;
-        let mut next_seed = 0;
         let mut wait = Duration::from_millis(RETRY_WAIT_MS.0);
         let mut fresh = false;
         let mut retried = false;
         let mut last = None;
+        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, self.in_flight.acquire()).await
+        else {
+            return Err(StoreError::Unavailable(timed_out()));
+        };
         for _ in 0..MAX_ATTEMPTS {
             let attempt = self.attempt(&node, cmds, asking, fresh, &decode);
             let failure = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(failure)) => failure,
-                Err(_) => return Err(StoreError::Unavailable(timed_out())),
+                Err(_) => {
+                    // The connection went with the attempt; its siblings may be as stuck.
+                    self.forget_node(&node);
+                    return Err(StoreError::Unavailable(timed_out()));
+                }
             };
             asking = false;
             fresh = false;
             match failure {
                 Failure::Corrupt(what) => return Err(StoreError::Corrupt(what)),
+                Failure::Config(e) => return Err(StoreError::Redis(e)),
                 Failure::Server(e) => match e.kind() {
                     ErrorKind::Server(kind @ (ServerErrorKind::Moved | ServerErrorKind::Ask))
                         if self.cluster =>
@@ -245,8 +274,7 @@ impl DirectReads {
                     if self.cluster {
                         // Whoever owned the slot may be gone (a failover): ask the seeds.
                         self.set_owner(slot, None);
-                        node = self.seeds[next_seed % self.seeds.len()].clone();
-                        next_seed += 1;
+                        node = self.other_seed(&node);
                         last = Some(e.into());
                     } else if !retried {
                         // Perhaps only the pooled connection was dead: once on a new one.
@@ -302,9 +330,17 @@ impl DirectReads {
         wire.exchange(&packed, replies).await?;
         // The exchange is complete: whatever the decoder makes of the replies, the
         // connection is ready for the next request.
-        let result = decode(&mut Replies::new(&wire.buf, asking));
+        let result = if !asking && partly_asked(&wire.buf, cmds.len()) {
+            // The slot is being migrated and only some of the job's keys have moved:
+            // neither node can answer for all of them; the migration will go on.
+            Err(Failure::Server(server_error(
+                b"TRYAGAIN the job's keys are between two nodes",
+            )))
+        } else {
+            decode(&mut Replies::new(&wire.buf, asking)).map_err(Failure::from)
+        };
         self.put_idle(node, wire);
-        result.map_err(Failure::from)
+        result
     }
 
     fn owner(&self, slot: Slot) -> Node {
@@ -313,7 +349,22 @@ impl DirectReads {
         } else {
             None
         };
-        known.unwrap_or_else(|| self.seeds[0].clone())
+        known.unwrap_or_else(|| {
+            self.seeds[self.seed.load(Ordering::Relaxed) % self.seeds.len()].clone()
+        })
+    }
+
+    /// The next seed after the current one, skipping `failed`; it becomes the seed
+    /// asked from now on.
+    fn other_seed(&self, failed: &Node) -> Node {
+        for _ in 0..self.seeds.len() {
+            let i = self.seed.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            let seed = &self.seeds[i % self.seeds.len()];
+            if seed != failed {
+                return seed.clone();
+            }
+        }
+        failed.clone()
     }
 
     fn set_owner(&self, slot: Slot, node: Option<Node>) {
@@ -325,13 +376,19 @@ impl DirectReads {
     }
 
     fn take_idle(&self, node: &Node) -> Option<Wire> {
-        lock(&self.idle).get_mut(node)?.pop()
+        let mut idle = lock(&self.idle);
+        let kept = idle.get_mut(node)?;
+        // The most recently used is last; anything idle too long is dropped.
+        let now = Instant::now();
+        kept.retain(|w| now.duration_since(w.idle_since) < MAX_IDLE_AGE);
+        kept.pop()
     }
 
-    fn put_idle(&self, node: &Node, wire: Wire) {
+    fn put_idle(&self, node: &Node, mut wire: Wire) {
         if wire.buf.capacity() > MAX_KEPT_BUFFER {
-            return;
+            wire.buf = Vec::new();
         }
+        wire.idle_since = Instant::now();
         let mut idle = lock(&self.idle);
         let kept = idle.entry(node.clone()).or_default();
         if kept.len() < MAX_IDLE_PER_NODE {
@@ -355,7 +412,7 @@ impl DirectReads {
         tcp.set_nodelay(true)?;
         let io: Box<dyn Io> = if self.tls {
             let connector = self.tls_connector().map_err(|e| {
-                Failure::Server(RedisError::from((
+                Failure::Config(RedisError::from((
                     ErrorKind::InvalidClientConfig,
                     "TLS setup failed",
                     e,
@@ -370,6 +427,7 @@ impl DirectReads {
         let mut wire = Wire {
             io,
             buf: Vec::new(),
+            idle_since: Instant::now(),
         };
         let mut hello = Vec::new();
         if let Some(password) = &self.login.password {
@@ -434,46 +492,99 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 struct Wire {
     io: Box<dyn Io>,
     buf: Vec<u8>,
+    /// When it was last put back in the pool.
+    idle_since: Instant,
 }
 
 impl Wire {
-    /// Writes `packed` and reads until `replies` complete replies are in `buf`.
-    async fn exchange(&mut self, packed: &[u8], replies: usize) -> io::Result<()> {
+    /// Writes `packed` and reads until `replies` complete replies are in `buf`, and
+    /// nothing more.
+    async fn exchange(&mut self, packed: &[u8], replies: usize) -> Result<(), Failure> {
         self.io.write_all(packed).await?;
         self.io.flush().await?;
         self.buf.clear();
-        let mut scanned = 0;
-        let mut complete = 0;
-        while complete < replies {
+        let mut scanner = Scanner::default();
+        loop {
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
             }
             if self.io.read_buf(&mut self.buf).await? == 0 {
-                return Err(io::Error::new(
+                return Err(Failure::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "redis closed the connection",
-                ));
+                )));
             }
-            while complete < replies {
-                match skip(&self.buf, scanned) {
-                    Ok(end) => {
-                        scanned = end;
-                        complete += 1;
-                    }
-                    Err(Scan::Incomplete) => break,
-                    Err(Scan::Invalid(what)) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, what));
-                    }
+            match scanner.scan(&self.buf, replies) {
+                Ok(false) => {}
+                Ok(true) if scanner.at == self.buf.len() => return Ok(()),
+                Ok(true) => return Err(Failure::Corrupt("redis sent more than was asked".into())),
+                Err(what) => return Err(Failure::Corrupt(format!("not a RESP2 reply: {what}"))),
+            }
+        }
+    }
+}
+
+/// How far a scan of replies got; it goes on from there when more bytes arrive, so a
+/// reply read in many pieces is scanned once.
+#[derive(Debug, Default, Clone, Copy)]
+struct Scanner {
+    /// The first byte not scanned yet: the start of a value.
+    at: usize,
+    /// Values still to come in the current reply (0 between replies).
+    pending: u64,
+    /// Complete replies so far.
+    done: usize,
+}
+
+impl Scanner {
+    /// Scans on until `want` replies are complete (`true`) or `buf` ends (`false`),
+    /// without recursion (a deeply nested reply cannot exhaust the stack).
+    fn scan(&mut self, buf: &[u8], want: usize) -> Result<bool, &'static str> {
+        while self.done < want {
+            let (kind, line, next) = match header(buf, self.at) {
+                Ok(h) => h,
+                Err(HeaderError::Incomplete) => return Ok(false),
+                Err(HeaderError::Invalid(what)) => return Err(what),
+            };
+            let mut end = next;
+            let mut inner = 0;
+            match kind {
+                b'+' | b'-' => {}
+                b':' => {
+                    integer(line).ok_or("bad integer")?;
                 }
+                b'$' => match integer(line).ok_or("bad bulk length")? {
+                    -1 => {}
+                    n => {
+                        let stop = usize::try_from(n)
+                            .ok()
+                            .and_then(|n| next.checked_add(n))
+                            .filter(|stop| *stop < usize::MAX - 2)
+                            .ok_or("bad bulk length")?;
+                        if buf.len() < stop + 2 {
+                            return Ok(false);
+                        }
+                        if &buf[stop..stop + 2] != b"\r\n" {
+                            return Err("bulk string without its CRLF");
+                        }
+                        end = stop + 2;
+                    }
+                },
+                b'*' => match integer(line).ok_or("bad array length")? {
+                    -1 => {}
+                    n => inner = u64::try_from(n).map_err(|_| "bad array length")?,
+                },
+                _ => return Err("unknown reply type"),
+            }
+            // The value is whole: count it (a new reply starts with one value to come).
+            self.at = end;
+            self.pending = self.pending.max(1) - 1;
+            self.pending = self.pending.checked_add(inner).ok_or("array too long")?;
+            if self.pending == 0 {
+                self.done += 1;
             }
         }
-        if scanned != self.buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "redis sent more than was asked",
-            ));
-        }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -486,45 +597,34 @@ enum Scan {
     Invalid(&'static str),
 }
 
-/// The end of the value starting at `at`, without recursion (a nested reply cannot
-/// exhaust the stack).
-fn skip(buf: &[u8], mut at: usize) -> Result<usize, Scan> {
-    let mut pending: u64 = 1;
-    while pending > 0 {
-        pending -= 1;
-        let (kind, line, next) = header(buf, at).map_err(|e| match e {
-            HeaderError::Incomplete => Scan::Incomplete,
-            HeaderError::Invalid(what) => Scan::Invalid(what),
-        })?;
-        at = next;
-        match kind {
-            b'+' | b'-' => {}
-            b':' => {
-                integer(line).ok_or(Scan::Invalid("bad integer"))?;
-            }
-            b'$' => match integer(line).ok_or(Scan::Invalid("bad bulk length"))? {
-                -1 => {}
-                n if n >= 0 => {
-                    let end = at + n as usize;
-                    if buf.len() < end + 2 {
-                        return Err(Scan::Incomplete);
-                    }
-                    if &buf[end..end + 2] != b"\r\n" {
-                        return Err(Scan::Invalid("bulk string without its CRLF"));
-                    }
-                    at = end + 2;
-                }
-                _ => return Err(Scan::Invalid("bad bulk length")),
-            },
-            b'*' => match integer(line).ok_or(Scan::Invalid("bad array length"))? {
-                -1 => {}
-                n if n >= 0 => pending += n as u64,
-                _ => return Err(Scan::Invalid("bad array length")),
-            },
-            _ => return Err(Scan::Invalid("unknown reply type")),
+/// The end of the value starting at `at`.
+fn skip(buf: &[u8], at: usize) -> Result<usize, Scan> {
+    let mut scanner = Scanner {
+        at,
+        ..Scanner::default()
+    };
+    match scanner.scan(buf, 1) {
+        Ok(true) => Ok(scanner.at),
+        Ok(false) => Err(Scan::Incomplete),
+        Err(what) => Err(Scan::Invalid(what)),
+    }
+}
+
+/// Whether some of the `replies` in `buf` (complete) are `ASK` redirections and some
+/// are not.
+fn partly_asked(buf: &[u8], replies: usize) -> bool {
+    let mut at = 0;
+    let mut asked = 0;
+    for _ in 0..replies {
+        if buf[at..].starts_with(b"-ASK ") {
+            asked += 1;
+        }
+        match skip(buf, at) {
+            Ok(end) => at = end,
+            Err(_) => return false,
         }
     }
-    Ok(at)
+    asked > 0 && asked < replies
 }
 
 enum HeaderError {
@@ -659,6 +759,7 @@ fn server_error(line: &[u8]) -> RedisError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn skip_finds_the_end_of_nested_replies() {
@@ -731,6 +832,93 @@ mod tests {
             panic!("not a server error");
         };
         assert_eq!(e.kind(), ErrorKind::Server(ServerErrorKind::BusyLoading));
+    }
+
+    /// A wire over an in-memory pipe, and the server's end.
+    fn pipe() -> (Wire, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let wire = Wire {
+            io: Box::new(client),
+            buf: Vec::new(),
+            idle_since: Instant::now(),
+        };
+        (wire, server)
+    }
+
+    /// Answers one 4-byte request with `first`, then (after letting the reader run)
+    /// `rest`, then closes if `close`.
+    async fn serve(mut server: tokio::io::DuplexStream, first: &[u8], rest: &[u8], close: bool) {
+        let mut request = [0u8; 4];
+        server.read_exact(&mut request).await.unwrap();
+        server.write_all(first).await.unwrap();
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        server.write_all(rest).await.unwrap();
+        if close {
+            drop(server);
+        } else {
+            // Keep the pipe open until the reader is done.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn exchange_gathers_replies_split_anywhere() {
+        let replies = b"+OK\r\n*2\r\n$5\r\nhello\r\n$-1\r\n:42\r\n";
+        for cut in 0..=replies.len() {
+            let (mut wire, server) = pipe();
+            let served = serve(server, &replies[..cut], &replies[cut..], false);
+            tokio::select! {
+                done = wire.exchange(b"PING", 3) => assert!(done.is_ok(), "cut at {cut}"),
+                () = served => unreachable!(),
+            }
+            assert_eq!(wire.buf, replies, "cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn exchange_refuses_more_than_was_asked_and_reports_a_cut_connection() {
+        let (mut wire, server) = pipe();
+        let served = serve(server, b"+OK\r\n+OK\r\n", b"", false);
+        tokio::select! {
+            done = wire.exchange(b"PING", 1) => assert!(matches!(done, Err(Failure::Corrupt(_)))),
+            () = served => unreachable!(),
+        }
+
+        let (mut wire, server) = pipe();
+        let (done, ()) = tokio::join!(
+            wire.exchange(b"PING", 1),
+            serve(server, b"*2\r\n$5\r\nhel", b"", true)
+        );
+        assert!(matches!(done, Err(Failure::Io(_))), "EOF inside a reply");
+
+        let (mut wire, server) = pipe();
+        let served = serve(server, b"!oops\r\n", b"", false);
+        tokio::select! {
+            done = wire.exchange(b"PING", 1) => assert!(matches!(done, Err(Failure::Corrupt(_)))),
+            () = served => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn only_a_mix_of_asks_and_answers_is_partly_asked() {
+        let ask = "-ASK 866 127.0.0.1:7001\r\n";
+        let value = "*1\r\n$1\r\nx\r\n";
+        assert!(partly_asked(format!("{value}{ask}{ask}").as_bytes(), 3));
+        assert!(partly_asked(format!("{ask}{value}").as_bytes(), 2));
+        assert!(!partly_asked(format!("{ask}{ask}").as_bytes(), 2));
+        assert!(!partly_asked(format!("{value}{value}").as_bytes(), 2));
+        assert!(!partly_asked(ask.as_bytes(), 1));
+    }
+
+    #[test]
+    fn lengths_that_cannot_be_are_refused_not_overflowed() {
+        let huge = i64::MAX;
+        let nested = format!("*{huge}\r\n*{huge}\r\n*{huge}\r\n");
+        assert!(matches!(skip(nested.as_bytes(), 0), Err(Scan::Invalid(_))));
+        let bulk = format!("${huge}\r\n");
+        assert_eq!(skip(bulk.as_bytes(), 0), Err(Scan::Incomplete));
     }
 
     #[test]

@@ -235,7 +235,8 @@ async fn reads_writes_and_a_blocking_reader_follow_a_resharded_slot() {
     let zero = EntryId { ms: 0, seq: 0 };
     assert_eq!(reader.read(&id, zero, 10).await.unwrap().len(), 1);
     let slot = cluster.slot(&format!("job:{{{id}}}:logs")).unwrap();
-    // History pages route themselves (`resp.rs`): this one learns the slot's owner.
+    // History pages route themselves (`resp.rs`): this one learns the slot's owner
+    // (unless the seed it asked owns the slot already).
     let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!(page.entries.len(), 1);
 
@@ -276,6 +277,41 @@ async fn reads_writes_and_a_blocking_reader_follow_a_resharded_slot() {
     assert_eq!(entries.len(), 3, "the reader found the job on its new node");
     let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!(page.entries.len(), 3);
+}
+
+#[tokio::test]
+async fn a_page_read_waits_while_a_jobs_keys_are_split_between_two_nodes() {
+    // A cluster of its own: a slot is moved.
+    let cluster = RedisCluster::start().unwrap();
+    let store = LogStore::open(&cluster.url(), RETENTION).unwrap();
+    let jobs = job_per_master(&cluster, "split");
+    let (id, _) = jobs[0].clone();
+    let to = jobs[1].1;
+    create(&store, &id).await;
+    store
+        .append(&id, "g", None, &[line("one"), line("two")])
+        .await
+        .unwrap();
+    let (logs, meta) = (format!("job:{{{id}}}:logs"), format!("job:{{{id}}}:meta"));
+    let slot = cluster.slot(&logs).unwrap();
+    let from = cluster.start_slot_move(slot, to).unwrap();
+
+    // The log has moved and the meta hash not yet (MIGRATE moves a slot's keys a batch
+    // at a time): the old node answers HMGET and ASKs for the ranges, the new one has
+    // no meta hash. Neither alone can answer; the read waits for the migration.
+    cluster.migrate_keys(from, to, &[logs]).unwrap();
+    let reader = {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move { store.page(&id, Cursor::Latest, 10).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!reader.is_finished(), "no answer while the job is split");
+    cluster.migrate_keys(from, to, &[meta]).unwrap();
+    let (meta, page) = reader.await.unwrap().unwrap().expect("the job exists");
+    assert_eq!((meta.owner.as_str(), page.entries.len()), ("alice", 2));
+    cluster.finish_slot_move(slot, from, to).unwrap();
+    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    assert_eq!(page.entries.len(), 2);
 }
 
 /// What `WAIT 1` (block until the replica has the write) would add to every batch:
