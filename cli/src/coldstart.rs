@@ -188,8 +188,8 @@ async fn cold_start(
             "LOGSTREAM_JWT_SECRET",
             "example-jwt-secret-change-me-0123456789",
         )
-        // The archiver builds its S3 client at start, as on AWS; the sample's job is not
-        // in Redis, so nothing is sent to this (unreachable) endpoint.
+        // Configured as on AWS. The S3 client is made on first use; the sample's job is
+        // not in Redis, so nothing is sent to this (unreachable) endpoint.
         .env("LOGSTREAM_ARCHIVE_BUCKET", "logstream-cold-start")
         .env("AWS_REGION", "eu-west-1")
         .env("AWS_ACCESS_KEY_ID", "cold-start")

@@ -1,5 +1,6 @@
 //! The archiver Lambda: configuration, one Redis connection, one S3 client (when
-//! `LOGSTREAM_ARCHIVE_BUCKET` is set), and the EventBridge handler. Nothing else.
+//! `LOGSTREAM_ARCHIVE_BUCKET` is set; made on first use), and the EventBridge handler.
+//! Nothing else.
 
 // The SDK's and the runtime's futures nest deeply; computing main's layout needs more
 // than the default query depth.

@@ -231,7 +231,7 @@ async fn an_s3_outage_keeps_jobs_queued_until_a_later_sweep() {
 
     // S3 is back (moto restarts empty: the bucket is made again).
     s3_server.restart().unwrap();
-    create_bucket(s3.client(), s3.bucket()).await;
+    create_bucket(s3.client().await, s3.bucket()).await;
     let up = archiver.sweep(None).await.unwrap();
     let names: Vec<String> = jobs.iter().map(ToString::to_string).collect();
     assert_eq!(up.archived, names);

@@ -1,6 +1,6 @@
 //! The history Lambda: configuration, one Redis connection, one HTTP client for the
 //! JWKS, one S3 client for the archive (when `LOGSTREAM_ARCHIVE_BUCKET` is set), the
-//! router. Nothing else.
+//! router. Nothing else. The HTTP and S3 clients are made on first use, once.
 
 use logstream_shared::config::{Config, exit_on_error};
 use logstream_shared::jwt::HttpClient;

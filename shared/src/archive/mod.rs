@@ -303,7 +303,7 @@ impl Archive {
         match self {
             Self::Dir(d) => Ok(Upload::Dir(d.upload(job).await?)),
             #[cfg(feature = "s3")]
-            Self::S3(s) => Ok(Upload::S3(s.upload(job, owner))),
+            Self::S3(s) => Ok(Upload::S3(s.upload(job, owner).await)),
         }
     }
 
@@ -435,7 +435,7 @@ pub async fn from_config(
     default_dir: Option<&std::path::Path>,
 ) -> Option<Archive> {
     if let Some(bucket) = &config.archive_bucket {
-        return Some(Archive::S3(s3::S3Archive::from_env(bucket.clone()).await));
+        return Some(Archive::S3(s3::S3Archive::from_env(bucket.clone())));
     }
     let dir = config.archive_dir.as_deref().or(default_dir)?;
     Some(Archive::dir(

@@ -16,6 +16,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use std::sync::Arc;
+use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::{ArchiveError, LOG_FILE, MANIFEST_FILE, PREFIX, Uploaded};
@@ -31,7 +33,10 @@ pub const OWNER_METADATA: &str = "owner";
 /// Archives in one S3 bucket.
 #[derive(Debug, Clone)]
 pub struct S3Archive {
-    client: Client,
+    /// Made on first use by [`S3Archive::from_env`] archives: history only needs it when
+    /// a job is no longer in Redis, and loading the AWS configuration at start was most
+    /// of its cold start.
+    client: Arc<OnceCell<Client>>,
     bucket: String,
     part_size: usize,
 }
@@ -60,22 +65,31 @@ impl S3Archive {
     /// An archive in `bucket` through `client`.
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         Self {
-            client,
+            client: Arc::new(OnceCell::new_with(Some(client))),
             bucket: bucket.into(),
             part_size: DEFAULT_PART_SIZE,
         }
     }
 
-    /// A client from the usual AWS sources (the Lambda's role, `AWS_*` variables),
-    /// path-style when an endpoint URL points at an S3-compatible server.
-    pub async fn from_env(bucket: impl Into<String>) -> Self {
+    /// An archive in `bucket` through a client from the usual AWS sources (the
+    /// Lambda's role, `AWS_*` variables), path-style when an endpoint URL points at an
+    /// S3-compatible server. The client is made on first use, once per process.
+    pub fn from_env(bucket: impl Into<String>) -> Self {
+        Self {
+            client: Arc::new(OnceCell::new()),
+            bucket: bucket.into(),
+            part_size: DEFAULT_PART_SIZE,
+        }
+    }
+
+    async fn client_from_env() -> Client {
         let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
         let custom_endpoint =
             sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
         let config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(custom_endpoint)
             .build();
-        Self::new(Client::from_conf(config), bucket)
+        Client::from_conf(config)
     }
 
     /// A client for a local S3-compatible server at `endpoint_url` (tests, the
@@ -109,9 +123,9 @@ impl S3Archive {
         &self.bucket
     }
 
-    /// The S3 client (tests inspect objects with it).
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The S3 client (made now if it was not yet).
+    pub async fn client(&self) -> &Client {
+        self.client.get_or_init(Self::client_from_env).await
     }
 
     /// The key of `file` in `job`'s archive.
@@ -121,7 +135,8 @@ impl S3Archive {
 
     pub(super) async fn read_manifest(&self, job: &JobId) -> Result<Option<Vec<u8>>, ArchiveError> {
         let got = self
-            .client
+            .client()
+            .await
             .get_object()
             .bucket(&self.bucket)
             .key(Self::key(job, MANIFEST_FILE))
@@ -149,7 +164,8 @@ impl S3Archive {
         owner: &str,
         body: Vec<u8>,
     ) -> Result<(), ArchiveError> {
-        self.client
+        self.client()
+            .await
             .put_object()
             .bucket(&self.bucket)
             .key(Self::key(job, MANIFEST_FILE))
@@ -169,7 +185,8 @@ impl S3Archive {
         end: u64,
     ) -> Result<Bytes, ArchiveError> {
         let out = self
-            .client
+            .client()
+            .await
             .get_object()
             .bucket(&self.bucket)
             .key(Self::key(job, LOG_FILE))
@@ -196,9 +213,9 @@ impl S3Archive {
         Ok(bytes)
     }
 
-    pub(super) fn upload(&self, job: &JobId, owner: &str) -> S3Upload {
+    pub(super) async fn upload(&self, job: &JobId, owner: &str) -> S3Upload {
         S3Upload {
-            client: self.client.clone(),
+            client: self.client().await.clone(),
             bucket: self.bucket.clone(),
             key: Self::key(job, LOG_FILE),
             owner: owner.to_owned(),

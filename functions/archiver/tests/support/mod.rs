@@ -127,6 +127,7 @@ pub async fn redis_lines(store: &LogStore, job: &JobId) -> Vec<String> {
 pub async fn object_text(archive: &S3Archive, key: &str) -> String {
     let out = archive
         .client()
+        .await
         .get_object()
         .bucket(archive.bucket())
         .key(key)
@@ -140,6 +141,7 @@ pub async fn object_text(archive: &S3Archive, key: &str) -> String {
 pub async fn head(archive: &S3Archive, key: &str) -> Option<(String, String, Option<String>)> {
     let out = archive
         .client()
+        .await
         .head_object()
         .bucket(archive.bucket())
         .key(key)
