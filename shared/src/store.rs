@@ -29,6 +29,10 @@
 //! live-log path) must not use this connection: its response timeout is shorter than a
 //! block, and a blocked command would hold up everything queued behind it.
 //!
+//! Large reads (history pages, [`LogStore::entries_after`]) are the exception: they go
+//! over pooled connections of [`crate::resp`], which decode the replies in place (the
+//! redis crate's parser cost more than Redis took to produce a page).
+//!
 //! The key layout is described in [`crate::keys`].
 
 use std::sync::{Arc, LazyLock};
