@@ -89,46 +89,8 @@ enum Command {
     /// connection counts to show they stay flat. Without --url it starts `logstream
     /// dev` in-process on a private redis-server (build with --release).
     Soak {
-        /// A running service to soak instead (needs --ingest-key and --token).
-        #[arg(long, env = "LOGSTREAM_URL")]
-        url: Option<String>,
-        /// Ingest key of that service.
-        #[arg(long, env = "LOGSTREAM_INGEST_KEY", hide_env_values = true)]
-        ingest_key: Option<String>,
-        /// A viewer JWT of that service, for the user given as --owner.
-        #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// With --url: the owner of the soak's jobs (the viewer JWT's `sub`).
-        #[arg(long, default_value = dev::DEV_USER)]
-        owner: String,
-        /// With --url: that service's Redis, for its client and memory figures.
-        #[arg(long)]
-        redis_url: Option<String>,
-        /// Jobs written at the same time.
-        #[arg(long, default_value_t = 50)]
-        jobs: usize,
-        /// SSE viewers, spread over the jobs.
-        #[arg(long, default_value_t = 200)]
-        viewers: usize,
-        /// How long to run (`90`, `60s`, `5m`, `1h`).
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Time between samples.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        interval: Duration,
-        /// Samples in this first part of the run are left out of the verdict.
-        #[arg(long, default_value = "20s", value_parser = parse_duration)]
-        warmup: Duration,
-        /// Lines per job; then it finishes and the next job starts.
-        #[arg(long, default_value_t = 1000)]
-        job_lines: u64,
-        /// Lines per second written to each job.
-        #[arg(long, default_value_t = 50)]
-        rate: u64,
-        /// Key TTL of the in-process service, in seconds (short, so Redis forgets
-        /// finished jobs during the run).
-        #[arg(long, default_value_t = 20)]
-        ttl: u64,
+        #[command(flatten)]
+        opts: soak::SoakOptions,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -262,24 +224,6 @@ fn url_or_default(url: String) -> String {
         client::DEFAULT_URL.to_owned()
     } else {
         url
-    }
-}
-
-/// `90` (seconds), `90s`, `5m` or `1h`.
-fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => raw.split_at(at),
-        None => (raw, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{raw:?}: expected a number of seconds, or 90s, 5m, 1h"))?;
-    match unit {
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{raw:?}: the unit must be s, m or h")),
     }
 }
 
@@ -475,37 +419,7 @@ async fn service(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Soak {
-            url,
-            ingest_key,
-            token,
-            owner,
-            redis_url,
-            jobs,
-            viewers,
-            duration,
-            interval,
-            warmup,
-            job_lines,
-            rate,
-            ttl,
-            json,
-        } => {
-            let opts = soak::SoakOptions {
-                url,
-                ingest_key,
-                token,
-                owner,
-                redis_url,
-                jobs,
-                viewers,
-                duration,
-                interval,
-                warmup,
-                job_lines,
-                rate,
-                ttl_secs: ttl,
-            };
+        Command::Soak { opts, json } => {
             eprintln!("{}", soak::HEADER);
             let report = soak::run(opts).await?;
             if json {

@@ -39,35 +39,67 @@ use crate::dev;
 use logstream_shared::config::Config;
 use logstream_shared::model::{EntryBody, JobId, JobStatus, LineStream};
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the `logstream soak` flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SoakOptions {
-    /// A running service; `None` starts one in-process.
+    /// A running service to soak instead (needs --ingest-key and --token).
+    #[arg(long, env = "LOGSTREAM_URL")]
     pub url: Option<String>,
     /// Ingest key of that service.
+    #[arg(long, env = "LOGSTREAM_INGEST_KEY", hide_env_values = true)]
     pub ingest_key: Option<String>,
-    /// A viewer JWT for that service, whose user (`--owner`) owns the soak's jobs.
+    /// A viewer JWT of that service, for the user given as --owner.
+    #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// The owner of the soak's jobs (the viewer JWT's `sub`).
+    /// With --url: the owner of the soak's jobs (the viewer JWT's `sub`).
+    #[arg(long, default_value = dev::DEV_USER)]
     pub owner: String,
-    /// That service's Redis, for its client and memory figures.
+    /// With --url: that service's Redis, for its client and memory figures.
+    #[arg(long)]
     pub redis_url: Option<String>,
     /// Jobs written at the same time.
+    #[arg(long, default_value_t = 50)]
     pub jobs: usize,
-    /// Viewers, spread over the jobs.
+    /// SSE viewers, spread over the jobs.
+    #[arg(long, default_value_t = 200)]
     pub viewers: usize,
-    /// How long to run.
+    /// How long to run (`90`, `60s`, `5m`, `1h`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Time between samples.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Samples taken in this first part of the run are left out of the verdict.
+    /// Samples in this first part of the run are left out of the verdict.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Lines per job before it finishes and the next one starts.
+    /// Lines per job; then it finishes and the next job starts.
+    #[arg(long, default_value_t = 1000)]
     pub job_lines: u64,
-    /// Lines per second each job is written at.
+    /// Lines per second written to each job.
+    #[arg(long, default_value_t = 50)]
     pub rate: u64,
-    /// Key TTL of the in-process service (seconds).
+    /// Key TTL of the in-process service, in seconds (short, so Redis forgets
+    /// finished jobs during the run).
+    #[arg(long = "ttl", value_name = "TTL", default_value_t = 20)]
     pub ttl_secs: u64,
+}
+
+/// `90` (seconds), `90s`, `5m` or `1h`.
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => raw.split_at(at),
+        None => (raw, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?}: expected a number of seconds, or 90s, 5m, 1h"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{raw:?}: the unit must be s, m or h")),
+    }
 }
 
 /// One sample.
