@@ -484,7 +484,7 @@ struct ClusterBackend {
 #[derive(Clone)]
 pub struct LogStore {
     backend: Backend,
-    /// History pages: large replies, decoded in place ([`crate::resp`]).
+    /// Large reads (history pages, `entries_after`), decoded in place ([`crate::resp`]).
     direct: Arc<DirectReads>,
     retention: Retention,
 }
@@ -825,55 +825,26 @@ impl LogStore {
             }
             Cursor::Latest => false,
         };
-        let mut cmds = Vec::with_capacity(3);
         let mut meta = redis::cmd("HMGET");
         meta.arg(&keys.meta).arg(&META_FIELDS[..]);
-        cmds.push(meta);
-        let range = if empty_beyond {
+        let logs = keys.logs.as_str();
+        let range = match (empty_beyond, cursor) {
             // Keep the reply shape: a range that is always empty.
-            let mut cmd = redis::cmd("XRANGE");
-            cmd.arg(&keys.logs).arg("+").arg("-");
-            cmd
-        } else {
-            let mut cmd = match cursor {
-                Cursor::Latest => {
-                    let mut cmd = redis::cmd("XREVRANGE");
-                    cmd.arg(&keys.logs).arg("+").arg("-");
-                    cmd
-                }
-                Cursor::Before(id) => {
-                    let mut cmd = redis::cmd("XREVRANGE");
-                    cmd.arg(&keys.logs).arg(format!("({id}")).arg("-");
-                    cmd
-                }
-                Cursor::After(id) => {
-                    let mut cmd = redis::cmd("XRANGE");
-                    cmd.arg(&keys.logs).arg(format!("({id}")).arg("+");
-                    cmd
-                }
-            };
-            cmd.arg("COUNT").arg(count);
-            cmd
+            (true, _) => range_cmd("XRANGE", logs, "+", "-", None),
+            (false, Cursor::Latest) => range_cmd("XREVRANGE", logs, "+", "-", Some(count)),
+            (false, Cursor::Before(id)) => {
+                range_cmd("XREVRANGE", logs, &format!("({id}"), "-", Some(count))
+            }
+            (false, Cursor::After(id)) => {
+                range_cmd("XRANGE", logs, &format!("({id}"), "+", Some(count))
+            }
         };
-        cmds.push(range);
         // Whether anything precedes an `after` page: the cursor entry itself or older.
         let older = match cursor {
-            Cursor::After(id) => {
-                let mut cmd = redis::cmd("XREVRANGE");
-                cmd.arg(&keys.logs)
-                    .arg(id.to_string())
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1);
-                cmd
-            }
-            _ => {
-                let mut cmd = redis::cmd("XRANGE");
-                cmd.arg(&keys.logs).arg("+").arg("-");
-                cmd
-            }
+            Cursor::After(id) => range_cmd("XREVRANGE", logs, &id.to_string(), "-", Some(1)),
+            _ => range_cmd("XRANGE", logs, "+", "-", None),
         };
-        cmds.push(older);
+        let cmds = [meta, range, older];
         let (meta, mut entries, older) = self
             .direct
             .query(keys.meta.as_bytes(), &cmds, |replies| {
@@ -953,12 +924,7 @@ impl LogStore {
             return Ok(Vec::new());
         }
         let logs = JobKeys::new(job).logs;
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(&logs)
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count);
+        let cmd = range_cmd("XRANGE", &logs, &format!("({after}"), "+", Some(count));
         self.direct
             .query(logs.as_bytes(), &[cmd], |replies| {
                 replies.next_reply()?;
@@ -1282,6 +1248,16 @@ fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>, StoreError
         },
         generation: generation.unwrap_or_default(),
     }))
+}
+
+/// `XRANGE`/`XREVRANGE` (`name`) of stream `key` from `start` to `end`.
+fn range_cmd(name: &str, key: &str, start: &str, end: &str, count: Option<usize>) -> Cmd {
+    let mut cmd = redis::cmd(name);
+    cmd.arg(key).arg(start).arg(end);
+    if let Some(count) = count {
+        cmd.arg("COUNT").arg(count);
+    }
+    cmd
 }
 
 /// Decodes an array of bulk strings or nils (an `HMGET` reply) in place.
