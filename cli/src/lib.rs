@@ -2,26 +2,20 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`dev`] | `logstream dev`: the local service, in-process so tests can start it on port 0 |
-//! | [`bench`] | `logstream bench`: ingest and history throughput |
-//! | [`soak`] | `logstream soak`: many jobs and viewers for a set time, memory and connections watched |
-//! | [`client`] | a Rust client of the API (uploader with `seq` and retries, live follow): usable by other Rust code |
-//! | [`lines`] | a command's output, in chunks, into lines |
+//! | [`dev`] | `logstream dev`: the local service (every function's router on one port, the local WebSocket endpoint, the viewer page), in-process so tests can start it on port 0 |
+//! | [`perf`] | `logstream bench`, `logstream soak` and the local Runtime API for cold starts |
 //! | [`run`] | `logstream run`: a command's output streamed to a job |
+//! | [`lines`] | a command's output, in chunks, into lines |
 //! | [`view`] | `logstream tail` and `logstream logs` |
 //! | [`render`] | how entries are printed on a terminal |
-//! | [`viewer`] | the log-viewer page `logstream dev` serves |
+//!
+//! The API client they are built on is its own crate, `logstream-client`.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod bench;
-pub mod client;
-pub mod coldstart;
 pub mod dev;
 pub mod lines;
-pub mod local_ws;
+pub mod perf;
 pub mod render;
 pub mod run;
-pub mod soak;
 pub mod view;
-pub mod viewer;

@@ -12,7 +12,7 @@
 
 use memchr::{memchr, memrchr};
 
-use crate::client::upload::MAX_TEXT_BYTES;
+use logstream_client::upload::MAX_TEXT_BYTES;
 
 /// Most bytes of one line held while waiting for its end.
 pub const MAX_HELD_BYTES: usize = MAX_TEXT_BYTES;

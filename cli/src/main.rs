@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use logstream_cli::client::{self, RetryPolicy};
+use logstream_cli::perf::{bench, soak};
 use logstream_cli::render::ColorChoice;
 use logstream_cli::run::{EXIT_SETUP_FAILED, RunOptions};
 use logstream_cli::view::{ViewError, ViewOptions};
-use logstream_cli::{bench, dev, run, soak, view};
+use logstream_cli::{dev, run, view};
+use logstream_client::RetryPolicy;
+use logstream_core::model::JobStatus;
 use logstream_shared::config::{Config, exit_on_error};
-use logstream_shared::model::JobStatus;
 
 /// `tail`/`logs` could not do their work (bad settings, refused, unreachable).
 const EXIT_VIEW_FAILED: u8 = 2;
@@ -135,7 +136,7 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
         /// The service's URL.
-        #[arg(long, env = "LOGSTREAM_URL", default_value = client::DEFAULT_URL)]
+        #[arg(long, env = "LOGSTREAM_URL", default_value = logstream_client::DEFAULT_URL)]
         url: String,
         /// The deployment's ingest key, or the job's own ingest token (from POST /jobs).
         #[arg(long, env = "LOGSTREAM_INGEST_KEY", hide_env_values = true)]
@@ -193,7 +194,7 @@ enum Command {
 #[derive(clap::Args)]
 struct ViewArgs {
     /// The service's URL.
-    #[arg(long, env = "LOGSTREAM_URL", default_value = client::DEFAULT_URL)]
+    #[arg(long, env = "LOGSTREAM_URL", default_value = logstream_client::DEFAULT_URL)]
     url: String,
     /// A viewer JWT whose user owns the job (`logstream dev` prints one).
     #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
@@ -221,7 +222,7 @@ impl ViewArgs {
 /// An empty `LOGSTREAM_URL` counts as unset.
 fn url_or_default(url: String) -> String {
     if url.trim().is_empty() {
-        client::DEFAULT_URL.to_owned()
+        logstream_client::DEFAULT_URL.to_owned()
     } else {
         url
     }
@@ -390,11 +391,11 @@ async fn service(command: Command) -> anyhow::Result<()> {
             json,
         } => {
             if cold_start {
-                let rows = logstream_cli::coldstart::run().await?;
+                let rows = logstream_cli::perf::coldstart::run().await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
-                    print!("{}", logstream_cli::coldstart::table(&rows));
+                    print!("{}", logstream_cli::perf::coldstart::table(&rows));
                 }
                 return Ok(());
             }

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use logstream_shared::model::{Entry, EntryBody, JobStatus, LineStream, StageStatus};
+use logstream_core::model::{Entry, EntryBody, JobStatus, LineStream, StageStatus};
 
 /// The `--color` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

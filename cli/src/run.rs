@@ -43,11 +43,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use logstream_shared::model::{InvalidJobId, JobId, JobStatus, LineStream, StageStatus, now_ms};
+use logstream_core::ids::{InvalidJobId, JobId};
+use logstream_core::model::{JobStatus, LineStream, StageStatus, now_ms};
 
-use crate::client::upload::{LineSender, LogLine, Upload, UploadOptions, UploadReport};
-use crate::client::{Client, ClientError, RetryPolicy};
 use crate::lines::LineSplitter;
+use logstream_client::upload::{LineSender, LogLine, Upload, UploadOptions, UploadReport};
+use logstream_client::{Client, ClientError, RetryPolicy};
 
 /// `run` failed before the command ran.
 pub const EXIT_SETUP_FAILED: u8 = 125;

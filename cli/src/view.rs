@@ -4,7 +4,7 @@
 //! prints one) and print entries as [`crate::render`] says, or as JSON lines with
 //! `logs --json` (each entry exactly as the service sent it).
 //!
-//! `tail` follows the live stream ([`crate::client::follow`]: resumed with
+//! `tail` follows the live stream ([`logstream_client::follow`]: resumed with
 //! `Last-Event-ID` after every drop, no gap, no duplicate) until the job ends, and
 //! returns its final status: the binary exits 0 for `ready`, 1 for `failed`, 2 when it
 //! could not follow. Output is flushed whenever no further entry is already waiting.
@@ -15,11 +15,12 @@
 
 use std::io::{self, Write};
 
-use logstream_shared::model::{EntryId, InvalidJobId, JobId, JobStatus};
+use logstream_core::ids::{EntryId, InvalidJobId, JobId};
+use logstream_core::model::JobStatus;
 
-use crate::client::follow::{FollowEvent, FollowStart};
-use crate::client::{Client, ClientError, PageCursor, RetryPolicy};
 use crate::render::{ColorChoice, Style, write_entry};
+use logstream_client::follow::{FollowEvent, FollowStart};
+use logstream_client::{Client, ClientError, PageCursor, RetryPolicy};
 
 /// The largest page the service serves.
 const PAGE: usize = 500;
@@ -109,7 +110,7 @@ pub async fn logs(opts: &ViewOptions, limit: Option<usize>, json: bool) -> Resul
             out.write_all(raw.get().as_bytes())?;
             out.write_all(b"\n")?;
         } else {
-            let entry = crate::client::decode_entry(raw.get())?;
+            let entry = logstream_client::decode_entry(raw.get())?;
             write_entry(&mut out, &entry, style)?;
         }
         Ok(())
@@ -123,7 +124,7 @@ pub async fn logs(opts: &ViewOptions, limit: Option<usize>, json: bool) -> Resul
                     print(raw)?;
                 }
                 let last = match page.lines.last() {
-                    Some(raw) => Some(crate::client::decode_entry(raw.get())?.id),
+                    Some(raw) => Some(logstream_client::decode_entry(raw.get())?.id),
                     None => None,
                 };
                 match last {

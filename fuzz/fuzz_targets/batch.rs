@@ -1,4 +1,4 @@
 //! The JSON batch parser: no panic, limits hold, accepted batches round-trip, refusals are 4xx.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| logstream_shared::fuzzing::batch(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| logstream_core::fuzzing::batch(data));

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use http::HeaderValue;
 
-use crate::jwt::{JwksSource, JwtSettings};
+use crate::auth::jwt::{JwksSource, JwtSettings};
 
 /// Smallest accepted ingest key: anything shorter is guessable.
 pub const MIN_INGEST_KEY_LEN: usize = 16;
@@ -203,9 +203,9 @@ impl Config {
     /// The viewer-token verifier: needs `LOGSTREAM_JWT_SECRET` or a JWKS.
     pub fn viewer_auth(
         &self,
-        http: impl Into<crate::jwt::HttpClient>,
-    ) -> Result<crate::jwt::ViewerAuth, ConfigError> {
-        crate::jwt::ViewerAuth::new(self.jwt.clone(), http)
+        http: impl Into<crate::auth::jwt::HttpClient>,
+    ) -> Result<crate::auth::jwt::ViewerAuth, ConfigError> {
+        crate::auth::jwt::ViewerAuth::new(self.jwt.clone(), http)
             .map_err(|e| ConfigError::Viewer(e.to_string()))
     }
 

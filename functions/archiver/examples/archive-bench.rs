@@ -1,6 +1,6 @@
 //! Measures the time to archive one finished job (50 000 lines by default) with the
 //! archiver's own code: from a private Redis to a private S3-compatible server (moto,
-//! see `logstream_shared::s3_server`) and to a local folder, plus the Redis read alone.
+//! see `logstream_testkit::s3_server`) and to a local folder, plus the Redis read alone.
 //!
 //! ```sh
 //! scripts/ensure-deps
@@ -14,12 +14,14 @@
 use std::time::{Duration, Instant};
 
 use logstream_archiver::{Archived, Archiver, Outcome, Settings};
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::{JobStatus, now_ms};
 use logstream_shared::archive::Archive;
 use logstream_shared::archive::s3::S3Archive;
-use logstream_shared::model::{EntryBody, EntryId, JobId, JobStatus, LineStream, NewEntry, now_ms};
-use logstream_shared::redis_server::RedisServer;
-use logstream_shared::s3_server::S3Server;
-use logstream_shared::store::{LogStore, NewJob, Retention};
+use logstream_shared::store::{LogStore, Retention};
+use logstream_testkit::fixtures::{seed_job, stdout_line};
+use logstream_testkit::redis_server::RedisServer;
+use logstream_testkit::s3_server::S3Server;
 
 struct Options {
     lines: usize,
@@ -71,28 +73,12 @@ fn line(i: usize, width: usize) -> String {
 /// A finished job with `lines` lines, written in ingest-sized batches.
 async fn finished_job(store: &LogStore, n: usize, opts: &Options) -> anyhow::Result<JobId> {
     let job = JobId::parse(&format!("bench-{}-{n}", now_ms()))?;
-    let new = NewJob {
-        owner: "bench",
-        token_hash: "",
-        secrets: &[],
-        generation: "g",
-        created_at: now_ms(),
-    };
-    store.create_job(&job, &new).await?;
+    seed_job(store, &job, "bench").await;
     store.set_status(&job, JobStatus::Running, now_ms()).await?;
     let mut i = 0;
     while i < opts.lines {
         let batch: Vec<String> = (i..(i + 1_000).min(opts.lines))
-            .map(|k| {
-                NewEntry {
-                    ts: now_ms(),
-                    body: EntryBody::Line {
-                        stream: LineStream::Stdout,
-                        text: line(k, opts.width),
-                    },
-                }
-                .to_stored_json()
-            })
+            .map(|k| stdout_line(&line(k, opts.width)))
             .collect();
         store.append(&job, "g", None, &batch).await?;
         i += batch.len();

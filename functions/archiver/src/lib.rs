@@ -37,8 +37,10 @@ use lambda_runtime::{Context, LambdaEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use logstream_core::ids::{EntryId, JobId};
 use logstream_shared::archive::{Archive, ArchiveError, LogEncoder, Manifest, Upload};
-use logstream_shared::model::{EntryId, JobId};
+use logstream_shared::clients::Clients;
+use logstream_shared::config::ConfigError;
 use logstream_shared::store::{JobMeta, LogStore, StoreError};
 
 /// `detail-type` of the event that archives one job.
@@ -170,6 +172,16 @@ enum CopyError {
 }
 
 impl Archiver {
+    /// The archiver's state from the process's [`Clients`]: the store and the
+    /// archive (none without a bucket on Lambda: archiving is then skipped).
+    pub async fn build(clients: &Clients, settings: Settings) -> Result<Self, ConfigError> {
+        Ok(Self::new(
+            clients.store()?,
+            clients.archive().await,
+            settings,
+        ))
+    }
+
     /// An archiver writing to `archive`; `None` skips archiving (said here, once).
     pub fn new(store: LogStore, archive: Option<Archive>, settings: Settings) -> Self {
         match &archive {

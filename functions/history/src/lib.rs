@@ -29,13 +29,15 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::JobStatus;
 use logstream_shared::archive::{Archive, Manifest};
-use logstream_shared::config::{Config, ConfigError};
-use logstream_shared::error::ApiError;
-use logstream_shared::http::{ApiQuery, JobPath, authenticate_viewer, finish};
-use logstream_shared::jwt::{HttpClient, Viewer, ViewerAuth};
-use logstream_shared::model::{EntryId, JobId, JobStatus};
+use logstream_shared::auth::jwt::{Viewer, ViewerAuth};
+use logstream_shared::clients::Clients;
+use logstream_shared::config::ConfigError;
 use logstream_shared::store::{Cursor, JobMeta, LogStore, Page};
+use logstream_shared::web::error::ApiError;
+use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer, finish};
 
 /// Page size without `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -68,22 +70,21 @@ impl HistoryState {
         })
     }
 
-    /// Reads what the history function needs from `config` (`REDIS_URL`, viewer JWT
-    /// settings, `LOGSTREAM_ARCHIVE_BUCKET` or `LOGSTREAM_ARCHIVE_DIR`); connects lazily.
-    pub async fn from_config(
-        config: &Config,
-        http: impl Into<HttpClient>,
-    ) -> Result<Arc<Self>, ConfigError> {
-        let store = config.open_store()?;
-        let viewers = config.viewer_auth(http)?;
-        let archive = logstream_shared::archive::from_config(config, None).await;
-        Ok(Self::with_archive(store, viewers, archive))
+    /// The history function's state from the process's [`Clients`]: the store, the
+    /// viewer-token verifier and the archive (when there is one) for jobs Redis has
+    /// forgotten; connects lazily.
+    pub async fn build(clients: &Clients) -> Result<Arc<Self>, ConfigError> {
+        Ok(Self::with_archive(
+            clients.store()?,
+            clients.viewers()?,
+            clients.archive().await,
+        ))
     }
 
     /// The viewer's job, or 404 when it is missing or not theirs.
     fn owned(&self, viewer: &Viewer, meta: Option<JobMeta>) -> Result<JobMeta, ApiError> {
         match meta {
-            Some(meta) if meta.owner == viewer.user => Ok(meta),
+            Some(meta) if viewer.can_read(&meta) => Ok(meta),
             _ => Err(ApiError::job_not_found()),
         }
     }
@@ -94,13 +95,13 @@ impl HistoryState {
             return Err(ApiError::job_not_found());
         };
         match archive.manifest(job).await? {
-            Some(manifest) if manifest.owner == viewer.user => Ok(manifest),
+            Some(manifest) if viewer.can_read(&manifest) => Ok(manifest),
             _ => Err(ApiError::job_not_found()),
         }
     }
 }
 
-/// The history routes, without fallbacks (see [`logstream_shared::http::finish`]).
+/// The history routes, without fallbacks (see [`logstream_shared::web::finish`]).
 pub fn routes(state: Arc<HistoryState>) -> Router {
     Router::new()
         .route("/jobs/{id}", get(get_job))

@@ -7,7 +7,7 @@
 //! | `POST /jobs/{id}/events` | appends a stage event |
 //! | `PUT /jobs/{id}/status` | moves the job through its states |
 //!
-//! A batch is parsed ([`logstream_shared::batch`]) and sanitized completely before
+//! A batch is parsed ([`logstream_core::batch`]) and sanitized completely before
 //! Redis is touched, then appended by one script in one round trip: it is stored whole
 //! or not at all.
 //!
@@ -34,25 +34,22 @@ use axum::{Json, Router};
 use http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 
-use logstream_shared::auth::{
-    IngestKey, bearer, new_ingest_token, random_hex, token_hash, token_matches,
+use logstream_core::batch::{BodyFormat, LineBatch, RawLine, parse_body};
+use logstream_core::ids::random_hex;
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::StoredEntry;
+use logstream_core::model::{EntryBody, JobStatus, LineStream, NewEntry, StageStatus, now_ms};
+use logstream_core::sanitize::Sanitizer;
+use logstream_shared::auth::pipeline::{
+    IngestKey, bearer, new_ingest_token, token_hash, token_matches,
 };
-use logstream_shared::batch::{BodyFormat, LineBatch, RawLine, parse_body};
-use logstream_shared::config::{Config, ConfigError};
-use logstream_shared::error::ApiError;
-use logstream_shared::http::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
-use logstream_shared::model::StoredEntry;
-use logstream_shared::model::{
-    EntryBody, EntryId, JobId, JobStatus, LineStream, NewEntry, StageStatus, now_ms,
-};
-use logstream_shared::sanitize::Sanitizer;
+use logstream_shared::clients::{Clients, Host};
+use logstream_shared::config::ConfigError;
 use logstream_shared::store::{AppendOutcome, LogStore, NewJob, StatusOutcome, StoreError};
+use logstream_shared::web::error::ApiError;
+use logstream_shared::web::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
 
 use push::{WsPush, done_message, entries_messages};
-
-/// The body limits (the body parser lives in the shared crate, where the fuzz targets
-/// reach it).
-pub use logstream_shared::batch::{MAX_LINES_PER_REQUEST, MAX_SEQ};
 
 /// Most literal secrets one job may register, and their length bounds.
 pub const MAX_SECRETS: usize = 100;
@@ -85,30 +82,24 @@ impl IngestState {
         })
     }
 
-    /// [`IngestState::from_config`], plus WebSocket push when `LOGSTREAM_WS_ENDPOINT`
-    /// is set (the Lambda's wiring: AWS region and credentials from the environment).
-    pub async fn from_config_with_push(config: &Config) -> Result<Arc<Self>, ConfigError> {
-        let store = config.open_store()?;
+    /// The ingest function's state from the process's [`Clients`]: the store, the
+    /// ingest key, and WebSocket push when there is a management endpoint (the
+    /// Lambda's `LOGSTREAM_WS_ENDPOINT`, with AWS region and credentials from the
+    /// environment; `logstream dev`'s own route, or that variable, locally).
+    pub async fn build(clients: &Clients) -> Result<Arc<Self>, ConfigError> {
+        let config = clients.config();
+        let store = clients.store()?;
         let key = IngestKey::new(config.require_ingest_key()?.expose());
-        let push = match &config.ws_endpoint {
-            Some(endpoint) => Some(
-                WsPush::from_environment(
-                    endpoint,
-                    Duration::from_millis(config.ws_push_timeout_ms),
-                )
-                .await,
-            ),
-            None => None,
+        let bound = Duration::from_millis(config.ws_push_timeout_ms);
+        let push = match (clients.host(), &config.ws_endpoint) {
+            (Host::Lambda, Some(endpoint)) => Some(WsPush::from_environment(endpoint, bound).await),
+            (Host::Lambda, None) => None,
+            (Host::Local { ws_endpoint, .. }, endpoint) => Some(WsPush::local(
+                endpoint.as_deref().unwrap_or(ws_endpoint),
+                bound,
+            )),
         };
         Ok(Self::with_push(store, key, push))
-    }
-
-    /// Reads what the ingest function needs from `config` (`REDIS_URL`,
-    /// `LOGSTREAM_INGEST_KEY`); connects lazily.
-    pub fn from_config(config: &Config) -> Result<Arc<Self>, ConfigError> {
-        let store = config.open_store()?;
-        let key = IngestKey::new(config.require_ingest_key()?.expose());
-        Ok(Self::new(store, key))
     }
 
     pub fn store(&self) -> &LogStore {
@@ -116,7 +107,7 @@ impl IngestState {
     }
 }
 
-/// The ingest routes, without fallbacks (see [`logstream_shared::http::finish`]).
+/// The ingest routes, without fallbacks (see [`logstream_shared::web::finish`]).
 pub fn routes(state: Arc<IngestState>) -> Router {
     Router::new()
         .route("/jobs", post(create_job))

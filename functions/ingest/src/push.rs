@@ -30,7 +30,8 @@ use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectio
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use futures_util::StreamExt;
 
-use logstream_shared::model::{JobId, JobStatus, StoredEntry};
+use logstream_core::ids::JobId;
+use logstream_core::model::{JobStatus, StoredEntry};
 use logstream_shared::store::LogStore;
 
 /// Largest message sent to one connection: API Gateway refuses more than 128 KB.
@@ -211,7 +212,7 @@ pub fn done_message(status: JobStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logstream_shared::model::EntryId;
+    use logstream_core::ids::EntryId;
 
     fn entry(seq: u64, text_len: usize) -> StoredEntry {
         StoredEntry {

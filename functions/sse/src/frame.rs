@@ -8,7 +8,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use logstream_shared::model::{JobStatus, StoredEntry};
+use logstream_core::model::{JobStatus, StoredEntry};
 
 /// The first frame: how long the browser waits before reconnecting.
 pub const RETRY: &[u8] = b"retry: 2000\n\n";
@@ -92,7 +92,7 @@ pub fn done(status: JobStatus) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logstream_shared::model::{EntryBody, LineStream, NewEntry};
+    use logstream_core::model::{EntryBody, LineStream, NewEntry};
 
     fn stored(id: &str, body: EntryBody) -> StoredEntry {
         StoredEntry {
@@ -158,7 +158,7 @@ mod tests {
             "3-0",
             EntryBody::Stage {
                 name: "t".into(),
-                status: logstream_shared::model::StageStatus::Failed,
+                status: logstream_core::model::StageStatus::Failed,
             },
         );
         assert_eq!(

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use logstream_shared::model::{EntryId, JobId, StoredEntry};
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::StoredEntry;
 use logstream_shared::store::{LogStore, StoreError};
 
 /// How long one `XREAD` blocks: the longest a feed without viewers lingers.

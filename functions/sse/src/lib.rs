@@ -35,12 +35,14 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
-use logstream_shared::config::{Config, ConfigError};
-use logstream_shared::error::ApiError;
-use logstream_shared::http::{ApiQuery, JobPath, authenticate_viewer, finish};
-use logstream_shared::jwt::{HttpClient, ViewerAuth};
-use logstream_shared::model::{EntryId, JobId, JobStatus, StoredEntry, now_ms};
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::{JobStatus, StoredEntry, now_ms};
+use logstream_shared::auth::jwt::ViewerAuth;
+use logstream_shared::clients::Clients;
+use logstream_shared::config::ConfigError;
 use logstream_shared::store::{LogStore, StoreError};
+use logstream_shared::web::error::ApiError;
+use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer, finish};
 
 use hub::{FeedMsg, Hub};
 
@@ -76,15 +78,12 @@ impl SseState {
         })
     }
 
-    /// Reads what the sse function needs from `config`; connects lazily.
-    pub fn from_config(
-        config: &Config,
-        http: impl Into<HttpClient>,
-    ) -> Result<Arc<Self>, ConfigError> {
-        let store = config.open_store()?;
+    /// The sse function's state from the process's [`Clients`]; connects lazily.
+    pub fn build(clients: &Clients) -> Result<Arc<Self>, ConfigError> {
+        let config = clients.config();
         Ok(Self::new(
-            store,
-            config.viewer_auth(http)?,
+            clients.store()?,
+            clients.viewers()?,
             Duration::from_secs(config.heartbeat_secs),
             Duration::from_secs(config.handoff_secs),
         ))
@@ -102,7 +101,7 @@ impl SseState {
     }
 }
 
-/// The sse routes, without fallbacks (see [`logstream_shared::http::finish`]).
+/// The sse routes, without fallbacks (see [`logstream_shared::web::finish`]).
 pub fn routes(state: Arc<SseState>) -> Router {
     Router::new()
         .route("/jobs/{id}/logs/stream", get(stream))
@@ -142,11 +141,14 @@ fn start_point(headers: &HeaderMap, query: &StreamQuery) -> Result<Start, ApiErr
             .filter(|id| !id.trim().is_empty()),
     };
     match (resume, query.from.as_deref()) {
-        (Some(id), _) => id.trim().parse().map(Start::After).map_err(
-            |e: logstream_shared::model::InvalidEntryId| {
-                ApiError::bad_request("invalid_cursor", e.to_string())
-            },
-        ),
+        (Some(id), _) => {
+            id.trim()
+                .parse()
+                .map(Start::After)
+                .map_err(|e: logstream_core::ids::InvalidEntryId| {
+                    ApiError::bad_request("invalid_cursor", e.to_string())
+                })
+        }
         (None, Some("start")) => Ok(Start::Beginning),
         (None, Some(_)) => Err(ApiError::bad_request(
             "invalid_query",
@@ -179,7 +181,7 @@ async fn stream(
     let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
     let start = start_point(&headers, &query)?;
     let (meta, newest) = match state.store.job_head(&job).await? {
-        Some((meta, newest)) if meta.owner == viewer.user => (meta, newest),
+        Some((meta, newest)) if viewer.can_read(&meta) => (meta, newest),
         _ => return Err(ApiError::job_not_found()),
     };
     let head = newest.unwrap_or(ZERO);

@@ -23,12 +23,13 @@ use lambda_http::aws_lambda_events::apigw::{
 };
 use lambda_http::aws_lambda_events::encodings::Body;
 
-use logstream_shared::auth::bearer;
-use logstream_shared::config::{Config, ConfigError};
-use logstream_shared::error::ApiError;
-use logstream_shared::jwt::{HttpClient, ViewerAuth};
-use logstream_shared::model::JobId;
+use logstream_core::ids::JobId;
+use logstream_shared::auth::jwt::ViewerAuth;
+use logstream_shared::auth::pipeline::bearer;
+use logstream_shared::clients::Clients;
+use logstream_shared::config::ConfigError;
 use logstream_shared::store::LogStore;
+use logstream_shared::web::error::ApiError;
 
 /// Longest connection id accepted (API Gateway's are 16 characters).
 pub const MAX_CONNECTION_ID_LEN: usize = 128;
@@ -47,12 +48,9 @@ impl WsState {
         Arc::new(Self { store, viewers })
     }
 
-    /// Reads what the ws function needs from `config`; connects lazily.
-    pub fn from_config(
-        config: &Config,
-        http: impl Into<HttpClient>,
-    ) -> Result<Arc<Self>, ConfigError> {
-        Ok(Self::new(config.open_store()?, config.viewer_auth(http)?))
+    /// The ws function's state from the process's [`Clients`]; connects lazily.
+    pub fn build(clients: &Clients) -> Result<Arc<Self>, ConfigError> {
+        Ok(Self::new(clients.store()?, clients.viewers()?))
     }
 
     /// Admits `connection` to follow `job_id` as the viewer holding `token`, or refuses:
@@ -72,7 +70,7 @@ impl WsState {
             .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
         check_connection_id(connection)?;
         match self.store.job_meta(&job).await? {
-            Some(meta) if meta.owner == viewer.user => {}
+            Some(meta) if viewer.can_read(&meta) => {}
             _ => return Err(ApiError::job_not_found()),
         }
         self.store.add_connection(&job, connection).await?;

@@ -1,19 +1,17 @@
-//! The ws Lambda: configuration, one Redis connection, one HTTP client for the JWKS,
-//! then every API Gateway WebSocket event through [`logstream_ws::handle`].
+//! The ws Lambda: configuration, the clients made once (one Redis connection, an HTTP
+//! client for the JWKS made on first use), then every API Gateway WebSocket event
+//! through [`logstream_ws::handle`].
 
 use lambda_http::aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use lambda_http::{Error, LambdaEvent, lambda_runtime, service_fn};
+use logstream_shared::clients::Clients;
 use logstream_shared::config::{Config, exit_on_error};
-use logstream_shared::jwt::HttpClient;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     logstream_shared::telemetry::init();
-    let config = exit_on_error("logstream-ws", Config::from_env());
-    let state = exit_on_error(
-        "logstream-ws",
-        logstream_ws::WsState::from_config(&config, HttpClient::lazy()),
-    );
+    let clients = Clients::lambda(exit_on_error("logstream-ws", Config::from_env()));
+    let state = exit_on_error("logstream-ws", logstream_ws::WsState::build(&clients));
     let state = &*state;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {

@@ -13,7 +13,7 @@ use tokio::fs;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 
 use super::{ArchiveError, LOG_FILE, MANIFEST_FILE, PREFIX, Uploaded};
-use crate::model::JobId;
+use logstream_core::ids::JobId;
 
 /// Archives kept as files under one folder.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
 /// A temporary name next to `dest`, unique to this attempt.
 fn partial(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.partial", crate::auth::random_hex(6)));
+    name.push(format!(".{}.partial", logstream_core::ids::random_hex(6)));
     dest.with_file_name(name)
 }
 

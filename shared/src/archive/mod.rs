@@ -33,8 +33,9 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EntryId, JobId, JobStatus, StoredEntry};
 use crate::store::{Cursor, JobMeta, Page};
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::{JobStatus, StoredEntry};
 
 /// Folder (key prefix) of every job's archive.
 pub const PREFIX: &str = "build-logs";

@@ -21,7 +21,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::{ArchiveError, LOG_FILE, MANIFEST_FILE, PREFIX, Uploaded};
-use crate::model::JobId;
+use logstream_core::ids::JobId;
 
 /// S3's smallest part (except the last).
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;

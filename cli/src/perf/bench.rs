@@ -1,0 +1,614 @@
+//! `logstream bench`: measures the write, read and live paths over real HTTP, next to
+//! the limit of the Redis underneath, in one run.
+//!
+//! Without `--url` it starts `logstream dev` in this process on a private
+//! `redis-server`, so one command gives comparable figures on any machine (build with
+//! `--release`). One run reports:
+//!
+//! - the physical limit: `redis-benchmark` XADD with 1000-command pipelines against
+//!   the same Redis (when `redis-benchmark` is installed);
+//! - ingest lines/s and request p50/p99 for each batch size and concurrency, with the
+//!   ratio to that limit;
+//! - history pages/s and p50/p99 for 500-entry pages, at each concurrency;
+//! - ingest-to-viewer delivery latency p50/p99/max for each number of SSE viewers of
+//!   one job;
+//! - cold start (exec to first answer) and peak RSS of each function binary, when the
+//!   release binaries are built next to this one ([`crate::perf::coldstart`]).
+//!
+//! Load generator, service and Redis share the machine, so on a 2-core box every figure
+//! is a floor.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::Target;
+use super::coldstart::{self, ColdStart};
+use crate::dev;
+use logstream_shared::config::Config;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// A running service; `None` starts one in-process.
+    pub url: Option<String>,
+    /// Ingest key of that service.
+    pub ingest_key: Option<String>,
+    /// A viewer JWT for that service's `dev` user (history and delivery need one; the
+    /// in-process service makes its own).
+    pub viewer_token: Option<String>,
+    /// Lines per ingest request, one ingest run each.
+    pub batches: Vec<usize>,
+    /// Requests in flight at once, one ingest and one history run each.
+    pub concurrency: Vec<usize>,
+    /// Lines posted by each ingest run.
+    pub lines: usize,
+    /// History page requests per history run.
+    pub pages: usize,
+    /// Entries per history page (the API's largest, 500, by default).
+    pub page_size: usize,
+    /// SSE viewer counts, one delivery run each (0s are skipped).
+    pub viewers: Vec<usize>,
+    /// Lines posted, one per request, during each delivery run.
+    pub deliveries: usize,
+    /// Cold-start the function binaries too.
+    pub cold_start: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            url: None,
+            ingest_key: None,
+            viewer_token: None,
+            batches: vec![100, 1000],
+            concurrency: vec![1, 8],
+            lines: 200_000,
+            pages: 3000,
+            page_size: 500,
+            viewers: vec![1, 100, 1000],
+            deliveries: 200,
+            cold_start: true,
+        }
+    }
+}
+
+/// Latency summary of one kind of request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// What `bench` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// CPUs this process may use: load, service and Redis share them.
+    pub cpus: usize,
+    /// `redis-benchmark -P 1000` XADD/s against the same Redis, when available.
+    pub redis_xadd_per_sec: Option<f64>,
+    pub ingest: Vec<IngestRun>,
+    pub history: Vec<HistoryRun>,
+    pub delivery: Vec<Delivery>,
+    pub cold_start: Vec<ColdStart>,
+    /// Why the cold-start table is empty, when it is.
+    pub cold_start_skipped: Option<String>,
+}
+
+/// One ingest run: `requests` batches of `batch` lines, `concurrency` at a time.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IngestRun {
+    pub batch: usize,
+    pub concurrency: usize,
+    pub requests: usize,
+    pub lines_per_sec: f64,
+    pub latency: Latency,
+    /// `lines_per_sec` over the Redis XADD ceiling.
+    pub of_redis_ceiling: Option<f64>,
+}
+
+/// One history run: pages walking back through a 50 000-line log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistoryRun {
+    pub page_size: usize,
+    pub concurrency: usize,
+    pub pages: usize,
+    pub pages_per_sec: f64,
+    pub latency: Latency,
+}
+
+/// Delivery latency over every (line, viewer) pair of one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delivery {
+    pub viewers: usize,
+    pub lines: usize,
+    pub samples: usize,
+    pub latency: Latency,
+}
+
+/// Lines in the history run's log: the stream's cap, so pages never run out.
+const HISTORY_LINES: usize = 50_000;
+
+/// Runs the benchmark.
+pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    if opts.batches.contains(&0) || opts.concurrency.contains(&0) || opts.lines == 0 {
+        bail!("--batch, --concurrency and --lines must be above 0");
+    }
+    // 1 000 viewers are 2 000 sockets in this process when the service runs here too.
+    raise_open_files_limit();
+
+    let target = Target::choose(
+        opts.url.as_deref(),
+        opts.ingest_key.as_deref(),
+        opts.viewer_token.as_deref(),
+        None,
+        || Ok(Config::from_lookup(|_| None)?),
+    )
+    .await?;
+    let (url, key, viewer, redis_url) = (
+        target.url.clone(),
+        target.ingest_key.clone(),
+        target.viewer_token.clone(),
+        target.redis_url.clone(),
+    );
+    let most = opts.concurrency.iter().copied().max().unwrap_or(1);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(most * 2)
+        .build()?;
+
+    // The limit first, on a Redis that holds nothing else yet.
+    let redis_xadd_per_sec = redis_url.as_deref().and_then(redis_ceiling);
+
+    let mut ingest = Vec::new();
+    for &batch in &opts.batches {
+        let body = serde_json::to_vec(&json!({ "lines": sample_lines(batch) }))?;
+        for &concurrency in &opts.concurrency {
+            let requests = opts.lines.div_ceil(batch).max(concurrency);
+            let mut run =
+                ingest_run(&http, &url, &key, &body, batch, requests, concurrency).await?;
+            run.of_redis_ceiling = redis_xadd_per_sec.map(|x| run.lines_per_sec / x);
+            ingest.push(run);
+        }
+    }
+
+    let mut history = Vec::new();
+    if let Some(viewer) = &viewer {
+        let job = create_job(&http, &url, &key).await?.0;
+        let body = serde_json::to_vec(&json!({ "lines": sample_lines(1000) }))?;
+        for _ in 0..HISTORY_LINES / 1000 {
+            post(&http, &url, &job, &key, &body).await?;
+        }
+        for &concurrency in &opts.concurrency {
+            history.push(
+                history_run(
+                    &http,
+                    &url,
+                    &job,
+                    viewer,
+                    opts.pages,
+                    opts.page_size,
+                    concurrency,
+                )
+                .await?,
+            );
+        }
+    }
+
+    let mut delivery = Vec::new();
+    if let Some(viewer) = &viewer {
+        for &n in opts.viewers.iter().filter(|&&n| n > 0) {
+            delivery.push(delivery_run(&url, &key, viewer, n, opts.deliveries).await?);
+        }
+    }
+    drop(target);
+
+    let (cold_start, cold_start_skipped) = if opts.cold_start {
+        match coldstart::run().await {
+            Ok(rows) => (rows, None),
+            Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+        }
+    } else {
+        (Vec::new(), Some("not asked for".to_owned()))
+    };
+
+    Ok(BenchReport {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        redis_xadd_per_sec,
+        ingest,
+        history,
+        delivery,
+        cold_start,
+        cold_start_skipped,
+    })
+}
+
+/// Realistic lines: npm/vite output of ~60-100 bytes, a few with colour codes.
+fn sample_lines(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let text = match i % 4 {
+                0 => format!("npm http fetch GET 200 https://registry.npmjs.org/package-{i} 42ms (cache miss)"),
+                1 => format!("\u{1b}[32m✓\u{1b}[39m src/components/Widget{i}.tsx transformed in 12ms"),
+                2 => format!("added {i} packages, and audited {} packages in 3s", i * 2),
+                _ => format!("[webpack] asset main.{i:08x}.js 1.2 MiB [emitted] [immutable] (name: main)"),
+            };
+            json!({"stream": if i % 10 == 0 { "stderr" } else { "stdout" }, "text": text})
+        })
+        .collect()
+}
+
+/// Creates a job of the `dev` user; its id and ingest token.
+async fn create_job(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+) -> anyhow::Result<(String, String)> {
+    let job = format!("bench-{}", logstream_core::ids::random_hex(6));
+    let created: Value = http
+        .post(format!("{url}/jobs"))
+        .bearer_auth(key)
+        .json(&json!({"job_id": job, "owner": dev::DEV_USER}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = created["ingest_token"]
+        .as_str()
+        .context("no ingest token")?
+        .to_owned();
+    Ok((job, token))
+}
+
+async fn ingest_run(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &[u8],
+    batch: usize,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<IngestRun> {
+    // A job per run, posted to with its own token as a pipeline would.
+    let (job, token) = create_job(http, url, key).await?;
+    // Warm-up: connections, script cache, job cache.
+    for _ in 0..concurrency.max(3) {
+        post(http, url, &job, &token, body).await?;
+    }
+    let started = Instant::now();
+    let per_worker = requests.div_ceil(concurrency);
+    let workers = (0..concurrency).map(|_| {
+        let (job, token) = (&job, &token);
+        async move {
+            let mut times = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                let t = Instant::now();
+                post(http, url, job, token, body).await?;
+                times.push(t.elapsed());
+            }
+            anyhow::Ok(times)
+        }
+    });
+    let mut times = Vec::new();
+    for worker in futures_util::future::join_all(workers).await {
+        times.extend(worker?);
+    }
+    let wall = started.elapsed();
+    let lines = batch * times.len();
+    Ok(IngestRun {
+        batch,
+        concurrency,
+        requests: times.len(),
+        lines_per_sec: lines as f64 / wall.as_secs_f64(),
+        latency: summarize(times),
+        of_redis_ceiling: None,
+    })
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    job: &str,
+    token: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let res = http
+        .post(format!("{url}/jobs/{job}/logs"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await?;
+    if !res.status().is_success() {
+        bail!(
+            "ingest answered {}: {}",
+            res.status(),
+            res.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `concurrency` readers each walk back through the log page by page ("load earlier"),
+/// starting over at the newest page when they reach the oldest.
+async fn history_run(
+    http: &reqwest::Client,
+    url: &str,
+    job: &str,
+    viewer: &str,
+    pages: usize,
+    page_size: usize,
+    concurrency: usize,
+) -> anyhow::Result<HistoryRun> {
+    let per_worker = pages.div_ceil(concurrency);
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| async move {
+        let mut times = Vec::with_capacity(per_worker);
+        let mut before: Option<String> = None;
+        for _ in 0..per_worker {
+            let page_url = match &before {
+                Some(b) => format!("{url}/jobs/{job}/logs?limit={page_size}&before={b}"),
+                None => format!("{url}/jobs/{job}/logs?limit={page_size}"),
+            };
+            let req = http.get(page_url).bearer_auth(viewer);
+            let t = Instant::now();
+            let body = req.send().await?.error_for_status()?.bytes().await?;
+            times.push(t.elapsed());
+            // Only the cursor is needed: skip the entries rather than building values
+            // for them, so the client's parsing weighs less in a run sharing the machine.
+            let page: PageCursor = serde_json::from_slice(&body)?;
+            before = page.next_before;
+        }
+        anyhow::Ok(times)
+    });
+    let mut times = Vec::new();
+    for worker in futures_util::future::join_all(workers).await {
+        times.extend(worker?);
+    }
+    let wall = started.elapsed();
+    Ok(HistoryRun {
+        page_size,
+        concurrency,
+        pages: times.len(),
+        pages_per_sec: times.len() as f64 / wall.as_secs_f64(),
+        latency: summarize(times),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct PageCursor {
+    next_before: Option<String>,
+}
+
+/// Opens `viewers` SSE streams on a fresh job, posts `lines` one-line batches one after
+/// another, and times each line from just before its POST to its frame at each viewer.
+async fn delivery_run(
+    url: &str,
+    key: &str,
+    viewer: &str,
+    viewers: usize,
+    lines: usize,
+) -> anyhow::Result<Delivery> {
+    use futures_util::StreamExt;
+
+    let http = reqwest::Client::new();
+    let (job, _) = create_job(&http, url, key).await?;
+
+    let epoch = Instant::now();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(viewers);
+    // Viewers share a client, but each stream is a connection of its own (HTTP/1.1),
+    // as separate browsers would have.
+    let viewer_http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let mut tasks = Vec::with_capacity(viewers);
+    for _ in 0..viewers {
+        let client = viewer_http.clone();
+        let stream_url = format!("{url}/jobs/{job}/logs/stream?access_token={viewer}");
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = client.get(stream_url).send().await?.error_for_status()?;
+            let mut body = res.bytes_stream();
+            let mut buf = String::new();
+            let mut got = Vec::with_capacity(lines);
+            let mut announced = false;
+            while let Some(chunk) = body.next().await {
+                buf.push_str(std::str::from_utf8(&chunk?)?);
+                while let Some(end) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..end + 2).collect();
+                    if !announced {
+                        // The retry preamble: this viewer is connected and following.
+                        announced = true;
+                        let _ = ready.send(()).await;
+                    }
+                    if frame.contains("event: done") {
+                        return anyhow::Ok(got);
+                    }
+                    if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: "))
+                        && frame.contains("event: log")
+                    {
+                        let now = epoch.elapsed();
+                        let entry: Value = serde_json::from_str(data)?;
+                        let sent: u64 = entry["text"].as_str().unwrap_or("0").parse()?;
+                        got.push(now.saturating_sub(Duration::from_nanos(sent)));
+                    }
+                }
+            }
+            anyhow::Ok(got)
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..viewers {
+        ready_rx
+            .recv()
+            .await
+            .context("a viewer failed to connect")?;
+    }
+
+    let status = |s: &str| json!({ "status": s });
+    let put = |s: serde_json::Value| {
+        http.put(format!("{url}/jobs/{job}/status"))
+            .bearer_auth(key)
+            .json(&s)
+            .send()
+    };
+    put(status("running")).await?.error_for_status()?;
+    for _ in 0..lines {
+        let sent = epoch.elapsed().as_nanos() as u64;
+        http.post(format!("{url}/jobs/{job}/logs"))
+            .bearer_auth(key)
+            .json(&json!({"lines": [{"text": sent.to_string()}]}))
+            .send()
+            .await?
+            .error_for_status()?;
+        // Spaced out, so each line is a separate delivery rather than a batch; more
+        // viewers take longer to serve, so the gap grows with them.
+        tokio::time::sleep(Duration::from_millis(2 + viewers as u64 / 100)).await;
+    }
+    put(status("ready")).await?.error_for_status()?;
+
+    let mut all = Vec::with_capacity(viewers * lines);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(Delivery {
+        viewers,
+        lines,
+        samples: all.len(),
+        latency: summarize(all),
+    })
+}
+
+/// Raises this process's open-file limit to its hard limit.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, "could not raise the open-file limit");
+    }
+}
+
+/// XADD/s of `redis-benchmark` with 1000-command pipelines, or `None` without it.
+fn redis_ceiling(redis_url: &str) -> Option<f64> {
+    let port = redis_url.rsplit(':').next()?.trim_end_matches('/');
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-P",
+            "1000",
+            "-n",
+            "500000",
+            "-q",
+            "--csv",
+        ])
+        .args([
+            "XADD",
+            "bench:ceiling",
+            "MAXLEN",
+            "~",
+            "50000",
+            "*",
+            "e",
+            &"x".repeat(120),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // CSV: "test","rps",... ; the last line holds the figures.
+    let line = text.lines().last()?;
+    line.split(',').nth(1)?.trim_matches('"').parse().ok()
+}
+
+fn summarize(mut times: Vec<Duration>) -> Latency {
+    if times.is_empty() {
+        return Latency {
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+        };
+    }
+    times.sort();
+    let at =
+        |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0;
+    Latency {
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    }
+}
+
+/// The report as tables.
+pub fn table(r: &BenchReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "logstream bench: {} CPUs shared by load, service and Redis",
+        r.cpus
+    );
+    match r.redis_xadd_per_sec {
+        Some(x) => {
+            let _ = writeln!(
+                out,
+                "\nredis XADD ceiling (redis-benchmark -P 1000): {x:.0}/s"
+            );
+        }
+        None => out.push_str("\nredis XADD ceiling: redis-benchmark not available\n"),
+    }
+    if !r.ingest.is_empty() {
+        out.push_str(
+            "\ningest    batch  concurrency     lines/s   p50 ms   p99 ms  of ceiling  requests\n",
+        );
+        for i in &r.ingest {
+            let ratio = i
+                .of_redis_ceiling
+                .map_or_else(|| "-".to_owned(), |x| format!("{:.0} %", x * 100.0));
+            let _ = writeln!(
+                out,
+                "        {:>6}  {:>11}  {:>10.0}  {:>7.2}  {:>7.2}  {:>10}  {:>8}",
+                i.batch,
+                i.concurrency,
+                i.lines_per_sec,
+                i.latency.p50_ms,
+                i.latency.p99_ms,
+                ratio,
+                i.requests
+            );
+        }
+    }
+    if !r.history.is_empty() {
+        out.push_str("\nhistory   entries/page  concurrency     pages/s   p50 ms   p99 ms\n");
+        for h in &r.history {
+            let _ = writeln!(
+                out,
+                "          {:>12}  {:>11}  {:>10.0}  {:>7.2}  {:>7.2}",
+                h.page_size, h.concurrency, h.pages_per_sec, h.latency.p50_ms, h.latency.p99_ms
+            );
+        }
+    }
+    if !r.delivery.is_empty() {
+        out.push_str("\ndelivery  ingest->viewer, viewers   p50 ms   p99 ms   max ms   samples\n");
+        for d in &r.delivery {
+            let _ = writeln!(
+                out,
+                "          {:>23}  {:>7.2}  {:>7.2}  {:>7.2}  {:>8}",
+                d.viewers, d.latency.p50_ms, d.latency.p99_ms, d.latency.max_ms, d.samples
+            );
+        }
+    }
+    if !r.cold_start.is_empty() {
+        out.push('\n');
+        out.push_str(&coldstart::table(&r.cold_start));
+    } else if let Some(why) = &r.cold_start_skipped {
+        let _ = writeln!(out, "\ncold start: skipped ({why})");
+    }
+    out
+}

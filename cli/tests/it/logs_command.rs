@@ -1,0 +1,102 @@
+//! `logstream logs` as a real process against `logstream dev`: the whole history in
+//! order across pages, the newest N, JSON lines as the service sent them.
+
+use crate::cli_support::*;
+use crate::support::*;
+use serde_json::{Value, json};
+
+fn logs(env: &Env, user: &str, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = logstream(&env.server.url());
+    cmd.env("LOGSTREAM_TOKEN", viewer_token(user, 600))
+        .arg("logs")
+        .args(args);
+    cmd
+}
+
+/// A finished job with 1 200 lines over three batches, a stderr line and a stage.
+async fn finished_job(env: &Env) -> String {
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    for batch in 0..3 {
+        env.post_lines(&job, &format!("batch{batch}"), 400).await;
+    }
+    env.post_json(
+        &job,
+        &json!({"lines": [{"stream": "stderr", "text": "careful"}]}),
+    )
+    .await;
+    env.http
+        .post(env.url(&format!("/jobs/{job}/events")))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"type": "stage", "name": "deploy", "status": "skipped"}))
+        .send()
+        .await
+        .unwrap();
+    env.set_status(&job, "ready").await;
+    job
+}
+
+fn expected_text() -> Vec<String> {
+    let mut lines = vec!["==> job running".to_owned()];
+    for batch in 0..3 {
+        lines.extend((0..400).map(|i| format!("batch{batch} {i}")));
+    }
+    lines.push("[stderr] careful".into());
+    lines.push("==> stage deploy skipped".into());
+    lines.push("==> job ready".into());
+    lines
+}
+
+#[tokio::test]
+async fn logs_prints_the_whole_history_in_order_across_pages() {
+    let env = env().await;
+    let job = finished_job(&env).await;
+    let done = finish(logs(&env, "alice", &[&job])).await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    let printed: Vec<&str> = done.stdout.lines().collect();
+    assert_eq!(printed, expected_text());
+}
+
+#[tokio::test]
+async fn logs_limit_prints_the_newest_entries_oldest_first() {
+    let env = env().await;
+    let job = finished_job(&env).await;
+    let all = expected_text();
+    for limit in [1usize, 3, 700, 5000] {
+        let done = finish(logs(&env, "alice", &[&job, "--limit", &limit.to_string()])).await;
+        assert_eq!(done.code, Some(0), "{}", done.stderr);
+        let printed: Vec<&str> = done.stdout.lines().collect();
+        let newest = &all[all.len().saturating_sub(limit)..];
+        assert_eq!(printed, newest, "--limit {limit}");
+    }
+    let done = finish(logs(&env, "alice", &[&job, "--limit", "0"])).await;
+    assert_ne!(done.code, Some(0), "a limit of 0 is refused");
+}
+
+#[tokio::test]
+async fn logs_json_prints_each_entry_as_the_service_sent_it() {
+    let env = env().await;
+    let job = finished_job(&env).await;
+    let done = finish(logs(&env, "alice", &[&job, "--json"])).await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    let printed: Vec<Value> = done
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON entry per line"))
+        .collect();
+    let stored = all_entries(&env.http, &env.server.url(), &job, "alice").await;
+    assert_eq!(printed, stored);
+    assert_eq!(printed.len(), 1204);
+}
+
+#[tokio::test]
+async fn logs_of_a_job_the_viewer_cannot_see_exits_2() {
+    let env = env().await;
+    let job = finished_job(&env).await;
+    for (user, job) in [("mallory", job.clone()), ("alice", job_id("missing"))] {
+        let done = finish(logs(&env, user, &[&job])).await;
+        assert_eq!(done.code, Some(2));
+        assert!(done.stderr.contains("not_found"), "{}", done.stderr);
+        assert_eq!(done.stdout, "");
+    }
+}

@@ -1,0 +1,20 @@
+//! The integration tests of the `logstream` command and of `logstream dev`, one binary:
+//! the service in-process on port 0 over private Redis servers, the real binary for
+//! `run`, `tail` and `logs`.
+
+mod archive_dev;
+mod archive_s3_dev;
+mod cli_support;
+mod client_upload;
+mod cluster;
+mod faults;
+mod history_api;
+mod ingest_api;
+mod logs_command;
+mod run_command;
+mod sse_api;
+mod support;
+mod tail_command;
+mod tls;
+mod viewer_e2e;
+mod ws_api;

@@ -1,0 +1,387 @@
+//! Live logs over Server-Sent Events, through real HTTP against `logstream dev`.
+
+use std::time::Duration;
+
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn stream_path(job: &str, user: &str, query: &str) -> String {
+    let sep = if query.is_empty() { "" } else { "&" };
+    format!(
+        "/jobs/{job}/logs/stream?access_token={}{sep}{query}",
+        viewer_token(user, 600)
+    )
+}
+
+async fn expect_log(client: &mut SseClient, text: &str) -> Frame {
+    let frame = client.next_entry().await.expect("stream ended early");
+    assert_eq!(frame.event.as_deref(), Some("log"), "{frame:?}");
+    assert_eq!(frame.json()["text"], text);
+    assert_eq!(
+        frame.id.as_deref(),
+        frame.json()["id"].as_str(),
+        "id: matches the entry id"
+    );
+    frame
+}
+
+#[tokio::test]
+async fn the_stream_has_sse_headers_and_starts_with_retry() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let mut client = SseClient::open(&env, &stream_path(&job, "alice", ""), &[]).await;
+    assert_eq!(client.status, StatusCode::OK);
+    assert_eq!(client.headers["content-type"], "text/event-stream");
+    assert_eq!(client.headers["cache-control"], "no-cache");
+    assert_eq!(client.headers["x-accel-buffering"], "no");
+    let first = client.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.retry, Some(2000));
+}
+
+#[tokio::test]
+async fn from_start_replays_then_follows_live_then_ends_with_done() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.post_lines(&job, "before", 3).await;
+    let mut client = SseClient::open(&env, &stream_path(&job, "alice", "from=start"), &[]).await;
+    for i in 0..3 {
+        expect_log(&mut client, &format!("before {i}")).await;
+    }
+    env.post_lines(&job, "after", 2).await;
+    expect_log(&mut client, "after 0").await;
+    expect_log(&mut client, "after 1").await;
+    env.http
+        .post(env.url(&format!("/jobs/{job}/events")))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"type": "stage", "name": "build", "status": "started"}))
+        .send()
+        .await
+        .unwrap();
+    let stage = client.next_entry().await.unwrap();
+    assert_eq!(stage.event.as_deref(), Some("stage"), "{stage:?}");
+    assert_eq!(stage.json()["name"], "build");
+    env.set_status(&job, "running").await;
+    let running = client.next_entry().await.unwrap();
+    assert_eq!(
+        (running.event.as_deref(), running.json()["status"].as_str()),
+        (Some("status"), Some("running"))
+    );
+    env.set_status(&job, "ready").await;
+    let ready = client.next_entry().await.unwrap();
+    assert_eq!(
+        (ready.event.as_deref(), ready.json()["status"].as_str()),
+        (Some("status"), Some("ready"))
+    );
+    let done = client.next_entry().await.unwrap();
+    assert_eq!(done.event.as_deref(), Some("done"));
+    assert_eq!(done.json(), json!({"status": "ready"}));
+    assert_eq!(
+        client.next(Duration::from_secs(5)).await,
+        None,
+        "the stream closes after done"
+    );
+}
+
+#[tokio::test]
+async fn without_a_start_point_only_new_entries_are_sent() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.post_lines(&job, "old", 5).await;
+    let mut client = SseClient::open(&env, &stream_path(&job, "alice", ""), &[]).await;
+    assert_eq!(
+        client.next(Duration::from_secs(5)).await.unwrap().retry,
+        Some(2000)
+    );
+    env.post_lines(&job, "new", 1).await;
+    expect_log(&mut client, "new 0").await;
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_strictly_after_that_entry() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let posted = env.post_lines(&job, "line", 4).await;
+    let (_, page) = env.get_as("alice", &format!("/jobs/{job}/logs")).await;
+    let second = page["lines"][1]["id"].as_str().unwrap().to_owned();
+    // As a header (what EventSource sends on reconnect) ...
+    let mut client = SseClient::open(
+        &env,
+        &stream_path(&job, "alice", ""),
+        &[("last-event-id", &second)],
+    )
+    .await;
+    expect_log(&mut client, "line 2").await;
+    let last = expect_log(&mut client, "line 3").await;
+    assert_eq!(last.id.as_deref(), posted["last_id"].as_str());
+    // ... or in the query.
+    let mut client = SseClient::open(
+        &env,
+        &stream_path(&job, "alice", &format!("last_event_id={second}")),
+        &[],
+    )
+    .await;
+    expect_log(&mut client, "line 2").await;
+}
+
+#[tokio::test]
+async fn a_finished_job_replays_then_says_done_at_once() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.post_lines(&job, "l", 2).await;
+    env.set_status(&job, "failed").await;
+    let mut client = SseClient::open(&env, &stream_path(&job, "alice", "from=start"), &[]).await;
+    expect_log(&mut client, "l 0").await;
+    expect_log(&mut client, "l 1").await;
+    let status = client.next_entry().await.unwrap();
+    assert_eq!(status.json()["status"], "failed");
+    let done = client.next_entry().await.unwrap();
+    assert_eq!(
+        (done.event.as_deref(), done.json()),
+        (Some("done"), json!({"status": "failed"}))
+    );
+    assert_eq!(client.next(Duration::from_secs(5)).await, None);
+
+    // Reconnecting after the status entry: nothing to replay, just done.
+    let last = status.id.unwrap();
+    let mut again = SseClient::open(
+        &env,
+        &stream_path(&job, "alice", ""),
+        &[("last-event-id", &last)],
+    )
+    .await;
+    let done = again.next_entry().await.unwrap();
+    assert_eq!(done.event.as_deref(), Some("done"));
+    // Live-only on a finished job: done.
+    let mut live = SseClient::open(&env, &stream_path(&job, "alice", ""), &[]).await;
+    assert_eq!(
+        live.next_entry().await.unwrap().event.as_deref(),
+        Some("done")
+    );
+}
+
+#[tokio::test]
+async fn a_reader_resuming_after_a_forced_disconnect_sees_every_line_once() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    const BATCHES: usize = 100;
+    const PER_BATCH: usize = 20;
+    let writer = {
+        let http = env.http.clone();
+        let url = env.url(&format!("/jobs/{job}/logs"));
+        let status_url = env.url(&format!("/jobs/{job}/status"));
+        tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let lines: Vec<Value> = (0..PER_BATCH)
+                    .map(|i| json!({"text": format!("{}", b * PER_BATCH + i)}))
+                    .collect();
+                let res = http
+                    .post(&url)
+                    .bearer_auth(INGEST_KEY)
+                    .json(&json!({ "lines": lines }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), StatusCode::OK);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            http.put(&status_url)
+                .bearer_auth(INGEST_KEY)
+                .json(&json!({"status": "ready"}))
+                .send()
+                .await
+                .unwrap();
+        })
+    };
+
+    let mut seen: Vec<u64> = Vec::new();
+    let mut last_id: Option<String> = None;
+    let mut connections = 0;
+    'outer: loop {
+        connections += 1;
+        let mut client = match &last_id {
+            None => SseClient::open(&env, &stream_path(&job, "alice", "from=start"), &[]).await,
+            Some(id) => {
+                SseClient::open(
+                    &env,
+                    &stream_path(&job, "alice", ""),
+                    &[("last-event-id", id)],
+                )
+                .await
+            }
+        };
+        // Drop the connection after a few hundred frames, mid-stream, while the writer runs.
+        let mut taken = 0;
+        while let Some(frame) = client.next_entry().await {
+            match frame.event.as_deref() {
+                Some("log") => {
+                    seen.push(frame.json()["text"].as_str().unwrap().parse().unwrap());
+                    last_id = frame.id.clone();
+                    taken += 1;
+                    if taken == 300 && connections < 5 {
+                        continue 'outer;
+                    }
+                }
+                Some("status") => {}
+                Some("done") => break 'outer,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        panic!("stream ended without done");
+    }
+    writer.await.unwrap();
+    assert!(connections > 1, "the test did disconnect");
+    let expected: Vec<u64> = (0..(BATCHES * PER_BATCH) as u64).collect();
+    assert_eq!(seen, expected, "no gap, no duplicate, in order");
+}
+
+#[tokio::test]
+async fn heartbeats_fill_silence() {
+    let env = env_with(&[
+        ("REDIS_URL", &shared_redis_url()),
+        ("LOGSTREAM_HEARTBEAT_SECS", "1"),
+    ])
+    .await;
+    let (job, _) = env.create_job("alice").await;
+    let mut client = SseClient::open(&env, &stream_path(&job, "alice", ""), &[]).await;
+    assert_eq!(
+        client.next(Duration::from_secs(5)).await.unwrap().retry,
+        Some(2000)
+    );
+    for _ in 0..2 {
+        let beat = client.next(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(beat.event.as_deref(), Some("heartbeat"));
+        assert_eq!(beat.data, "{}");
+    }
+}
+
+#[tokio::test]
+async fn refusals_come_before_the_stream_as_json() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let cases = [
+        (
+            format!("/jobs/{job}/logs/stream"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            format!("/jobs/{job}/logs/stream?access_token=nope"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            format!(
+                "/jobs/{job}/logs/stream?access_token={}",
+                viewer_token("alice", -600)
+            ),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            stream_path(&job, "mallory", ""),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            stream_path(&job_id("missing"), "alice", ""),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            stream_path(&job, "alice", "last_event_id=yesterday"),
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+        ),
+        (
+            stream_path(&job, "alice", "from=end"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            stream_path("bad%20id", "alice", ""),
+            StatusCode::BAD_REQUEST,
+            "invalid_job_id",
+        ),
+    ];
+    for (path, status, code) in cases {
+        let res = env.http.get(env.url(&path)).send().await.unwrap();
+        assert_eq!(res.status(), status, "{path}");
+        assert_eq!(res.headers()["content-type"], "application/json", "{path}");
+        assert_eq!(error_code(&res.json().await.unwrap()), code, "{path}");
+    }
+}
+
+/// Connections to Redis other than the probe's own (one probe connection is reused:
+/// a closed one may linger in the count for a moment).
+async fn connected_clients(probe: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(probe)
+        .await
+        .unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("connected_clients:"))
+        .unwrap();
+    line["connected_clients:".len()..]
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        - 1
+}
+
+#[tokio::test]
+async fn two_hundred_viewers_of_one_job_share_one_redis_reader() {
+    // A Redis of its own, so other tests' connections do not blur the count.
+    let env = env_with(&[]).await;
+    let (job, _) = env.create_job("alice").await;
+    let mut probe = redis::Client::open(env.server.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let idle = connected_clients(&mut probe).await;
+
+    let mut clients = Vec::new();
+    for n in 0..200 {
+        let mut c = SseClient::open(&env, &stream_path(&job, "alice", ""), &[]).await;
+        assert_eq!(c.status, StatusCode::OK);
+        assert_eq!(
+            c.next(Duration::from_secs(5)).await.unwrap().retry,
+            Some(2000)
+        );
+        clients.push(c);
+        if n == 0 {
+            assert_eq!(
+                connected_clients(&mut probe).await,
+                idle + 2,
+                "the first viewer's feed is one connection; its replay read opened the \
+                 store's pool of read connections (one, as the reads came one at a time)"
+            );
+        }
+    }
+    assert_eq!(env.server.sse().hub().feeds(), 1, "one feed for the job");
+    assert_eq!(
+        connected_clients(&mut probe).await,
+        idle + 2,
+        "199 more viewers added no Redis connection"
+    );
+
+    env.post_lines(&job, "to all", 1).await;
+    for c in &mut clients {
+        expect_log(c, "to all 0").await;
+    }
+    drop(clients);
+    // The feed notices its viewers are gone within one block time and closes.
+    let mut gone = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if env.server.sse().hub().feeds() == 0 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the feed ended after its viewers left");
+}

@@ -1,0 +1,200 @@
+//! Test support: `logstream dev` on port 0 over this binary's private Redis, an HTTP
+//! client, and viewer tokens signed with the test secret.
+//!
+//! `LOGSTREAM_TEST_REDIS=cluster` makes that private Redis a six-node Redis Cluster
+//! (`REDIS_URL` = the comma-separated node list), so the same tests run unchanged
+//! against a cluster (`scripts/test` does so for the ingest, history, SSE and archive
+//! tests). Tests that stop or restart their own Redis stay on a single node.
+
+use logstream_cli::dev::{self, DevServer};
+use logstream_testkit::fixtures::test_config;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+
+pub use logstream_testkit::fixtures::{INGEST_KEY, JWT_SECRET, error_code, viewer_token};
+pub use logstream_testkit::sse::{Frame, SseClient};
+
+pub struct Env {
+    pub server: DevServer,
+    pub http: reqwest::Client,
+    /// This server's archive folder (a temporary one unless the test set
+    /// `LOGSTREAM_ARCHIVE_DIR`), removed with the `Env`.
+    pub archive_dir: std::path::PathBuf,
+    pub keep_archive_dir: Option<TempDir>,
+}
+
+/// A temporary folder, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `LOGSTREAM_TEST_REDIS=cluster` asks for the tests to run on a cluster.
+pub fn cluster_mode() -> bool {
+    std::env::var("LOGSTREAM_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}
+
+/// `REDIS_URL` of this test binary's shared private Redis: one `redis-server`, or in
+/// cluster mode a six-node cluster.
+pub fn shared_redis_url() -> String {
+    if cluster_mode() {
+        logstream_testkit::redis_cluster::shared()
+            .expect("redis cluster")
+            .url()
+    } else {
+        logstream_testkit::redis_server::shared()
+            .expect("redis-server")
+            .url()
+    }
+}
+
+/// A dev server on the shared private Redis.
+pub async fn env() -> Env {
+    env_with(&[("REDIS_URL", &shared_redis_url())]).await
+}
+
+/// A dev server on a Redis no other test uses (whose archive queue, for one, is its
+/// own): a fresh cluster in cluster mode (returned too: keep it while the server runs),
+/// else a `redis-server` of the server's own.
+pub async fn env_isolated(
+    pairs: &[(&str, &str)],
+) -> (Env, Option<logstream_testkit::redis_cluster::RedisCluster>) {
+    if !cluster_mode() {
+        return (env_with(pairs).await, None);
+    }
+    let cluster =
+        tokio::task::spawn_blocking(logstream_testkit::redis_cluster::RedisCluster::start)
+            .await
+            .expect("join")
+            .expect("redis cluster");
+    let url = cluster.url();
+    let mut all = vec![("REDIS_URL", url.as_str())];
+    all.extend_from_slice(pairs);
+    (env_with(&all).await, Some(cluster))
+}
+
+/// A dev server with extra settings (`REDIS_URL` unset: it starts its own Redis).
+pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
+    // Archives go to a folder of this server's own, not into the source tree.
+    let (archive_dir, temp) = match pairs.iter().find(|(k, _)| *k == "LOGSTREAM_ARCHIVE_DIR") {
+        Some((_, dir)) => (std::path::PathBuf::from(dir), None),
+        None => {
+            let dir = std::env::temp_dir().join(job_id("logstream-dev-archive"));
+            (dir.clone(), Some(TempDir(dir)))
+        }
+    };
+    let dir = archive_dir.to_string_lossy().into_owned();
+    let mut all = vec![("LOGSTREAM_ARCHIVE_DIR", dir.as_str())];
+    all.extend_from_slice(pairs);
+    let config = test_config(&all);
+    let server = dev::start(config, "127.0.0.1:0").await.expect("dev server");
+    Env {
+        server,
+        http: reqwest::Client::new(),
+        archive_dir,
+        keep_archive_dir: temp,
+    }
+}
+
+/// A job id no other test uses.
+pub fn job_id(prefix: &str) -> String {
+    logstream_testkit::fixtures::unique(prefix)
+}
+
+impl Env {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.url())
+    }
+
+    /// Creates a job owned by `owner`; returns its id and ingest token.
+    pub async fn create_job(&self, owner: &str) -> (String, String) {
+        self.create_job_with(owner, &[]).await
+    }
+
+    pub async fn create_job_with(&self, owner: &str, secrets: &[&str]) -> (String, String) {
+        let id = job_id("job");
+        let res = self
+            .http
+            .post(self.url("/jobs"))
+            .bearer_auth(INGEST_KEY)
+            .json(&json!({"job_id": id, "owner": owner, "secrets": secrets}))
+            .send()
+            .await
+            .expect("POST /jobs");
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.expect("json");
+        (id, body["ingest_token"].as_str().expect("token").to_owned())
+    }
+
+    /// POSTs a JSON batch with the ingest key.
+    pub async fn post_json(&self, job: &str, body: &Value) -> Response {
+        self.http
+            .post(self.url(&format!("/jobs/{job}/logs")))
+            .bearer_auth(INGEST_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("POST logs")
+    }
+
+    /// POSTs `n` stdout lines `"{prefix} {i}"` and asserts they were accepted.
+    pub async fn post_lines(&self, job: &str, prefix: &str, n: usize) -> Value {
+        let lines: Vec<Value> = (0..n)
+            .map(|i| json!({"stream": "stdout", "text": format!("{prefix} {i}")}))
+            .collect();
+        let res = self.post_json(job, &json!({ "lines": lines })).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.expect("json")
+    }
+
+    pub async fn set_status(&self, job: &str, status: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .put(self.url(&format!("/jobs/{job}/status")))
+            .bearer_auth(INGEST_KEY)
+            .json(&json!({ "status": status }))
+            .send()
+            .await
+            .expect("PUT status");
+        let code = res.status();
+        (code, res.json().await.expect("json"))
+    }
+
+    /// GETs `path` as viewer `user`; returns status and JSON body.
+    pub async fn get_as(&self, user: &str, path: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(viewer_token(user, 300))
+            .send()
+            .await
+            .expect("GET");
+        let code = res.status();
+        (code, res.json().await.expect("json"))
+    }
+}
+
+/// The `text` of every line entry, in order.
+pub fn texts(lines: &Value) -> Vec<String> {
+    lines
+        .as_array()
+        .expect("lines array")
+        .iter()
+        .filter(|e| e["kind"] == "line")
+        .map(|e| e["text"].as_str().expect("text").to_owned())
+        .collect()
+}
+
+/// Opens a stream of `env`'s service as [`SseClient::open`]: `path` with extra headers.
+pub trait OpenSse {
+    async fn open(env: &Env, path: &str, headers: &[(&str, &str)]) -> SseClient;
+}
+
+impl OpenSse for SseClient {
+    async fn open(env: &Env, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        SseClient::connect(&env.http, &env.url(path), headers).await
+    }
+}

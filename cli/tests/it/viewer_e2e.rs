@@ -1,0 +1,228 @@
+//! The log-viewer page of `logstream dev` in a real headless Chromium, driven over
+//! the WebDriver protocol by Debian's chromedriver (both installed by
+//! `scripts/ensure-deps --test`): the page shows the history, then lines posted after
+//! it opened, stderr marked, stages, and the final status.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use serde_json::{Value, json};
+
+/// A chromedriver process and one headless Chromium session.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is not installed: run scripts/ensure-deps --test");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let profile =
+            std::env::temp_dir().join(format!("logstream-chromium-{}-{port}", std::process::id()));
+        let started = Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "chromedriver did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1200,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }
+        }}});
+        let res: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = res["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {res}"))
+            .to_owned();
+        Browser {
+            driver,
+            base,
+            session,
+            http,
+            profile,
+        }
+    }
+
+    async fn call(&self, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}/{path}", self.base, self.session);
+        let res: Value = self
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        res["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call("url", json!({ "url": url })).await;
+    }
+
+    async fn eval(&self, script: &str) -> Value {
+        self.call("execute/sync", json!({"script": script, "args": []}))
+            .await
+    }
+
+    /// Waits until `script` returns true.
+    async fn wait_for(&self, what: &str, script: &str) {
+        let started = Instant::now();
+        loop {
+            if self.eval(script).await == json!(true) {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let text = self.eval("return document.body.innerText").await;
+                panic!("timed out waiting for {what}; page shows: {text}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&self, path: &std::path::Path) {
+        let url = format!("{}/session/{}/screenshot", self.base, self.session);
+        let res: Value = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(b64) = res["value"].as_str() {
+            use base64::Engine;
+            if let Ok(png) = base64::engine::general_purpose::STANDARD.decode(b64) {
+                let _ = std::fs::write(path, png);
+            }
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+#[tokio::test]
+async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.post_json(
+        &job,
+        &json!({"lines": [{"text": "history line one"}, {"text": "history line two"}]}),
+    )
+    .await;
+    env.set_status(&job, "running").await;
+
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&env.url(&format!("/?job={job}&access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the history",
+            "return document.getElementById('log').innerText.includes('history line two')",
+        )
+        .await;
+
+    // Posted after the page opened: they arrive over EventSource.
+    env.post_json(&job, &json!({"lines": [{"stream": "stdout", "text": "live stdout line"}, {"stream": "stderr", "text": "live stderr line"}]}))
+        .await;
+    env.http
+        .post(env.url(&format!("/jobs/{job}/events")))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"type": "stage", "name": "deploy", "status": "started"}))
+        .send()
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the live lines",
+            "return document.getElementById('log').innerText.includes('live stderr line')",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the stage marker",
+            "return [...document.querySelectorAll('.stage')].some(e => e.textContent.includes('deploy'))",
+        )
+        .await;
+    let stderr_marked = browser
+        .eval("return [...document.querySelectorAll('.line.stderr')].map(e => e.textContent).join('|')")
+        .await;
+    assert_eq!(
+        stderr_marked,
+        json!("live stderr line"),
+        "only the stderr line is marked as stderr"
+    );
+
+    env.set_status(&job, "ready").await;
+    browser
+        .wait_for(
+            "the final status",
+            "return document.getElementById('status').textContent === 'ready'",
+        )
+        .await;
+    let lines = browser
+        .eval("return document.getElementById('log').innerText")
+        .await;
+    let text = lines.as_str().unwrap();
+    for expected in [
+        "history line one",
+        "history line two",
+        "live stdout line",
+        "live stderr line",
+        "job ready",
+    ] {
+        assert_eq!(
+            text.matches(expected).count(),
+            1,
+            "{expected:?} shown exactly once in:\n{text}"
+        );
+    }
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("viewer.png");
+    browser.screenshot(&shot).await;
+}

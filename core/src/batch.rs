@@ -1,0 +1,230 @@
+//! The body of `POST /jobs/{id}/logs`, parsed and checked before anything is
+//! sanitized or stored: a JSON batch (`{"lines":[…],"seq"?:n}`) or a `text/plain`
+//! body of lines.
+//!
+//! It lives in the domain crate rather than in the ingest function so that the fuzz
+//! targets and the tests that replay their corpora (see `crate::fuzzing`) exercise the
+//! very parser ingest runs, without Redis, HTTP or AWS. Its errors are a
+//! [`BatchError`]; the web layer turns each into the API's 400 or 413.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::LineStream;
+
+/// Largest accepted request body, in bytes (413 beyond).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most lines one request may carry.
+pub const MAX_LINES_PER_REQUEST: usize = 10_000;
+/// Largest `seq` that survives the round trip through Lua's doubles exactly.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
+/// Why a body was refused. Each is a client error: [`BatchError::too_large`] ones are
+/// the API's 413, the others its 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Not JSON at all.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// JSON, but not of the expected shape.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// No line in the batch.
+    #[error("the batch has no lines")]
+    NoLines,
+    /// More than [`MAX_LINES_PER_REQUEST`] lines.
+    #[error("{0} lines in one request; the limit is {MAX_LINES_PER_REQUEST}")]
+    TooManyLines(usize),
+    /// `seq` above [`MAX_SEQ`].
+    #[error("seq must be at most {MAX_SEQ}")]
+    InvalidSeq,
+}
+
+impl BatchError {
+    /// The API's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::NoLines => "no_lines",
+            Self::TooManyLines(_) => "too_many_lines",
+            Self::InvalidSeq => "invalid_seq",
+        }
+    }
+
+    /// Whether the body was refused for its size (413) rather than its content (400).
+    pub fn too_large(&self) -> bool {
+        matches!(self, Self::TooManyLines(_))
+    }
+}
+
+/// Parses a JSON body (invalid UTF-8 read as U+FFFD): [`BatchError::InvalidJson`] when
+/// it is not JSON, [`BatchError::InvalidBody`] when it is JSON of another shape.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BatchError> {
+    let text = String::from_utf8_lossy(body);
+    serde_json::from_str(&text).map_err(|e| {
+        if e.is_data() {
+            BatchError::InvalidBody(e.to_string())
+        } else {
+            BatchError::InvalidJson(e.to_string())
+        }
+    })
+}
+
+/// How the body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// `{"lines":[{"stream"?,"text","ts"?}…],"seq"?}`.
+    Json,
+    /// One line per `\n`, every line on this stream.
+    PlainText(LineStream),
+}
+
+/// One line before sanitizing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLine<'a> {
+    pub stream: LineStream,
+    pub text: Cow<'a, str>,
+    /// The client's timestamp (ms), when it sent one.
+    pub ts: Option<u64>,
+}
+
+/// A parsed, checked batch: 1 to [`MAX_LINES_PER_REQUEST`] lines, `seq` at most
+/// [`MAX_SEQ`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineBatch<'a> {
+    pub lines: Vec<RawLine<'a>>,
+    pub seq: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonBatch {
+    lines: Vec<JsonLine>,
+    seq: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonLine {
+    #[serde(default = "default_stream")]
+    stream: LineStream,
+    text: String,
+    ts: Option<u64>,
+}
+
+fn default_stream() -> LineStream {
+    LineStream::Stdout
+}
+
+/// Parses and checks a request body.
+pub fn parse_body(body: &[u8], format: BodyFormat) -> Result<LineBatch<'_>, BatchError> {
+    let batch = match format {
+        BodyFormat::PlainText(stream) => LineBatch {
+            lines: split_lines(body)
+                .into_iter()
+                .map(|text| RawLine {
+                    stream,
+                    text,
+                    ts: None,
+                })
+                .collect(),
+            seq: None,
+        },
+        BodyFormat::Json => {
+            let batch: JsonBatch = parse_json(body)?;
+            LineBatch {
+                lines: batch
+                    .lines
+                    .into_iter()
+                    .map(|l| RawLine {
+                        stream: l.stream,
+                        text: Cow::Owned(l.text),
+                        ts: l.ts,
+                    })
+                    .collect(),
+                seq: batch.seq,
+            }
+        }
+    };
+    if batch.lines.is_empty() {
+        return Err(BatchError::NoLines);
+    }
+    if batch.lines.len() > MAX_LINES_PER_REQUEST {
+        return Err(BatchError::TooManyLines(batch.lines.len()));
+    }
+    if batch.seq.is_some_and(|s| s > MAX_SEQ) {
+        return Err(BatchError::InvalidSeq);
+    }
+    Ok(batch)
+}
+
+/// Splits a `text/plain` body into lines: `\n` ends a line, a `\r` just before it is
+/// part of the line ending (CRLF), a final newline does not start an empty line, and
+/// invalid UTF-8 becomes U+FFFD.
+pub fn split_lines(body: &[u8]) -> Vec<Cow<'_, str>> {
+    if body.is_empty() {
+        return Vec::new();
+    }
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    body.split(|&b| b == b'\n')
+        .map(|line| String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_splits_on_newlines_and_crlf() {
+        assert_eq!(split_lines(b"a\nb\r\nc"), ["a", "b", "c"]);
+        assert_eq!(split_lines(b"a\n"), ["a"]);
+        assert_eq!(split_lines(b"\n"), [""]);
+        assert_eq!(split_lines(b"a\n\nb\n"), ["a", "", "b"]);
+        assert!(split_lines(b"").is_empty());
+    }
+
+    #[test]
+    fn plain_text_keeps_progress_carriage_returns_inside_a_line() {
+        assert_eq!(split_lines(b"10%\r50%\r\n"), ["10%\r50%"]);
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_replacement_characters() {
+        assert_eq!(
+            split_lines(b"ok \xff\xfe end\n"),
+            ["ok \u{fffd}\u{fffd} end"]
+        );
+    }
+
+    #[test]
+    fn json_batches_take_defaults_and_are_checked() {
+        let batch = parse_body(
+            br#"{"lines":[{"text":"a"},{"stream":"stderr","text":"b","ts":5}],"seq":3}"#,
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(batch.seq, Some(3));
+        assert_eq!(batch.lines[0].stream, LineStream::Stdout);
+        assert_eq!(batch.lines[1].ts, Some(5));
+        let code = |body: &[u8]| parse_body(body, BodyFormat::Json).unwrap_err().code();
+        assert_eq!(code(b"{"), "invalid_json");
+        assert_eq!(
+            code(br#"{"lines":[{"stream":"x","text":"a"}]}"#),
+            "invalid_body"
+        );
+        assert_eq!(code(br#"{"lines":[]}"#), "no_lines");
+        assert_eq!(
+            code(br#"{"lines":[{"text":"a"}],"seq":9007199254740992}"#),
+            "invalid_seq"
+        );
+        let many = format!(
+            r#"{{"lines":[{}]}}"#,
+            vec![r#"{"text":""}"#; MAX_LINES_PER_REQUEST + 1].join(",")
+        );
+        assert_eq!(code(many.as_bytes()), "too_many_lines");
+        let plain = parse_body(b"", BodyFormat::PlainText(LineStream::Stderr));
+        assert_eq!(plain.unwrap_err().code(), "no_lines");
+    }
+}

@@ -1,0 +1,180 @@
+//! Identifiers: job ids (safe inside a Redis key by construction) and entry ids (Redis
+//! stream ids, ordered as Redis orders them), plus the random hex that job ids, tokens
+//! and temporary file names are made of.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted job id.
+pub const MAX_JOB_ID_LEN: usize = 128;
+
+/// A validated job id: 1–128 chars of `[A-Za-z0-9_-]`, safe inside a Redis key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(String);
+
+/// Why a job id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job id must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'")]
+pub struct InvalidJobId;
+
+impl JobId {
+    /// Validates `raw` as a job id.
+    pub fn parse(raw: &str) -> Result<Self, InvalidJobId> {
+        let ok = !raw.is_empty()
+            && raw.len() <= MAX_JOB_ID_LEN
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(InvalidJobId)
+        }
+    }
+
+    /// A fresh random id for `POST /jobs` without one.
+    pub fn generate() -> Self {
+        Self(format!("job-{}", random_hex(12)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A Redis stream id (`<ms>-<seq>`), ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+/// Why a cursor was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("entry id must look like 1732406400000-0")]
+pub struct InvalidEntryId;
+
+impl FromStr for EntryId {
+    type Err = InvalidEntryId;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = raw.split_once('-').ok_or(InvalidEntryId)?;
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return Err(InvalidEntryId);
+        }
+        Ok(Self {
+            ms: ms.parse().map_err(|_| InvalidEntryId)?,
+            seq: seq.parse().map_err(|_| InvalidEntryId)?,
+        })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl Ord for EntryId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.ms, self.seq).cmp(&(other.ms, other.seq))
+    }
+}
+
+impl PartialOrd for EntryId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Serialize for EntryId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EntryId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `n` random bytes, hex-encoded.
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::rng().fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_accept_the_spec_alphabet_only() {
+        assert!(JobId::parse("build-42_A").is_ok());
+        assert!(JobId::parse(&"a".repeat(128)).is_ok());
+        for bad in ["", "a b", "a:b", "a{b}", "ü", "../x", &"a".repeat(129)] {
+            assert_eq!(JobId::parse(bad), Err(InvalidJobId), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn entry_ids_parse_and_order_numerically() {
+        let a: EntryId = "1732406400000-9".parse().unwrap();
+        let b: EntryId = "1732406400000-10".parse().unwrap();
+        let c: EntryId = "1732406400001-0".parse().unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(b.to_string(), "1732406400000-10");
+        for bad in [
+            "",
+            "1",
+            "-1",
+            "1-",
+            "a-1",
+            "1-2-3",
+            " 1-2",
+            "1-+2",
+            "99999999999999999999999-0",
+        ] {
+            assert!(bad.parse::<EntryId>().is_err(), "{bad:?}");
+        }
+    }
+}

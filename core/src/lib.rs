@@ -1,0 +1,19 @@
+//! logstream's domain: what a log is, independent of where it is stored or how it is
+//! served. No Redis, HTTP or AWS here, so the fuzz targets (`fuzz/`) build only this.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`ids`] | `JobId`, `EntryId`, random hex |
+//! | [`model`] | entries, line streams, stage and job statuses, the status machine |
+//! | [`batch`] | the ingest body: a JSON batch or `text/plain` lines, parsed and checked ([`batch::BatchError`]) |
+//! | [`sanitize`] | ANSI stripping, progress collapse, secret redaction, line cap |
+//! | `fuzzing` | (feature `fuzzing`) one check per fuzz target, shared with the corpus replay tests |
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod batch;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+pub mod ids;
+pub mod model;
+pub mod sanitize;

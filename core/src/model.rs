@@ -1,0 +1,326 @@
+//! The domain model: entries and the job status machine (the ids are in [`crate::ids`]).
+//!
+//! Entries are stored in Redis as their JSON *without* the `id` (the stream id is the
+//! id), and spliced back together on the way out ([`StoredEntry::to_json`]) so a read
+//! never decodes and re-encodes an entry.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::EntryId;
+
+/// Which output a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineStream {
+    Stdout,
+    Stderr,
+    System,
+}
+
+impl FromStr for LineStream {
+    type Err = ();
+
+    fn from_str(raw: &str) -> Result<Self, ()> {
+        match raw {
+            "stdout" => Ok(Self::Stdout),
+            "stderr" => Ok(Self::Stderr),
+            "system" => Ok(Self::System),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A stage's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageStatus {
+    Started,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// A job's state: `queued → running → ready | failed`, and `queued → failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Ready,
+    Failed,
+}
+
+/// What a status change amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A real change: append a `status` entry.
+    Change,
+    /// Already there (`running` twice, or the same terminal status again): a 200 no-op.
+    Same,
+    /// Not allowed: 409.
+    Forbidden,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// `ready` and `failed` end a job: no more lines, no more changes.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Ready | Self::Failed)
+    }
+
+    /// The state machine of the SPEC, in one place (the Redis script mirrors it).
+    pub fn transition(self, to: JobStatus) -> Transition {
+        use JobStatus::*;
+        match (self, to) {
+            (a, b) if a == b => Transition::Same,
+            (Queued, Running) | (Queued, Failed) | (Running, Ready) | (Running, Failed) => {
+                Transition::Change
+            }
+            _ => Transition::Forbidden,
+        }
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = ();
+
+    fn from_str(raw: &str) -> Result<Self, ()> {
+        match raw {
+            "queued" => Ok(Self::Queued),
+            "running" => Ok(Self::Running),
+            "ready" => Ok(Self::Ready),
+            "failed" => Ok(Self::Failed),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an entry says, tagged by `kind` exactly as the SPEC's JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum EntryBody {
+    Line { stream: LineStream, text: String },
+    Stage { name: String, status: StageStatus },
+    Status { status: JobStatus },
+}
+
+/// An entry before Redis gave it an id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEntry {
+    pub ts: u64,
+    #[serde(flatten)]
+    pub body: EntryBody,
+}
+
+impl NewEntry {
+    /// The stored form: the entry's JSON without its id.
+    pub fn to_stored_json(&self) -> String {
+        // Serializing plain enums and strings cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A decoded entry, as a client of the API sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: EntryId,
+    pub ts: u64,
+    #[serde(flatten)]
+    pub body: EntryBody,
+}
+
+/// An entry as read from Redis: its id and its stored JSON (without id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub id: EntryId,
+    pub json: String,
+}
+
+impl StoredEntry {
+    /// The API's JSON for this entry: `{"id":"…",` spliced before the stored fields.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(self.json.len() + 40);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends [`to_json`](Self::to_json) to `out`, without an allocation of its own:
+    /// how a page or a batch of frames is written in one buffer.
+    ///
+    /// The stored JSON is this code's own output, so it is spliced as it is rather
+    /// than parsed again; only its shape is checked, and a value that is not an object
+    /// (not written by this code) becomes `null` rather than breaking the document.
+    pub fn write_json(&self, out: &mut String) {
+        use std::fmt::Write;
+        let Some(fields) = self
+            .json
+            .strip_prefix('{')
+            .filter(|rest| rest.ends_with('}'))
+        else {
+            tracing::warn!(id = %self.id, "stored entry is not a JSON object");
+            out.push_str("null");
+            return;
+        };
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{{\"id\":\"{}\"", self.id);
+        if !fields.starts_with('}') {
+            out.push(',');
+        }
+        out.push_str(fields);
+    }
+
+    /// The inverse of [`to_json`](Self::to_json): splits an entry's API JSON (as the
+    /// archive holds it, one per line) back into its id and stored JSON. `None` when
+    /// the line does not start with the `{"id":"…"` that `to_json` writes.
+    pub fn from_json_line(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("{\"id\":\"")?;
+        let (id, rest) = rest.split_once('"')?;
+        let id = id.parse().ok()?;
+        let json = match rest.strip_prefix(',') {
+            Some(fields) => format!("{{{fields}"),
+            None if rest == "}" => "{}".to_owned(),
+            None => return None,
+        };
+        Some(Self { id, json })
+    }
+
+    /// Decodes the entry (for clients and the archiver).
+    pub fn decode(&self) -> Result<Entry, serde_json::Error> {
+        serde_json::from_str(&self.to_json())
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_machine_follows_the_spec() {
+        use JobStatus::*;
+        assert_eq!(Queued.transition(Running), Transition::Change);
+        assert_eq!(Queued.transition(Failed), Transition::Change);
+        assert_eq!(Running.transition(Ready), Transition::Change);
+        assert_eq!(Running.transition(Failed), Transition::Change);
+        assert_eq!(Ready.transition(Ready), Transition::Same);
+        assert_eq!(Queued.transition(Ready), Transition::Forbidden);
+        assert_eq!(Ready.transition(Failed), Transition::Forbidden);
+        assert_eq!(Failed.transition(Running), Transition::Forbidden);
+        assert_eq!(Running.transition(Queued), Transition::Forbidden);
+    }
+
+    #[test]
+    fn stored_entry_splices_its_id_into_the_spec_json() {
+        let new = NewEntry {
+            ts: 1732406400000,
+            body: EntryBody::Line {
+                stream: LineStream::Stdout,
+                text: "added 120 packages".into(),
+            },
+        };
+        let stored = StoredEntry {
+            id: "1732406400000-0".parse().unwrap(),
+            json: new.to_stored_json(),
+        };
+        assert_eq!(
+            stored.to_json(),
+            r#"{"id":"1732406400000-0","ts":1732406400000,"kind":"line","stream":"stdout","text":"added 120 packages"}"#
+        );
+        let entry = stored.decode().unwrap();
+        assert_eq!(entry.body, new.body);
+        assert_eq!(entry.id, stored.id);
+    }
+
+    #[test]
+    fn an_archived_line_splits_back_into_the_stored_entry() {
+        let stored = StoredEntry {
+            id: "1732406400000-3".parse().unwrap(),
+            json: r#"{"ts":1,"kind":"line","stream":"stdout","text":"a \"quoted\" } line"}"#.into(),
+        };
+        assert_eq!(StoredEntry::from_json_line(&stored.to_json()), Some(stored));
+        let empty = StoredEntry {
+            id: "1-0".parse().unwrap(),
+            json: "{}".into(),
+        };
+        assert_eq!(StoredEntry::from_json_line(&empty.to_json()), Some(empty));
+        for bad in [
+            "",
+            "{}",
+            r#"{"ts":1}"#,
+            r#"{"id":"x-1","ts":1}"#,
+            r#"{"id":"1-0"x"#,
+        ] {
+            assert_eq!(StoredEntry::from_json_line(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn entries_written_into_one_buffer_match_their_own_json_and_corrupt_ones_become_null() {
+        let a = StoredEntry {
+            id: "5-0".parse().unwrap(),
+            json: r#"{"ts":1,"kind":"line","stream":"stdout","text":"a"}"#.into(),
+        };
+        let corrupt = StoredEntry {
+            id: "5-1".parse().unwrap(),
+            json: "not json".into(),
+        };
+        let mut out = String::from("[");
+        a.write_json(&mut out);
+        out.push(',');
+        corrupt.write_json(&mut out);
+        out.push(']');
+        assert_eq!(out, format!("[{},null]", a.to_json()));
+        let parsed: Vec<Option<Entry>> = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed[0].as_ref().map(|e| e.id), Some(a.id));
+        assert!(parsed[1].is_none());
+    }
+
+    #[test]
+    fn stage_and_status_entries_have_the_spec_shape() {
+        let stage = NewEntry {
+            ts: 1,
+            body: EntryBody::Stage {
+                name: "install".into(),
+                status: StageStatus::Started,
+            },
+        };
+        assert_eq!(
+            stage.to_stored_json(),
+            r#"{"ts":1,"kind":"stage","name":"install","status":"started"}"#
+        );
+        let status = NewEntry {
+            ts: 2,
+            body: EntryBody::Status {
+                status: JobStatus::Ready,
+            },
+        };
+        assert_eq!(
+            status.to_stored_json(),
+            r#"{"ts":2,"kind":"status","status":"ready"}"#
+        );
+    }
+}

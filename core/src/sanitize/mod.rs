@@ -1,0 +1,942 @@
+//! Sanitizing of log lines printed by untrusted build commands, before they
+//! are stored.
+//!
+//! A [`Sanitizer`] is built once per job (it holds the job's literal
+//! secrets); a [`Batch`] carries the little state that spans lines. Each line
+//! goes through four steps, in this order:
+//!
+//! 1. **ANSI escape sequences are stripped** by a hand-written state machine
+//!    (CSI, OSC, DCS/SOS/PM/APC strings, charset designations and two-byte
+//!    escapes). Whatever cannot be parsed is dropped together with its ESC,
+//!    so no ESC byte ever reaches storage.
+//! 2. **Carriage-return progress is collapsed**: only the text after the last
+//!    `\r` is kept, which is what a progress bar leaves on screen. When
+//!    nothing follows the last `\r` (`"50%\r"`), the cursor went back to the
+//!    start of the line but nothing overwrote it, so the terminal still shows
+//!    the last text written: we keep the segment before the trailing `\r`s.
+//!    (A real terminal overlays a shorter segment on a longer one; we do not
+//!    emulate that, a progress line is rewritten whole.)
+//! 3. **Secrets are redacted** (`***`): known token shapes, `Bearer` tokens,
+//!    `key=value` secrets, URL credentials, PEM private-key blocks and the
+//!    job's registered literal secrets.
+//! 4. **Long lines are cut** to [`MAX_LINE_BYTES`], suffix included.
+//!
+//! Why this order: ANSI codes are stripped first because they can sit inside
+//! a secret (`hun\e[1mter2`), whether from a colouring tool or put there to
+//! dodge the redaction; the redaction must see the text a reader will see.
+//! Redaction comes before the cut so that the cut can never leave half of a
+//! secret that the patterns would then no longer recognise.
+//!
+//! **Prefilter.** Most lines contain nothing to change, and they must cost
+//! well under a microsecond. Steps 1 and 2 only start working when `memchr`
+//! finds an ESC (or the two bytes of U+009B) or a `\r`. For step 3 every rule
+//! has trigger substrings (`AKIA`, `ghp_`, `password`, `://`, …); they and the
+//! job's literal secrets form one Aho-Corasick automaton, searched once per
+//! line, and only the regexes whose trigger occurred are run. The automaton
+//! is ASCII case-insensitive as a whole (Aho-Corasick has no per-pattern
+//! setting), so a case-sensitive trigger is confirmed by comparing bytes
+//! before its regex runs, and a literal secret by comparing bytes before it
+//! is redacted. Regexes are compiled once per process.
+//!
+//! **Overlaps.** Every rule reports byte ranges to redact; overlapping or
+//! touching ranges are merged and each merged range becomes a single `***`.
+//! Literal secrets are searched with overlapping matches. So a literal secret
+//! overlapping a pattern match, or two overlapping literal secrets, never
+//! leave a fragment visible: where "longest first, leftmost" replacement
+//! would be safe this gives the same text, and where it would expose the end
+//! of an overlapping secret this redacts it too.
+//!
+//! **PEM state per batch.** A private key printed by `cat key.pem` spans many
+//! lines, and no single one of its base64 lines is recognisable as a secret,
+//! so the "inside a private key" state lives in [`Batch`]. It is per batch
+//! rather than per job so that a `BEGIN` without an `END` (a truncated
+//! output, or a script merely mentioning the marker) cannot silence the rest
+//! of the job's log: it redacts only the rest of its batch.
+//!
+//! Decisions a reader might question:
+//! - A `key: value` secret needs a space after the colon unless the value is
+//!   quoted (`"token":"x"` is fine). Without that rule, compiler locations such
+//!   as `src/token.rs:12:5` and paths such as `Token::new` would be mangled.
+//!   `key=value` needs no space.
+//! - A multi-line literal secret can never occur in one line, so each of its
+//!   lines is registered instead, trimmed. When it has several lines, those
+//!   shorter than 4 bytes are skipped, or a JSON secret would redact every
+//!   `{` of the log.
+//! - [`Batch::line`] also borrows when the result is a part of its input
+//!   (a collapsed progress line) or the constant [`REDACTED`], so
+//!   `Cow::Owned` means "changed" but `Cow::Borrowed` does not always mean
+//!   "unchanged".
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+mod ansi;
+mod redact;
+mod rules;
+
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+use memchr::{memmem, memrchr};
+
+use ansi::strip_ansi;
+use redact::{literal_secrets, pattern_spans, replace_spans};
+use rules::{PATTERN_REGEXES, PATTERN_RULES, PEM_BEGIN, PEM_END, Rule, RuleSet, TRIGGERS};
+
+/// Longest stored line, in bytes, suffix included.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Replacement for every redacted secret.
+pub const REDACTED: &str = "***";
+
+/// Text put between the kept part of a cut line and the number of bytes cut.
+pub(crate) const TRUNCATED_PREFIX: &str = "\u{2026} [truncated ";
+pub(crate) const TRUNCATED_SUFFIX: &str = " bytes]";
+
+const ESC: u8 = 0x1B;
+const BEL: u8 = 0x07;
+/// U+009B (8-bit CSI) is encoded as `C2 9B` in UTF-8.
+const C1_CSI: [u8; 2] = [0xC2, 0x9B];
+
+/// Lines of a multi-line literal secret shorter than this are not registered.
+const MIN_SECRET_LINE_BYTES: usize = 4;
+
+/// Sanitizes lines of one job; built once per job (holds the job's literal
+/// secrets).
+///
+/// Its `Debug` output shows how many literal secrets it holds, never the
+/// secrets themselves.
+pub struct Sanitizer {
+    /// Distinct, non-empty literal secrets, one line each.
+    secrets: Vec<String>,
+    /// All of [`TRIGGERS`], then all of `secrets`, in that order, so that a
+    /// pattern id tells which is which. `None` only if the automaton could not
+    /// be built; then every rule and every secret is searched on every line.
+    prefilter: Option<AhoCorasick>,
+}
+
+impl Sanitizer {
+    /// Builds the sanitizer of one job.
+    ///
+    /// `secrets`: literal values registered by the job; each is redacted
+    /// wherever it appears. Empty strings are ignored.
+    pub fn new(secrets: &[String]) -> Self {
+        let secrets = literal_secrets(secrets);
+        let patterns = TRIGGERS
+            .iter()
+            .map(|trigger| trigger.text)
+            .chain(secrets.iter().map(String::as_str));
+        let prefilter = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            // Standard semantics are what overlapping search needs.
+            .match_kind(MatchKind::Standard)
+            .build(patterns)
+            .ok();
+        Self { secrets, prefilter }
+    }
+
+    /// Starts a batch: PEM private-key blocks may span several lines of one
+    /// batch.
+    #[must_use]
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            sanitizer: self,
+            in_private_key: false,
+        }
+    }
+
+    /// Records where literal secrets occur in `text` and returns the rules
+    /// worth running on it.
+    fn scan(&self, text: &str, spans: &mut Vec<Range<usize>>) -> RuleSet {
+        let hay = text.as_bytes();
+        let matches = self
+            .prefilter
+            .as_ref()
+            .and_then(|automaton| automaton.try_find_overlapping_iter(Input::new(hay)).ok());
+        let Some(matches) = matches else {
+            self.scan_without_prefilter(hay, spans);
+            return RuleSet::ALL;
+        };
+        let mut rules = RuleSet::EMPTY;
+        for found in matches {
+            let id = found.pattern().as_usize();
+            let bytes = hay.get(found.range());
+            match TRIGGERS.get(id) {
+                Some(trigger) => {
+                    let case_ok = !trigger.exact_case || bytes == Some(trigger.text.as_bytes());
+                    if case_ok && trigger.worth_running(hay, found.end()) {
+                        rules.insert(trigger.rule);
+                    }
+                }
+                None => {
+                    let secret = self.secrets.get(id - TRIGGERS.len());
+                    if secret.is_some_and(|secret| bytes == Some(secret.as_bytes())) {
+                        spans.push(found.range());
+                    }
+                }
+            }
+        }
+        rules
+    }
+
+    /// Slow but complete path for when the automaton could not be built.
+    fn scan_without_prefilter(&self, hay: &[u8], spans: &mut Vec<Range<usize>>) {
+        for secret in &self.secrets {
+            let finder = memmem::Finder::new(secret.as_bytes());
+            let mut from = 0;
+            // Advancing by one byte, not by the secret's length, keeps the
+            // overlapping occurrences the automaton would have reported.
+            while let Some(at) = hay.get(from..).and_then(|rest| finder.find(rest)) {
+                let start = from + at;
+                spans.push(start..start + secret.len());
+                from = start + 1;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Sanitizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sanitizer")
+            .field("literal_secrets", &self.secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sanitizing state across the lines of one batch.
+#[derive(Debug)]
+pub struct Batch<'s> {
+    sanitizer: &'s Sanitizer,
+    /// A private-key `BEGIN` marker was seen and its `END` marker not yet.
+    in_private_key: bool,
+}
+
+impl Batch<'_> {
+    /// Sanitizes one line (given without its trailing newline).
+    ///
+    /// Returns `Cow::Borrowed` when nothing changed. It may also borrow when
+    /// the result is a part of `raw` (a collapsed progress line) or
+    /// [`REDACTED`] (a line inside a private key), so only `Cow::Owned`
+    /// reliably means "changed".
+    pub fn line<'a>(&mut self, raw: &'a str) -> Cow<'a, str> {
+        let text = strip_ansi(raw);
+        let text = keep_last_carriage_return_segment(text);
+        let text = self.redact(text);
+        cut_long_line(text)
+    }
+
+    fn redact<'a>(&mut self, text: Cow<'a, str>) -> Cow<'a, str> {
+        let mut spans = Vec::new();
+        let mut begin_search_from = 0;
+        if self.in_private_key {
+            let Some(end) = PEM_END.find(&text) else {
+                return Cow::Borrowed(REDACTED);
+            };
+            self.in_private_key = false;
+            spans.push(0..end.end());
+            begin_search_from = end.end();
+        }
+        let rules = self.sanitizer.scan(&text, &mut spans);
+        for (rule, regex) in PATTERN_RULES.iter().zip(PATTERN_REGEXES.iter()) {
+            if rules.contains(*rule) {
+                pattern_spans(regex, &text, &mut spans);
+            }
+        }
+        if rules.contains(Rule::PrivateKey) {
+            self.private_key_spans(&text, begin_search_from, &mut spans);
+        }
+        if spans.is_empty() {
+            text
+        } else {
+            Cow::Owned(replace_spans(&text, spans))
+        }
+    }
+
+    /// Blocks that end on this line are redacted whole; a block that does not
+    /// is redacted to the end of the line and leaves the batch inside a key.
+    fn private_key_spans(&mut self, text: &str, from: usize, spans: &mut Vec<Range<usize>>) {
+        let mut from = from;
+        while let Some(begin) = PEM_BEGIN.find_at(text, from) {
+            match PEM_END.find_at(text, begin.end()) {
+                Some(end) => {
+                    spans.push(begin.start()..end.end());
+                    from = end.end();
+                }
+                None => {
+                    spans.push(begin.start()..text.len());
+                    self.in_private_key = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Carriage returns and length
+
+/// Keeps what a terminal shows of a line rewritten with `\r`: the text after
+/// the last `\r`, or when that is empty, the text before the trailing `\r`s.
+fn keep_last_carriage_return_segment(text: Cow<'_, str>) -> Cow<'_, str> {
+    let Some(last) = memrchr(b'\r', text.as_bytes()) else {
+        return text;
+    };
+    let end = if last + 1 < text.len() {
+        text.len()
+    } else {
+        text.trim_end_matches('\r').len()
+    };
+    let start = memrchr(b'\r', &text.as_bytes()[..end]).map_or(0, |at| at + 1);
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(&text[start..end]),
+        Cow::Owned(mut text) => {
+            text.truncate(end);
+            text.drain(..start);
+            Cow::Owned(text)
+        }
+    }
+}
+
+fn cut_long_line(text: Cow<'_, str>) -> Cow<'_, str> {
+    if text.len() <= MAX_LINE_BYTES {
+        return text;
+    }
+    // The suffix holds the number of bytes removed, which is at most the
+    // whole length, so sizing it for the whole length is always enough.
+    let longest_suffix =
+        TRUNCATED_PREFIX.len() + decimal_digits(text.len()) + TRUNCATED_SUFFIX.len();
+    let keep = text.floor_char_boundary(MAX_LINE_BYTES - longest_suffix);
+    let removed = text.len() - keep;
+    let mut out = String::with_capacity(MAX_LINE_BYTES);
+    out.push_str(&text[..keep]);
+    out.push_str(TRUNCATED_PREFIX);
+    out.push_str(&removed.to_string());
+    out.push_str(TRUNCATED_SUFFIX);
+    Cow::Owned(out)
+}
+
+fn decimal_digits(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AWS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
+    const GITHUB_TOKEN: &str = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcDEF123_-x";
+
+    fn sanitize(line: &str) -> String {
+        Sanitizer::new(&[]).batch().line(line).into_owned()
+    }
+
+    fn sanitize_with(secrets: &[&str], line: &str) -> String {
+        let secrets: Vec<String> = secrets.iter().map(|secret| secret.to_string()).collect();
+        Sanitizer::new(&secrets).batch().line(line).into_owned()
+    }
+
+    fn assert_borrowed_untouched(line: &str) {
+        let sanitizer = Sanitizer::new(&["registered-secret".to_string()]);
+        let out = sanitizer.batch().line(line);
+        assert!(
+            matches!(out, Cow::Borrowed(kept) if kept == line),
+            "{line:?} became {out:?}"
+        );
+    }
+
+    // ANSI escape sequences
+
+    #[test]
+    fn csi_colour_codes_are_removed() {
+        assert_eq!(sanitize("\x1b[1;31merror\x1b[0m: failed"), "error: failed");
+    }
+
+    #[test]
+    fn csi_with_private_parameters_and_intermediates_is_removed() {
+        assert_eq!(sanitize("\x1b[?25lhidden cursor\x1b[?25h"), "hidden cursor");
+        assert_eq!(sanitize("\x1b[2 qbar cursor"), "bar cursor");
+        assert_eq!(sanitize("\x1b[2K\x1b[1Gdone"), "done");
+    }
+
+    #[test]
+    fn eight_bit_csi_is_removed() {
+        assert_eq!(sanitize("\u{9b}31mred\u{9b}0m ok"), "red ok");
+    }
+
+    #[test]
+    fn osc_terminated_by_bel_is_removed() {
+        assert_eq!(sanitize("\x1b]0;window title\x07building"), "building");
+    }
+
+    #[test]
+    fn osc_terminated_by_string_terminator_is_removed() {
+        assert_eq!(
+            sanitize("see \x1b]8;;https://example.com/\x1b\\the docs\x1b]8;;\x1b\\ here"),
+            "see the docs here"
+        );
+    }
+
+    #[test]
+    fn unterminated_osc_runs_to_end_of_line() {
+        assert_eq!(sanitize("before\x1b]0;title without end"), "before");
+    }
+
+    #[test]
+    fn escape_inside_osc_starts_a_new_sequence() {
+        assert_eq!(sanitize("\x1b]0;title\x1b[31mred"), "red");
+    }
+
+    #[test]
+    fn dcs_sos_pm_and_apc_strings_are_removed() {
+        for introducer in ['P', 'X', '^', '_'] {
+            let line = format!("a\x1b{introducer}payload\x07still payload\x1b\\b");
+            assert_eq!(sanitize(&line), "ab", "introducer {introducer}");
+            let unterminated = format!("a\x1b{introducer}payload to the end");
+            assert_eq!(sanitize(&unterminated), "a", "introducer {introducer}");
+        }
+    }
+
+    #[test]
+    fn charset_designations_are_removed() {
+        assert_eq!(sanitize("\x1b(Bplain\x1b)0 text\x1b#8"), "plain text");
+        assert_eq!(sanitize("\x1b%Gutf8"), "utf8");
+    }
+
+    #[test]
+    fn two_byte_escapes_are_removed() {
+        assert_eq!(
+            sanitize("\x1b7saved\x1b8 \x1b=keypad\x1b> \x1bMup \x1bcreset"),
+            "saved keypad up reset"
+        );
+    }
+
+    #[test]
+    fn truncated_sequence_at_end_of_line_is_removed() {
+        assert_eq!(sanitize("text\x1b[31"), "text");
+        assert_eq!(sanitize("text\x1b["), "text");
+        assert_eq!(sanitize("text\x1b(\x1b"), "text");
+        assert_eq!(sanitize("text\u{9b}1;2"), "text");
+    }
+
+    #[test]
+    fn bare_escape_at_end_of_line_is_removed() {
+        assert_eq!(sanitize("text\x1b"), "text");
+        assert_eq!(sanitize("\x1b"), "");
+    }
+
+    #[test]
+    fn escape_before_a_byte_that_starts_no_sequence_is_dropped_alone() {
+        assert_eq!(sanitize("a\x1b\tb"), "a\tb");
+        assert_eq!(sanitize("a\x1bé"), "aé");
+        assert_eq!(sanitize("a\x1b\x1b[0mb"), "ab");
+    }
+
+    #[test]
+    fn malformed_csi_keeps_the_text_after_it() {
+        assert_eq!(sanitize("\x1b[31é ok"), "é ok");
+        assert_eq!(sanitize("\x1b[1 2mx"), "2mx");
+    }
+
+    #[test]
+    fn random_escape_soup_never_panics_and_leaves_no_control_sequence() {
+        const PIECES: [&str; 24] = [
+            "\x1b", "[", "]", "P", "X", "^", "_", "\\", "\x07", "\r", "0", ";", "m", " ", "(", "B",
+            "?", "\t", "é", "€", "😀", "\u{9b}", "\u{c2}", "a",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let sanitizer = Sanitizer::new(&[]);
+        let mut batch = sanitizer.batch();
+        for _ in 0..20_000 {
+            let len = next() % 24;
+            let line: String = (0..len)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect();
+            let out = batch.line(&line);
+            assert!(
+                !out.contains(['\x1b', '\u{9b}', '\r']),
+                "{line:?} became {out:?}"
+            );
+        }
+    }
+
+    // Carriage returns
+
+    #[test]
+    fn progress_bar_keeps_text_after_last_carriage_return() {
+        assert_eq!(sanitize("10%\r50%\r100%"), "100%");
+    }
+
+    #[test]
+    fn progress_line_without_ansi_stays_borrowed() {
+        let line = "10%\r50%\r100%";
+        assert!(matches!(
+            Sanitizer::new(&[]).batch().line(line),
+            Cow::Borrowed("100%")
+        ));
+    }
+
+    #[test]
+    fn trailing_carriage_return_keeps_the_last_text_written() {
+        assert_eq!(sanitize("abc\r"), "abc");
+        assert_eq!(sanitize("10%\r50%\r"), "50%");
+        assert_eq!(sanitize("10%\r50%\r\r"), "50%");
+    }
+
+    #[test]
+    fn line_of_only_carriage_returns_becomes_empty() {
+        assert_eq!(sanitize("\r\r"), "");
+    }
+
+    #[test]
+    fn progress_bar_clearing_the_line_with_ansi_keeps_the_last_state() {
+        assert_eq!(
+            sanitize("\x1b[32m10%\x1b[0m\r\x1b[K\x1b[32m50%\x1b[0m"),
+            "50%"
+        );
+    }
+
+    // Token shapes
+
+    #[test]
+    fn aws_access_key_ids_are_redacted() {
+        assert_eq!(sanitize(&format!("key {AWS_KEY_ID} used")), "key *** used");
+        assert_eq!(
+            sanitize("ASIAY34FZKBOKMUTVV7A,ABIAY34FZKBOKMUTVV7A"),
+            "***,***"
+        );
+        assert_eq!(sanitize("id=ACCAY34FZKBOKMUTVV7A"), "id=***");
+    }
+
+    #[test]
+    fn aws_like_text_without_word_boundaries_is_untouched() {
+        assert_borrowed_untouched("XAKIAIOSFODNN7EXAMPLE and AKIAIOSFODNN7EXAMPLEX");
+    }
+
+    #[test]
+    fn github_classic_tokens_are_redacted() {
+        for prefix in ["ghp_", "gho_", "ghu_", "ghs_", "ghr_"] {
+            let line = format!("push with {prefix}abcdefghijklmnopqrstuvwxyz0123456789AB done");
+            assert_eq!(sanitize(&line), "push with *** done");
+        }
+    }
+
+    #[test]
+    fn github_fine_grained_tokens_are_redacted() {
+        assert_eq!(
+            sanitize("GH=github_pat_11ABCDEFG0123456789_abcdefghijkl end"),
+            "GH=*** end"
+        );
+    }
+
+    #[test]
+    fn short_github_like_strings_are_untouched() {
+        assert_borrowed_untouched("ghp_short and github_pat_tooshort");
+    }
+
+    #[test]
+    fn gitlab_tokens_are_redacted() {
+        for prefix in [
+            "glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "gloas-", "glsoat-", "glft-", "glimt-",
+            "glagent-",
+        ] {
+            let line = format!("clone with {prefix}abcdefghij_0123456789-x");
+            assert_eq!(sanitize(&line), "clone with ***", "prefix {prefix}");
+        }
+    }
+
+    #[test]
+    fn slack_tokens_are_redacted() {
+        for kind in ['a', 'b', 'p', 'o', 's', 'r'] {
+            let line = format!("SLACK xox{kind}-1234567890-abcdef ok");
+            assert_eq!(sanitize(&line), "SLACK *** ok", "kind {kind}");
+        }
+    }
+
+    #[test]
+    fn slack_webhook_urls_are_redacted() {
+        assert_eq!(
+            sanitize("posting to https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXX now"),
+            "posting to *** now"
+        );
+    }
+
+    #[test]
+    fn stripe_keys_are_redacted() {
+        for prefix in ["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"] {
+            let line = format!("stripe {prefix}abcDEF0123456 configured");
+            assert_eq!(sanitize(&line), "stripe *** configured", "prefix {prefix}");
+        }
+    }
+
+    #[test]
+    fn jwts_are_redacted_with_or_without_signature() {
+        assert_eq!(sanitize(&format!("jwt {JWT} ok")), "jwt *** ok");
+        assert_eq!(
+            sanitize("unsigned eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0. ok"),
+            "unsigned *** ok"
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_keep_the_word() {
+        assert_eq!(
+            sanitize("Authorization: Bearer abc.DEF-123_~+/xyz="),
+            "Authorization: Bearer ***"
+        );
+        assert_eq!(
+            sanitize("curl -H 'authorization: bearer 0123456789'"),
+            "curl -H 'authorization: bearer ***'"
+        );
+    }
+
+    #[test]
+    fn bearer_with_a_short_token_or_alone_is_untouched() {
+        assert_borrowed_untouched("Bearer");
+        assert_borrowed_untouched("Bearer abc");
+    }
+
+    // key=value secrets
+
+    #[test]
+    fn key_value_secrets_have_only_their_value_redacted() {
+        assert_eq!(sanitize("password=hunter2"), "password=***");
+        assert_eq!(
+            sanitize(r#"{"token": "abc123", "user": "bob"}"#),
+            r#"{"token": "***", "user": "bob"}"#
+        );
+        assert_eq!(sanitize("DB_PASSWORD: s3cret"), "DB_PASSWORD: ***");
+        assert_eq!(
+            sanitize("AWS_SECRET_ACCESS_KEY = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+            "AWS_SECRET_ACCESS_KEY = ***"
+        );
+        assert_eq!(
+            sanitize("export GITHUB_TOKEN='abc def'"),
+            "export GITHUB_TOKEN='***'"
+        );
+        assert_eq!(
+            sanitize(r#"{"api_key":"k1","apikey":"k2","x-api-key":"k3"}"#),
+            r#"{"api_key":"***","apikey":"***","x-api-key":"***"}"#
+        );
+        assert_eq!(
+            sanitize("GET /login?user=bob&passwd=pw1&next=home"),
+            "GET /login?user=bob&passwd=***&next=home"
+        );
+        assert_eq!(
+            sanitize(r#"spring.datasource.password="unterminated"#),
+            r#"spring.datasource.password="***"#
+        );
+        assert_eq!(sanitize(r#"secret="a \"quoted\" word""#), r#"secret="***""#);
+    }
+
+    #[test]
+    fn key_value_with_an_empty_value_is_untouched() {
+        assert_borrowed_untouched("password=");
+        assert_borrowed_untouched("password: ");
+        assert_borrowed_untouched(r#"{"token": ""}"#);
+        assert_borrowed_untouched("TOKEN=''");
+    }
+
+    #[test]
+    fn colon_without_space_before_a_bare_value_is_not_a_secret() {
+        assert_borrowed_untouched("--> src/token.rs:12:5");
+        assert_borrowed_untouched("let t = Token::new();");
+    }
+
+    #[test]
+    fn words_containing_key_names_without_a_value_are_untouched() {
+        assert_borrowed_untouched("counting tokens in the prompt");
+        assert_borrowed_untouched("the secretary left");
+        assert_borrowed_untouched("Password required");
+        assert_borrowed_untouched("Collecting tokenizers==0.15.0");
+    }
+
+    // URL credentials
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            sanitize("cloning https://user:p4ss@github.com/org/repo.git"),
+            "cloning https://***@github.com/org/repo.git"
+        );
+        assert_eq!(
+            sanitize("postgres://admin:pw@db:5432/app"),
+            "postgres://***@db:5432/app"
+        );
+        assert_eq!(sanitize("https://token@host/x"), "https://***@host/x");
+        assert_eq!(sanitize("https://user:p@ss@host"), "https://***@host");
+    }
+
+    #[test]
+    fn urls_without_credentials_are_untouched() {
+        assert_borrowed_untouched("GET https://registry.npmjs.org/react 200");
+        assert_borrowed_untouched("listening on http://localhost:3000/");
+        assert_borrowed_untouched(
+            "fetch https://registry.npmjs.org/@types%2fnode and mail a@b.com",
+        );
+        assert_borrowed_untouched("https://example.com/?email=a@b.com");
+    }
+
+    #[test]
+    fn git_ssh_shorthand_is_untouched() {
+        assert_borrowed_untouched("remote: git@github.com:org/repo.git");
+    }
+
+    // PEM private keys
+
+    #[test]
+    fn pem_block_on_one_line_is_redacted() {
+        assert_eq!(
+            sanitize(
+                r#"{"private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n", "x": 1}"#
+            ),
+            r#"{"private_key": "***\n", "x": 1}"#
+        );
+    }
+
+    #[test]
+    fn pem_block_spanning_lines_of_a_batch_is_redacted() {
+        let sanitizer = Sanitizer::new(&[]);
+        let mut batch = sanitizer.batch();
+        let lines = [
+            "key: -----BEGIN RSA PRIVATE KEY-----",
+            "MIIEowIBAAKCAQEA",
+            "",
+            "c2VjcmV0",
+            "-----END RSA PRIVATE KEY----- written password=x",
+            "next line",
+        ];
+        let out: Vec<String> = lines
+            .iter()
+            .map(|line| batch.line(line).into_owned())
+            .collect();
+        assert_eq!(
+            out,
+            [
+                "key: ***",
+                "***",
+                "***",
+                "***",
+                "*** written password=***",
+                "next line"
+            ]
+        );
+    }
+
+    #[test]
+    fn pem_block_without_end_redacts_the_rest_of_its_batch_only() {
+        let sanitizer = Sanitizer::new(&[]);
+        let mut batch = sanitizer.batch();
+        assert_eq!(batch.line("-----BEGIN OPENSSH PRIVATE KEY-----"), "***");
+        assert_eq!(batch.line("b3BlbnNzaC1rZXk"), "***");
+        assert_eq!(batch.line("build finished"), "***");
+        let mut next_batch = sanitizer.batch();
+        assert_eq!(next_batch.line("build finished"), "build finished");
+    }
+
+    #[test]
+    fn several_pem_blocks_on_one_line_are_all_redacted() {
+        assert_eq!(
+            sanitize(
+                "a -----BEGIN EC PRIVATE KEY-----x-----END EC PRIVATE KEY----- b -----BEGIN PGP PRIVATE KEY BLOCK-----y-----END PGP PRIVATE KEY BLOCK----- c"
+            ),
+            "a *** b *** c"
+        );
+    }
+
+    #[test]
+    fn certificates_and_public_keys_are_untouched() {
+        assert_borrowed_untouched("-----BEGIN CERTIFICATE-----");
+        assert_borrowed_untouched("-----BEGIN PUBLIC KEY-----");
+        assert_borrowed_untouched("-----END CERTIFICATE-----");
+    }
+
+    // Literal secrets
+
+    #[test]
+    fn literal_secrets_are_redacted_everywhere() {
+        assert_eq!(
+            sanitize_with(&["hunter2", "s3cr3t"], "hunter2 s3cr3t xhunter2x hunter2"),
+            "*** *** x***x ***"
+        );
+    }
+
+    #[test]
+    fn literal_secrets_are_case_sensitive() {
+        assert_eq!(
+            sanitize_with(&["Hunter2"], "hunter2 Hunter2 HUNTER2"),
+            "hunter2 *** HUNTER2"
+        );
+    }
+
+    #[test]
+    fn longest_literal_secret_wins() {
+        assert_eq!(
+            sanitize_with(&["pass", "password123"], "use password123 now"),
+            "use *** now"
+        );
+    }
+
+    #[test]
+    fn overlapping_literal_secrets_leave_no_fragment() {
+        assert_eq!(sanitize_with(&["abcd", "cdef"], "xabcdefx"), "x***x");
+    }
+
+    #[test]
+    fn literal_secret_overlapping_a_pattern_is_redacted_as_one() {
+        let line = format!("use tok-{GITHUB_TOKEN} now");
+        assert_eq!(sanitize_with(&["tok-ghp_abc"], &line), "use *** now");
+    }
+
+    #[test]
+    fn literal_secret_split_by_ansi_codes_is_redacted() {
+        assert_eq!(
+            sanitize_with(&["hunter2"], "pw \x1b[1mhun\x1b[0mter2"),
+            "pw ***"
+        );
+    }
+
+    #[test]
+    fn empty_literal_secrets_are_ignored() {
+        assert_eq!(sanitize_with(&["", "x1y2"], "a x1y2 b"), "a *** b");
+        assert_borrowed_untouched("");
+    }
+
+    #[test]
+    fn multi_line_literal_secret_is_redacted_line_by_line() {
+        let secret = "{\n  \"client_secret\": \"abcdef\",\n  \"id\": 42\n}\n";
+        let sanitizer = Sanitizer::new(&[secret.to_string()]);
+        let mut batch = sanitizer.batch();
+        assert_eq!(batch.line(r#"  "id": 42"#), "  ***");
+        assert_eq!(batch.line("{ }"), "{ }");
+        assert_eq!(sanitize_with(&["abc\n"], "xabc"), "x***");
+    }
+
+    #[test]
+    fn debug_output_counts_secrets_without_showing_them() {
+        let sanitizer = Sanitizer::new(&["hunter2".to_string(), "s3cr3t".to_string()]);
+        let shown = format!("{sanitizer:?} {:?}", sanitizer.batch());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+        assert!(shown.contains("literal_secrets: 2"), "{shown}");
+    }
+
+    #[test]
+    fn sanitizer_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Sanitizer>();
+        assert_send_sync::<Batch<'_>>();
+    }
+
+    #[test]
+    fn full_scan_without_prefilter_gives_the_same_results() {
+        let secrets = ["hunter2".to_string(), "aaa".to_string()];
+        let fast = Sanitizer::new(&secrets);
+        let slow = Sanitizer {
+            secrets: literal_secrets(&secrets),
+            prefilter: None,
+        };
+        let lines = [
+            format!("key {AWS_KEY_ID} and {GITHUB_TOKEN} and {JWT}"),
+            "glpat-abcdefghij_0123456789 xoxb-1234567890-abc sk_live_abcDEF0123456".to_string(),
+            "https://hooks.slack.com/services/T0/B0/XX Bearer abcdefgh1234".to_string(),
+            "password=hunter2 https://u:p@host aaaa".to_string(),
+            "-----BEGIN PRIVATE KEY----- x".to_string(),
+            "y -----END PRIVATE KEY----- z".to_string(),
+            "added 120 packages in 3s".to_string(),
+        ];
+        let mut fast_batch = fast.batch();
+        let mut slow_batch = slow.batch();
+        for line in &lines {
+            assert_eq!(fast_batch.line(line), slow_batch.line(line), "{line}");
+        }
+    }
+
+    // Cutting long lines
+
+    #[test]
+    fn long_line_is_cut_with_the_exact_suffix() {
+        let out = sanitize(&"a".repeat(20_000));
+        let expected = format!("{}… [truncated 3643 bytes]", "a".repeat(16_357));
+        assert_eq!(out, expected);
+        assert!(out.len() <= MAX_LINE_BYTES);
+    }
+
+    #[test]
+    fn line_of_exactly_the_maximum_length_is_kept_whole() {
+        assert_borrowed_untouched(&"a".repeat(MAX_LINE_BYTES));
+        let out = sanitize(&"a".repeat(MAX_LINE_BYTES + 1));
+        assert!(
+            out.ends_with("… [truncated 28 bytes]"),
+            "{}",
+            &out[16_300..]
+        );
+        assert!(out.len() <= MAX_LINE_BYTES);
+    }
+
+    #[test]
+    fn cut_never_splits_a_multibyte_char() {
+        let out = sanitize(&"€".repeat(7_000));
+        let expected = format!("{}… [truncated 4644 bytes]", "€".repeat(5_452));
+        assert_eq!(out, expected);
+        assert!(out.len() <= MAX_LINE_BYTES);
+    }
+
+    #[test]
+    fn secret_straddling_the_cut_is_still_redacted() {
+        let line = format!(
+            "{} {AWS_KEY_ID} hunter2 {}",
+            "x".repeat(16_352),
+            "y".repeat(5_000)
+        );
+        let out = sanitize_with(&["hunter2"], &line);
+        assert!(out.len() <= MAX_LINE_BYTES);
+        assert!(out.starts_with(&format!("{} ***", "x".repeat(16_352))));
+        for fragment in ["AKIA", "EXAMPLE", "hun", "ter2"] {
+            assert!(!out.contains(fragment), "{fragment} left in the cut line");
+        }
+    }
+
+    // Lines left alone
+
+    #[test]
+    fn plain_ascii_line_is_borrowed_untouched() {
+        assert_borrowed_untouched(
+            "npm WARN deprecated inflight@1.0.6: This module is not supported",
+        );
+    }
+
+    #[test]
+    fn plain_unicode_line_is_borrowed_untouched() {
+        assert_borrowed_untouched("✔ built 🚀 in 3s — 构建成功 — é (e\u{301}) © 25°C");
+    }
+
+    #[test]
+    fn tabs_numbers_and_empty_lines_are_borrowed_untouched() {
+        assert_borrowed_untouched("");
+        assert_borrowed_untouched("\tcol1\tcol2\t");
+        assert_borrowed_untouched("1234567890 3.14159 -42 0xDEADBEEF");
+    }
+
+    #[test]
+    fn npm_output_is_borrowed_untouched() {
+        assert_borrowed_untouched("added 120 packages in 3s");
+        assert_borrowed_untouched("found 0 vulnerabilities");
+        assert_borrowed_untouched("npm notice New major version of npm available! 9.8.1 -> 10.2.4");
+    }
+
+    #[test]
+    fn many_plain_lines_pass_through_one_batch() {
+        let sanitizer = Sanitizer::new(&["hunter2".to_string()]);
+        let mut batch = sanitizer.batch();
+        let line = "added 120 packages, and audited 121 packages in 3s; 14 packages are looking for funding";
+        for _ in 0..100_000 {
+            assert!(matches!(batch.line(line), Cow::Borrowed(_)));
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The archiver function's integration tests, one binary, against a private
+//! redis-server and a private S3-compatible server.
+
+mod dir_archive;
+mod s3_archive;
+mod support;

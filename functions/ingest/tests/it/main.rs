@@ -1,0 +1,4 @@
+//! The ingest function's integration tests, one binary.
+
+mod lambda_events;
+mod startup;

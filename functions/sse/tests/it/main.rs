@@ -1,0 +1,3 @@
+//! The sse function's integration tests, one binary.
+
+mod streaming;

@@ -1,0 +1,3 @@
+//! The ws function's integration tests, one binary.
+
+mod lambda_events;

@@ -1,0 +1,105 @@
+//! [`Clients`]: what a process makes once from its [`Config`] and builds every
+//! function's state from. A Lambda `main` makes one for its own function;
+//! `logstream dev` makes one and builds all five states from it, so they share one
+//! Redis connection, one token verifier and one archive, and no state is assembled by
+//! hand in two places.
+//!
+//! Each piece is made on first request, so a function that never asks for one (ingest
+//! has no viewers, the archiver no JWT settings) does not need its settings.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use crate::auth::jwt::{HttpClient, ViewerAuth};
+use crate::config::{Config, ConfigError};
+use crate::store::LogStore;
+
+/// Where the functions run: what differs between a Lambda and `logstream dev`.
+#[derive(Debug, Clone)]
+pub enum Host {
+    /// A deployed function: AWS clients from the environment, archive only where
+    /// configured.
+    Lambda,
+    /// `logstream dev`: archives default to `archive_dir`, WebSocket pushes go to this
+    /// process's own management route at `ws_endpoint` (unless `LOGSTREAM_WS_ENDPOINT`
+    /// says otherwise).
+    Local {
+        archive_dir: PathBuf,
+        ws_endpoint: String,
+    },
+}
+
+/// The settings and the clients made from them, once per process.
+pub struct Clients {
+    config: Config,
+    host: Host,
+    http: HttpClient,
+    store: OnceLock<LogStore>,
+    viewers: OnceLock<ViewerAuth>,
+    #[cfg(feature = "s3")]
+    archive: tokio::sync::OnceCell<Option<crate::archive::Archive>>,
+}
+
+impl Clients {
+    /// A Lambda's clients (the JWKS HTTP client made on first use).
+    pub fn lambda(config: Config) -> Self {
+        Self::new(config, Host::Lambda, HttpClient::lazy())
+    }
+
+    /// Clients for `host` with the JWKS fetched over `http`.
+    pub fn new(config: Config, host: Host, http: impl Into<HttpClient>) -> Self {
+        Self {
+            config,
+            host,
+            http: http.into(),
+            store: OnceLock::new(),
+            viewers: OnceLock::new(),
+            #[cfg(feature = "s3")]
+            archive: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where the functions run.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The Redis store (connected lazily; clones share the connection).
+    pub fn store(&self) -> Result<LogStore, ConfigError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store.clone());
+        }
+        let store = self.config.open_store()?;
+        Ok(self.store.get_or_init(|| store).clone())
+    }
+
+    /// The viewer-token verifier: needs `LOGSTREAM_JWT_SECRET` or a JWKS.
+    pub fn viewers(&self) -> Result<ViewerAuth, ConfigError> {
+        if let Some(viewers) = self.viewers.get() {
+            return Ok(viewers.clone());
+        }
+        let viewers = self.config.viewer_auth(self.http.clone())?;
+        Ok(self.viewers.get_or_init(|| viewers).clone())
+    }
+
+    /// The archive: `LOGSTREAM_ARCHIVE_BUCKET`, else `LOGSTREAM_ARCHIVE_DIR`, else (for
+    /// `logstream dev` only) its default folder; `None` when there is none.
+    #[cfg(feature = "s3")]
+    pub async fn archive(&self) -> Option<crate::archive::Archive> {
+        self.archive
+            .get_or_init(|| async {
+                let default_dir = match &self.host {
+                    Host::Lambda => None,
+                    Host::Local { archive_dir, .. } => Some(archive_dir.as_path()),
+                };
+                crate::archive::from_config(&self.config, default_dir).await
+            })
+            .await
+            .clone()
+    }
+}

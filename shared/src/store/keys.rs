@@ -1,0 +1,69 @@
+//! Redis key layout. Every key name is built here and nowhere else.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `job:{ID}:logs` | stream | the job's entries, field `e` = entry JSON without its id; `XADD MAXLEN ~ $LOGSTREAM_MAXLEN` |
+//! | `job:{ID}:meta` | hash | `owner`, `status`, `created_at`, `finished_at`, `token` (SHA-256 of the ingest token), `secrets` (JSON array), `seq` (last accepted batch seq), `gen`, `archived` |
+//! | `job:{ID}:ws` | set | WebSocket connection ids following the job |
+//! | `logstream:ws-conn:{CONNECTION}` | string | the job a WebSocket connection follows, for `$disconnect` (which only knows the connection id); 2 h TTL, API Gateway's longest connection |
+//! | `logstream:archive-queue` | sorted set | finished jobs waiting for the archiver, scored by finish time (ms) |
+//!
+//! The `{ID}` braces are a Redis Cluster hash tag: all of one job's keys live in one
+//! slot, so the Lua scripts and pipelines that touch them together stay legal in
+//! cluster mode. The two keys outside any job (the archive queue, a connection's own
+//! key) are never in a script or pipeline with a job's keys: they get commands of their
+//! own (see [`super`]).
+//! Every job key gets the TTL (`LOGSTREAM_TTL_SECS`, 24 h) on creation and again on
+//! every write, so an active job never expires and an abandoned one cleans itself up.
+//!
+//! `gen` is a random value set when the job is created. The ingest function caches a
+//! job's immutable settings (owner, token hash, secrets) per process; the append
+//! script compares `gen` so a cache entry for an expired-and-recreated job id is
+//! detected instead of sanitizing with the old job's secrets.
+
+use logstream_core::ids::JobId;
+
+/// The archive queue, shared by all jobs.
+pub const ARCHIVE_QUEUE: &str = "logstream:archive-queue";
+
+/// How long a connection's own key lives: API Gateway closes every WebSocket
+/// connection after 2 hours.
+pub const WS_CONNECTION_TTL_SECS: u64 = 7200;
+
+/// The key remembering which job WebSocket connection `connection` follows. Outside the
+/// job's hash tag (the connection id is all `$disconnect` has), so it is never touched
+/// in the same script as the job's keys.
+pub fn ws_connection_key(connection: &str) -> String {
+    format!("logstream:ws-conn:{connection}")
+}
+
+/// The three keys of one job.
+#[derive(Debug, Clone)]
+pub struct JobKeys {
+    pub logs: String,
+    pub meta: String,
+    pub ws: String,
+}
+
+impl JobKeys {
+    pub fn new(job: &JobId) -> Self {
+        Self {
+            logs: format!("job:{{{job}}}:logs"),
+            meta: format!("job:{{{job}}}:meta"),
+            ws: format!("job:{{{job}}}:ws"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_keys_share_one_hash_tag() {
+        let keys = JobKeys::new(&JobId::parse("build-7").unwrap());
+        assert_eq!(keys.logs, "job:{build-7}:logs");
+        assert_eq!(keys.meta, "job:{build-7}:meta");
+        assert_eq!(keys.ws, "job:{build-7}:ws");
+    }
+}

@@ -1,0 +1,288 @@
+//! `LogStore`: every Redis operation logstream performs, over one multiplexed
+//! connection per process (per node, in a cluster).
+//!
+//! Each write is one round trip and atomic: a Lua script checks the job's state and
+//! appends the whole batch (or nothing), so a failed or retried request never leaves
+//! half a batch, and two racing terminal updates cannot both win. Reads that need the
+//! job's metadata and its entries send both commands in one pipeline.
+//!
+//! **Single node or cluster.** `REDIS_URL` is one node URL, or a comma-separated list of
+//! node URLs for Redis Cluster (see [`RedisTarget`]). Both modes run the same code: a
+//! [`Conn`] is either a [`ConnectionManager`] or the redis crate's
+//! [`ClusterConnection`], which routes each command, pipeline and script by its first
+//! key and follows `MOVED`/`ASK`. That is legal because every script and pipeline here
+//! touches the keys of one job only, which share the job's hash tag and so one slot
+//! ([`keys`]); keys outside a job (the archive queue, a WebSocket connection's
+//! own key) are always written by commands of their own. Scripts go out as `EVALSHA`
+//! and fall back to `EVAL` on `NOSCRIPT`, on the node that owns the key: a fresh node,
+//! or a replica promoted after a failover, may not have them cached, and `SCRIPT LOAD`
+//! would have to reach every node of the cluster at once.
+//!
+//! The connection is lazy: a function starts even when Redis is down, a request then
+//! fails fast with [`StoreError::Unavailable`] (the API's 503), and the connection
+//! recovers when Redis is back. Single node: a lazy [`ConnectionManager`]. Cluster: the
+//! crate's cluster client connects eagerly, so the first request connects it (behind a
+//! [`OnceCell`]; a failed attempt leaves the cell empty and the next request tries
+//! again), and it then repairs node connections and its slot map by itself. A command
+//! that finds the connection dropped is retried once, because the first command after
+//! a Redis restart fails before the manager notices. Blocking reads (`XREAD BLOCK`, the
+//! live-log path) must not use this connection: its response timeout is shorter than a
+//! block, and a blocked command would hold up everything queued behind it.
+//!
+//! Large reads (history pages, [`LogStore::entries_after`]) are the exception: they go
+//! over pooled connections of [`resp`], which decode the replies in place (the
+//! redis crate's parser cost more than Redis took to produce a page).
+//!
+//! The key layout is described in [`keys`]. The rest of the store, one file per concern:
+//!
+//! | module | what |
+//! |---|---|
+//! | `conn` | `REDIS_URL` parsing, the single-node or cluster connection |
+//! | `scripts` | the Lua scripts every write runs, `EVALSHA` with an `EVAL` fallback |
+//! | `jobs` | creating jobs, appending, status moves, the archive queue |
+//! | `reads` | history pages, reads after an id, the blocking reader of the live path |
+//! | `sockets` | the WebSocket connections that follow a job |
+//! | [`resp`] | the store's own connections for large reads, decoded in place |
+
+mod conn;
+mod error;
+mod jobs;
+pub mod keys;
+mod reads;
+pub(crate) mod resp;
+mod scripts;
+mod sockets;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError};
+use tokio::sync::OnceCell;
+
+use logstream_core::ids::EntryId;
+use logstream_core::model::{JobStatus, StoredEntry};
+
+pub use conn::{RedisTarget, install_tls_provider};
+pub use error::StoreError;
+pub use reads::{BlockingReader, parse_entries};
+
+use conn::{Backend, ClusterBackend, Conn, cluster_client, connect_cluster};
+use resp::DirectReads;
+
+/// How long a command may wait for its answer before Redis counts as unreachable.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a (re)connection attempt may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retention settings every write applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// TTL of every job key, refreshed on each write.
+    pub ttl_secs: u64,
+    /// Approximate cap of a job's stream (`XADD MAXLEN ~`).
+    pub maxlen: u64,
+}
+
+/// A job as stored in its meta hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobMeta {
+    pub owner: String,
+    pub status: JobStatus,
+    pub created_at: u64,
+    pub finished_at: Option<u64>,
+    pub archived: bool,
+    /// SHA-256 (hex) of the job's ingest token.
+    pub token_hash: String,
+    /// Literal secrets the job registered.
+    pub secrets: Vec<String>,
+    /// Random per creation; see [`keys`].
+    pub generation: String,
+}
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub owner: &'a str,
+    pub token_hash: &'a str,
+    pub secrets: &'a [String],
+    pub generation: &'a str,
+    pub created_at: u64,
+}
+
+/// The result of appending a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended {
+        first: EntryId,
+        last: EntryId,
+        /// The job's WebSocket connections at the time of the append, read in the same
+        /// round trip, so a batch with no one watching costs nothing more.
+        connections: Vec<String>,
+    },
+    /// The batch's `seq` was not above the last accepted one: nothing appended.
+    Duplicate,
+    NotFound,
+    /// The job has ended: nothing appended.
+    Terminal(JobStatus),
+    /// The job id was recreated since the caller read its settings: nothing appended.
+    Stale,
+}
+
+/// The result of a status change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusOutcome {
+    Changed {
+        id: EntryId,
+        /// The job's WebSocket connections, read in the same round trip.
+        connections: Vec<String>,
+    },
+    /// Already in that status: nothing appended.
+    Same,
+    /// The move is not allowed from the current status.
+    Forbidden {
+        current: JobStatus,
+    },
+    NotFound,
+}
+
+/// Where a history page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest entries.
+    Latest,
+    /// The entries just older than this id.
+    Before(EntryId),
+    /// The entries just newer than this id.
+    After(EntryId),
+}
+
+/// A page of entries, chronological.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub entries: Vec<StoredEntry>,
+    /// More entries exist in the page's direction (older for `Latest`/`Before`,
+    /// newer for `After`).
+    pub has_more: bool,
+    /// Entries older than the page exist (the "load earlier" cursor is useful).
+    pub has_older: bool,
+}
+
+/// The Redis side of logstream. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct LogStore {
+    backend: Backend,
+    /// Large reads (history pages, `entries_after`), decoded in place ([`resp`]).
+    direct: Arc<DirectReads>,
+    retention: Retention,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Prepares the connection without connecting: fails only on a malformed URL.
+    /// `url` is one node URL or a comma-separated cluster list ([`RedisTarget`]).
+    pub fn open(url: &str, retention: Retention) -> Result<Self, StoreError> {
+        install_tls_provider();
+        let bad_url = |reason: String| {
+            StoreError::Redis(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "bad REDIS_URL",
+                reason,
+            )))
+        };
+        let target = RedisTarget::parse(url).map_err(bad_url)?;
+        let direct = match &target {
+            RedisTarget::Single(url) => DirectReads::new(
+                std::slice::from_ref(url),
+                false,
+                CONNECT_TIMEOUT,
+                RESPONSE_TIMEOUT,
+            ),
+            RedisTarget::Cluster(nodes) => {
+                DirectReads::new(nodes, true, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)
+            }
+        }
+        .map_err(StoreError::Redis)?;
+        let backend = match target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url).map_err(StoreError::Redis)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(200));
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map_err(StoreError::Redis)?;
+                Backend::Single { client, conn }
+            }
+            RedisTarget::Cluster(nodes) => Backend::Cluster(Arc::new(ClusterBackend {
+                client: cluster_client(&nodes, RESPONSE_TIMEOUT).map_err(StoreError::Redis)?,
+                nodes,
+                conn: OnceCell::new(),
+            })),
+        };
+        Ok(Self {
+            backend,
+            direct: Arc::new(direct),
+            retention,
+        })
+    }
+
+    /// Whether this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
+    }
+
+    /// The retention settings writes apply.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// The shared connection; in a cluster, connected on first use. A failed connect
+    /// is [`StoreError::Unavailable`] and is tried again by the next call.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.backend {
+            Backend::Single { conn, .. } => Ok(Conn::Single(conn.clone())),
+            Backend::Cluster(cluster) => cluster
+                .conn
+                .get_or_try_init(|| connect_cluster(&cluster.client))
+                .await
+                .map(|c| Conn::Cluster(c.clone()))
+                // Whatever stopped the first connect (no node answering, no slot map
+                // yet), the cluster is not reachable now: the API's 503.
+                .map_err(StoreError::Unavailable),
+        }
+    }
+
+    /// Runs one command (or pipeline, or script), retrying once if the connection had
+    /// dropped. Retrying is safe for everything here: reads are idempotent, and a write
+    /// whose connection dropped before an answer is answered as a duplicate on retry
+    /// when it carries a `seq`. (The cluster client also retries redirects and node
+    /// failures itself, within the response timeout.)
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn().await?;
+        match op(conn.clone()).await {
+            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
+                tracing::debug!(error = %e, "redis connection dropped, retrying once");
+                op(conn).await.map_err(StoreError::from)
+            }
+            other => other.map_err(StoreError::from),
+        }
+    }
+
+    /// `PING`, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+            .await
+    }
+}
