@@ -20,6 +20,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const MAX_LINES_PER_REQUEST: usize = 10_000;
 /// Largest `seq` that survives the round trip through Lua's doubles exactly.
 pub const MAX_SEQ: u64 = (1 << 53) - 1;
+/// Largest client `ts`: JavaScript reads integers exactly only up to 2^53 − 1.
+pub const MAX_TS: u64 = (1 << 53) - 1;
 
 /// Why a body was refused. Each is a client error: [`BatchError::too_large`] ones are
 /// the API's 413, the others its 400.
@@ -40,6 +42,9 @@ pub enum BatchError {
     /// `seq` above [`MAX_SEQ`].
     #[error("seq must be at most {MAX_SEQ}")]
     InvalidSeq,
+    /// A line's `ts` above [`MAX_TS`].
+    #[error("ts must be at most {MAX_TS} (milliseconds since the epoch)")]
+    InvalidTs,
 }
 
 impl BatchError {
@@ -51,6 +56,7 @@ impl BatchError {
             Self::NoLines => "no_lines",
             Self::TooManyLines(_) => "too_many_lines",
             Self::InvalidSeq => "invalid_seq",
+            Self::InvalidTs => "invalid_ts",
         }
     }
 
@@ -119,34 +125,49 @@ fn default_stream() -> LineStream {
 
 /// Parses and checks a request body.
 pub fn parse_body(body: &[u8], format: BodyFormat) -> Result<LineBatch<'_>, BatchError> {
-    let batch = match format {
-        BodyFormat::PlainText(stream) => LineBatch {
-            lines: split_lines(body)
-                .into_iter()
-                .map(|text| RawLine {
-                    stream,
-                    text,
-                    ts: None,
-                })
-                .collect(),
-            seq: None,
-        },
-        BodyFormat::Json => {
-            let batch: JsonBatch = parse_json(body)?;
-            LineBatch {
-                lines: batch
-                    .lines
+    let batch =
+        match format {
+            BodyFormat::PlainText(stream) => LineBatch {
+                lines: split_lines(body)
                     .into_iter()
-                    .map(|l| RawLine {
-                        stream: l.stream,
-                        text: Cow::Owned(l.text),
-                        ts: l.ts,
+                    .map(|text| RawLine {
+                        stream,
+                        text,
+                        ts: None,
                     })
                     .collect(),
-                seq: batch.seq,
+                seq: None,
+            },
+            BodyFormat::Json => {
+                let batch: JsonBatch = parse_json(body)?;
+                let mut lines = Vec::with_capacity(batch.lines.len());
+                for l in batch.lines {
+                    if l.ts.is_some_and(|ts| ts > MAX_TS) {
+                        return Err(BatchError::InvalidTs);
+                    }
+                    // A text holding newlines is several lines, as in a text/plain body.
+                    if l.text.contains('\n') {
+                        lines.extend(split_lines(l.text.as_bytes()).into_iter().map(|text| {
+                            RawLine {
+                                stream: l.stream,
+                                text: Cow::Owned(text.into_owned()),
+                                ts: l.ts,
+                            }
+                        }));
+                    } else {
+                        lines.push(RawLine {
+                            stream: l.stream,
+                            text: Cow::Owned(l.text),
+                            ts: l.ts,
+                        });
+                    }
+                }
+                LineBatch {
+                    lines,
+                    seq: batch.seq,
+                }
             }
-        }
-    };
+        };
     if batch.lines.is_empty() {
         return Err(BatchError::NoLines);
     }
@@ -226,5 +247,44 @@ mod tests {
         assert_eq!(code(many.as_bytes()), "too_many_lines");
         let plain = parse_body(b"", BodyFormat::PlainText(LineStream::Stderr));
         assert_eq!(plain.unwrap_err().code(), "no_lines");
+    }
+
+    #[test]
+    fn a_json_text_holding_newlines_becomes_several_lines() {
+        let batch = parse_body(
+            br#"{"lines":[{"stream":"stderr","text":"a\nb\r\nc\n","ts":7},{"text":"d"}]}"#,
+            BodyFormat::Json,
+        )
+        .unwrap();
+        let texts: Vec<&str> = batch.lines.iter().map(|l| l.text.as_ref()).collect();
+        assert_eq!(texts, ["a", "b", "c", "d"]);
+        assert!(
+            batch.lines[..3]
+                .iter()
+                .all(|l| l.stream == LineStream::Stderr && l.ts == Some(7))
+        );
+        let only_newline = parse_body(br#"{"lines":[{"text":"\n"}]}"#, BodyFormat::Json).unwrap();
+        assert_eq!(only_newline.lines.len(), 1);
+        assert_eq!(only_newline.lines[0].text, "");
+    }
+
+    #[test]
+    fn newlines_count_against_the_line_limit() {
+        let text = "x\n".repeat(MAX_LINES_PER_REQUEST + 1);
+        let body = serde_json::to_vec(&serde_json::json!({"lines": [{"text": text}]})).unwrap();
+        assert_eq!(
+            parse_body(&body, BodyFormat::Json).unwrap_err(),
+            BatchError::TooManyLines(MAX_LINES_PER_REQUEST + 1)
+        );
+    }
+
+    #[test]
+    fn a_ts_javascript_cannot_read_exactly_is_refused() {
+        let ok = format!(r#"{{"lines":[{{"text":"a","ts":{MAX_TS}}}]}}"#);
+        assert!(parse_body(ok.as_bytes(), BodyFormat::Json).is_ok());
+        let over = format!(r#"{{"lines":[{{"text":"a","ts":{}}}]}}"#, MAX_TS + 1);
+        let err = parse_body(over.as_bytes(), BodyFormat::Json).unwrap_err();
+        assert_eq!(err.code(), "invalid_ts");
+        assert!(!err.too_large());
     }
 }

@@ -12,12 +12,16 @@
 //! the working folder, or the S3 bucket when `LOGSTREAM_ARCHIVE_BUCKET` is set), and
 //! the history routes fall back to that archive once Redis has forgotten a job.
 //!
+//! The server itself is bounded (connections, header-read time, over-long heads
+//! answered as JSON errors): see [`serve`].
+//!
 //! WebSocket clients connect at `/ws`, and the same port answers API Gateway's
 //! management route (see [`local_ws`]). The ingest state gets the real
 //! `PostToConnection` client with this server as its endpoint (or
 //! `LOGSTREAM_WS_ENDPOINT` when set), so pushes take the deployed code path.
 
 pub mod local_ws;
+pub mod serve;
 pub mod viewer;
 
 use std::net::SocketAddr;
@@ -191,13 +195,7 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
 
     let archiver = logstream_archiver::spawn_local_sweeper(archiver, ARCHIVE_TICK);
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(serve::serve(listener, app, serve::Limits::default(), rx));
     Ok(DevServer {
         addr,
         ingest_key,

@@ -166,6 +166,13 @@ async fn limit_is_clamped_and_validated() {
         .get_as("alice", &format!("/jobs/{job}/logs?limit=1000"))
         .await;
     assert_eq!(page["lines"].as_array().unwrap().len(), 500);
+    for huge in ["9223372036854775808", "100000000000000000000000000000"] {
+        let (code, page) = env
+            .get_as("alice", &format!("/jobs/{job}/logs?limit={huge}"))
+            .await;
+        assert_eq!(code, StatusCode::OK, "limit={huge}: {page}");
+        assert_eq!(page["lines"].as_array().unwrap().len(), 500, "limit={huge}");
+    }
     let (_, page) = env
         .get_as("alice", &format!("/jobs/{job}/logs?limit=1"))
         .await;

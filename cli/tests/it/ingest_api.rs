@@ -236,6 +236,75 @@ async fn a_plain_text_body_becomes_lines_of_the_given_stream() {
 }
 
 #[tokio::test]
+async fn a_content_type_that_is_neither_json_nor_plain_text_is_415() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    for (content_type, expected) in [
+        ("application/xml", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ("text/plainjunk", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ("text/html", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ("application/json; charset=utf-8", StatusCode::OK),
+        ("Text/Plain; charset=utf-8", StatusCode::OK),
+    ] {
+        let body = if expected == StatusCode::OK && content_type.starts_with("Text") {
+            "plain line".to_owned()
+        } else {
+            json!({"lines": [{"text": "json line"}]}).to_string()
+        };
+        let res = env
+            .http
+            .post(env.url(&format!("/jobs/{job}/logs")))
+            .bearer_auth(INGEST_KEY)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), expected, "{content_type}");
+        if expected != StatusCode::OK {
+            assert_eq!(
+                error_code(&res.json().await.unwrap()),
+                "unsupported_media_type"
+            );
+        }
+    }
+    let (_, page) = env.get_as("alice", &format!("/jobs/{job}/logs")).await;
+    assert_eq!(texts(&page["lines"]), ["json line", "plain line"]);
+}
+
+#[tokio::test]
+async fn a_json_text_holding_newlines_is_stored_as_several_lines() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let res = env
+        .post_json(
+            &job,
+            &json!({"lines": [{"stream": "stderr", "text": "one\ntwo\r\nthree\n"}]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["accepted"], 3);
+    let (_, page) = env.get_as("alice", &format!("/jobs/{job}/logs")).await;
+    assert_eq!(texts(&page["lines"]), ["one", "two", "three"]);
+}
+
+#[tokio::test]
+async fn a_ts_above_2_to_the_53_is_refused() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let res = env
+        .post_json(
+            &job,
+            &json!({"lines": [{"text": "late", "ts": 9_007_199_254_740_992u64}]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&res.json().await.unwrap()), "invalid_ts");
+    let (_, page) = env.get_as("alice", &format!("/jobs/{job}/logs")).await;
+    assert!(texts(&page["lines"]).is_empty(), "nothing stored");
+}
+
+#[tokio::test]
 async fn lines_are_sanitized_before_they_are_stored() {
     let env = env().await;
     let (job, _) = env

@@ -385,3 +385,115 @@ async fn two_hundred_viewers_of_one_job_share_one_redis_reader() {
     }
     assert!(gone, "the feed ended after its viewers left");
 }
+
+#[tokio::test]
+async fn a_stream_ends_without_done_when_its_token_expires_and_resumes_with_a_fresh_one() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.post_lines(&job, "early", 1).await;
+    let short = viewer_token("alice", 2);
+    let path = format!("/jobs/{job}/logs/stream?from=start&access_token={short}");
+    let mut client = SseClient::open(&env, &path, &[]).await;
+    let first = expect_log(&mut client, "early 0").await;
+    // Nothing more is posted and the heartbeat is 20 s away: within 10 s only the
+    // token's expiry can end this stream (`next` panics if nothing comes).
+    let end = client.next(Duration::from_secs(10)).await;
+    assert_eq!(end, None, "the stream ends, with no done frame");
+    env.post_lines(&job, "later", 1).await;
+    let fresh = stream_path(&job, "alice", "");
+    let last_id = first.id.clone().unwrap();
+    let mut again = SseClient::open(&env, &fresh, &[("last-event-id", &last_id)]).await;
+    assert_eq!(again.status, StatusCode::OK);
+    expect_log(&mut again, "later 0").await;
+}
+
+#[tokio::test]
+async fn a_viewer_that_stops_reading_lets_go_of_the_feed_and_later_gets_everything_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let job_id = logstream_core::ids::JobId::parse(&job).unwrap();
+    // A viewer that reads along, and one that sends its request and then stops reading
+    // (a small receive buffer, so the server's side fills up soon).
+    let mut reading = SseClient::open(&env, &stream_path(&job, "alice", "from=start"), &[]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(env.server.addr).await.unwrap();
+    let request = format!(
+        "GET {} HTTP/1.0\r\nHost: localhost\r\n\r\n",
+        stream_path(&job, "alice", "from=start")
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let hub = env.server.sse().hub();
+    for _ in 0..100 {
+        if hub.receivers(&job_id) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hub.receivers(&job_id), 2, "both viewers follow the feed");
+
+    // About 24 MB: far more than socket buffers and the viewer's bound hold.
+    let padding = "y".repeat(1000);
+    let mut expected = 0usize;
+    let drain = tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Some(frame) = reading.next_entry().await {
+            match frame.event.as_deref() {
+                Some("log") => n += 1,
+                Some("done") => break,
+                _ => {}
+            }
+        }
+        n
+    });
+    for b in 0..48 {
+        let lines: Vec<Value> = (0..500)
+            .map(|i| json!({"stream": "stdout", "text": format!("b{b} l{i} {padding}")}))
+            .collect();
+        assert_eq!(
+            env.post_json(&job, &json!({ "lines": lines }))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        expected += 500;
+    }
+    let mut let_go = false;
+    for _ in 0..200 {
+        if hub.receivers(&job_id) == 1 {
+            let_go = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        let_go,
+        "the viewer that stopped reading no longer holds the feed"
+    );
+    env.set_status(&job, "running").await;
+    env.set_status(&job, "ready").await;
+    assert_eq!(
+        drain.await.unwrap(),
+        expected,
+        "the reading viewer got every line"
+    );
+
+    // Now the stalled viewer reads: every entry once, in order, then `done`.
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stalled.read_to_end(&mut raw))
+        .await
+        .expect("the stream ended")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    let entries =
+        crate::cli_support::all_entries(&env.http, &env.server.url(), &job, "alice").await;
+    let all: Vec<&str> = entries.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, all, "every entry once, in order");
+    assert!(text.contains("event: done"), "then done");
+}

@@ -22,10 +22,12 @@ fn ws_url(env: &Env, query: &str) -> String {
 
 /// Opens a WebSocket on `job` as viewer `user`.
 async fn connect(env: &Env, job: &str, user: &str) -> Client {
-    let url = ws_url(
-        env,
-        &format!("job_id={job}&access_token={}", viewer_token(user, 600)),
-    );
+    connect_with_token(env, job, &viewer_token(user, 600)).await
+}
+
+/// Opens a WebSocket on `job` with `token`.
+async fn connect_with_token(env: &Env, job: &str, token: &str) -> Client {
+    let url = ws_url(env, &format!("job_id={job}&access_token={token}"));
     let (client, response) = tokio_tungstenite::connect_async(url)
         .await
         .expect("websocket connect");
@@ -80,7 +82,7 @@ async fn redis(env: &Env) -> redis::aio::MultiplexedConnection {
 
 async fn connection_ids(env: &Env, job: &str) -> Vec<String> {
     let mut conn = redis(env).await;
-    let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+    let mut ids: Vec<String> = redis::cmd("HKEYS")
         .arg(format!("job:{{{job}}}:ws"))
         .query_async(&mut conn)
         .await
@@ -93,9 +95,10 @@ async fn connection_ids(env: &Env, job: &str) -> Vec<String> {
 /// `$disconnect` (which API Gateway delivers only on a best-effort basis) leaves behind.
 async fn add_vanished_connection(env: &Env, job: &str, id: &str) {
     let mut conn = redis(env).await;
-    let _: () = redis::cmd("SADD")
+    let _: () = redis::cmd("HSET")
         .arg(format!("job:{{{job}}}:ws"))
         .arg(id)
+        .arg(0)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -419,4 +422,94 @@ async fn push_latency_is_measured_for_one_line_posts() {
         at(1.0),
         samples.len()
     );
+}
+
+#[tokio::test]
+async fn a_connection_whose_token_expired_gets_nothing_more_and_is_closed() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let mut client = connect_with_token(&env, &job, &viewer_token("alice", 2)).await;
+    env.post_lines(&job, "before", 1).await;
+    let first = next_json(&mut client).await;
+    assert_eq!(first["entries"][0]["text"], "before 0");
+    // Past the token's expiry (and the verifier's leeway plays no part here).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    env.post_lines(&job, "after", 1).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("the connection was neither closed nor pushed to")
+        {
+            Some(Ok(Message::Text(text))) => {
+                panic!("a message after the token expired: {text}")
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    assert!(
+        connection_ids(&env, &job).await.is_empty(),
+        "the closed connection is forgotten"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_skipped_then_closed_and_the_others_get_everything() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    // Connected, then never read from again.
+    let stalled = connect(&env, &job, "alice").await;
+    let mut live = connect(&env, &job, "alice").await;
+    let reader = tokio::spawn(async move {
+        let mut texts = Vec::new();
+        let (entries, done) = entries_until_done(&mut live).await;
+        for e in entries {
+            if e["kind"] == "line" {
+                texts.push(e["text"].as_str().unwrap().to_owned());
+            }
+        }
+        (texts, done)
+    });
+    let ids_before = connection_ids(&env, &job).await;
+    assert_eq!(ids_before.len(), 2);
+    // About 20 MB, more than the kernel's socket buffers and the emulator's per-client
+    // bound hold for the client that does not read.
+    let padding = "x".repeat(900);
+    let mut sent = Vec::new();
+    for b in 0..40 {
+        let lines: Vec<Value> = (0..500)
+            .map(|i| {
+                let text = format!("batch {b} line {i} {padding}");
+                sent.push(text.clone());
+                json!({"stream": "stdout", "text": text})
+            })
+            .collect();
+        let res = env.post_json(&job, &json!({ "lines": lines })).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "a stalled client never fails ingest"
+        );
+    }
+    // Small batches keep pushes going until the stalled connection is closed.
+    let mut closed = false;
+    for i in 0..100 {
+        if connection_ids(&env, &job).await.len() == 1 {
+            closed = true;
+            break;
+        }
+        let text = format!("tick {i}");
+        sent.push(text.clone());
+        env.post_json(&job, &json!({"lines": [{"text": text}]}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(closed, "the stalled connection was closed and forgotten");
+    env.set_status(&job, "running").await;
+    env.set_status(&job, "ready").await;
+    let (texts, done) = reader.await.unwrap();
+    assert_eq!(done["status"], "ready");
+    assert_eq!(texts.len(), sent.len(), "the reading client got every line");
+    assert_eq!(texts, sent);
+    drop(stalled);
 }

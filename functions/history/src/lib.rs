@@ -161,19 +161,25 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    /// The page size: [`DEFAULT_LIMIT`] when absent, at most [`MAX_LIMIT`]; 400 for 0,
-    /// a negative number or anything else.
+    /// The page size: [`DEFAULT_LIMIT`] when absent; a whole number of any size above
+    /// [`MAX_LIMIT`] is [`MAX_LIMIT`]; 400 for 0, a negative number or anything else.
     pub fn limit(&self) -> Result<usize, ApiError> {
         let Some(raw) = self.limit.as_deref() else {
             return Ok(DEFAULT_LIMIT);
         };
-        match raw.trim().parse::<i64>() {
-            Ok(n) if n > 0 => Ok(usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT)),
-            _ => Err(ApiError::bad_request(
-                "invalid_limit",
-                "limit must be a whole number from 1 to 500",
-            )),
+        let digits = raw.trim();
+        let digits = digits.strip_prefix('+').unwrap_or(digits);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid_limit());
         }
+        let significant = digits.trim_start_matches('0');
+        if significant.is_empty() {
+            return Err(invalid_limit());
+        }
+        // More digits than MAX_LIMIT has is above it, however many there are.
+        Ok(significant
+            .parse::<usize>()
+            .map_or(MAX_LIMIT, |n| n.min(MAX_LIMIT)))
     }
 
     /// Where the page starts; 400 for a malformed id or for both cursors at once.
@@ -192,6 +198,13 @@ impl PageQuery {
             )),
         }
     }
+}
+
+fn invalid_limit() -> ApiError {
+    ApiError::bad_request(
+        "invalid_limit",
+        "limit must be a whole number from 1 to 500",
+    )
 }
 
 /// A page's response body, written straight into one buffer: the entries' stored JSON

@@ -45,7 +45,7 @@ use logstream_shared::auth::pipeline::{
 };
 use logstream_shared::clients::{Clients, Host};
 use logstream_shared::config::ConfigError;
-use logstream_shared::store::{AppendOutcome, LogStore, NewJob, StatusOutcome, StoreError};
+use logstream_shared::store::{AppendOutcome, LogStore, NewJob, Socket, StatusOutcome, StoreError};
 use logstream_shared::web::error::ApiError;
 use logstream_shared::web::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
 
@@ -302,7 +302,7 @@ impl IngestState {
     async fn push(
         &self,
         job: &JobId,
-        connections: &[String],
+        connections: &[Socket],
         first: EntryId,
         last: EntryId,
         stored: Vec<String>,
@@ -480,15 +480,14 @@ async fn post_logs(
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<Accepted>, ApiError> {
     let settings = state.authorize(&headers, &job).await?;
-    let format = if is_plain_text(&headers) {
-        BodyFormat::PlainText(match query.stream.as_deref() {
+    let format = match body_kind(&headers)? {
+        BodyKind::PlainText => BodyFormat::PlainText(match query.stream.as_deref() {
             None => LineStream::Stdout,
             Some(raw) => raw.parse().map_err(|()| {
                 ApiError::bad_request("invalid_stream", "stream must be stdout, stderr or system")
             })?,
-        })
-    } else {
-        BodyFormat::Json
+        }),
+        BodyKind::Json => BodyFormat::Json,
     };
     let LineBatch { lines, seq } = parse_body(&body, format)?;
     let (outcome, stored) = state.append_lines(&job, settings, seq, &lines).await?;
@@ -522,15 +521,39 @@ async fn post_logs(
     }
 }
 
-fn is_plain_text(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/plain")
-        })
+/// How a `POST …/logs` body is encoded, by its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    PlainText,
+}
+
+/// The body's kind from its media type (the part before any `;` parameters, compared
+/// whole, so `text/plainjunk` is not text/plain): `text/plain` is lines; none,
+/// `application/json`, any `+json` type, and `application/x-www-form-urlencoded`
+/// (what `curl -d` sends unasked) are a JSON batch; anything else is 415.
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(BodyKind::Json);
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "text/plain" => Ok(BodyKind::PlainText),
+        "application/json" | "application/x-www-form-urlencoded" => Ok(BodyKind::Json),
+        json if json.starts_with("application/") && json.ends_with("+json") => Ok(BodyKind::Json),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json or text/plain",
+        )),
+    }
 }
 
 fn finished(status: JobStatus) -> ApiError {

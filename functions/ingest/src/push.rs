@@ -5,9 +5,22 @@
 //! 128 KB message limit) and, when the job ends, `{"type":"done","status":…}`. One
 //! connection gets its messages in order; connections are served concurrently, at most
 //! [`PUSH_CONCURRENCY`] at once. A connection that answers 410 Gone is removed from the
-//! job's set (unless it registered less than [`CONNECT_GRACE`] ago: API Gateway answers
-//! 410 while a connection's `$connect` is still running); any other failure is logged and
-//! the connection kept.
+//! job's hash (unless it registered less than [`CONNECT_GRACE`] ago: API Gateway answers
+//! 410 while a connection's `$connect` is still running).
+//!
+//! **Slow or broken consumers never slow ingest.** A connection whose push fails (a
+//! throttle, an error) or is still running when the bound is reached is *tripped*: later
+//! batches skip it at once, except for one probe per [`PROBE_EVERY`], which closes the
+//! breaker when it succeeds. A connection tripped for [`DROP_AFTER`] is closed
+//! (`DeleteConnection`) and forgotten as its `$disconnect` would; its client reconnects.
+//! So a client that stops reading costs one request at most the bound, not every
+//! request. The breaker lives in the process (each ingest instance learns on its own),
+//! which is enough: it only decides whom to skip.
+//!
+//! **Tokens expire.** Each connection carries its token's expiry (see
+//! `logstream_ws::WsState::connect`): a connection past it gets nothing more and is
+//! closed and forgotten at the next push to its job. (API Gateway cannot close a
+//! connection on a timer; an idle expired connection ends at its 10-minute idle limit.)
 //!
 //! **Timing: a bounded wait, not fire-after-response.** The ingest request waits for
 //! its pushes, but never longer than `LOGSTREAM_WS_PUSH_TIMEOUT_MS` (300 ms by default);
@@ -19,8 +32,9 @@
 //! so viewers see batches in order. A dead connection answers 410 at once; only a
 //! management API that hangs costs the bound.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aws_sdk_apigatewaymanagement::Client;
 use aws_sdk_apigatewaymanagement::config::http::HttpResponse;
@@ -31,8 +45,8 @@ use aws_sdk_apigatewaymanagement::primitives::Blob;
 use futures_util::StreamExt;
 
 use logstream_core::ids::JobId;
-use logstream_core::model::{JobStatus, StoredEntry};
-use logstream_shared::store::LogStore;
+use logstream_core::model::{JobStatus, StoredEntry, now_ms};
+use logstream_shared::store::{LogStore, Socket};
 
 /// Largest message sent to one connection: API Gateway refuses more than 128 KB.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
@@ -41,6 +55,10 @@ pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 pub const CONNECT_GRACE: Duration = Duration::from_secs(10);
 /// Connections pushed to at once per request.
 pub const PUSH_CONCURRENCY: usize = 32;
+/// How often a tripped connection gets one probe push.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a connection may stay tripped before it is closed and forgotten.
+pub const DROP_AFTER: Duration = Duration::from_secs(5);
 
 const ENTRIES_HEAD: &str = r#"{"type":"entries","entries":["#;
 const ENTRIES_TAIL: &str = "]}";
@@ -50,13 +68,63 @@ const ENTRIES_TAIL: &str = "]}";
 pub struct WsPush {
     client: Client,
     bound: Duration,
+    tripped: Arc<Mutex<HashMap<String, Tripped>>>,
+}
+
+/// A connection whose pushes are being skipped.
+#[derive(Debug, Clone, Copy)]
+struct Tripped {
+    since: Instant,
+    probed: Instant,
+}
+
+/// What to do with one connection in one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Send,
+    Skip,
+    Close,
 }
 
 impl WsPush {
     /// Pushes with `client` (its endpoint set to the management API), waiting at most
     /// `bound` per request.
     pub fn new(client: Client, bound: Duration) -> Self {
-        Self { client, bound }
+        Self {
+            client,
+            bound,
+            tripped: Arc::default(),
+        }
+    }
+
+    /// How many connections this process currently skips.
+    pub fn tripped(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tripped>> {
+        self.tripped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `socket` gets this push, is skipped, or is to be closed.
+    fn verdict(&self, socket: &Socket, now: Instant, now_ms: u64) -> Verdict {
+        if socket.expired(now_ms) {
+            return Verdict::Close;
+        }
+        let mut tripped = self.lock();
+        let Some(state) = tripped.get_mut(&socket.id) else {
+            return Verdict::Send;
+        };
+        if now.duration_since(state.since) >= DROP_AFTER {
+            Verdict::Close
+        } else if now.duration_since(state.probed) >= PROBE_EVERY {
+            state.probed = now;
+            Verdict::Send
+        } else {
+            Verdict::Skip
+        }
     }
 
     /// The client a Lambda uses: region and credentials from the environment (the
@@ -81,41 +149,59 @@ impl WsPush {
         Self::new(Client::from_conf(config), bound)
     }
 
-    /// Sends `messages`, in order, to every one of `connections`, then drops those that
-    /// answered 410 Gone from the job's set. Returns within the bound (plus one Redis
-    /// round trip when connections are gone); never fails.
+    /// Sends `messages`, in order, to every one of `connections` that is neither
+    /// tripped nor expired, then drops those that answered 410 Gone from the job's hash
+    /// and closes those tripped too long or past their token's expiry. Returns within
+    /// the bound (plus the Redis round trips of the clean-up); never fails.
     pub async fn deliver(
         &self,
         store: &LogStore,
         job: &JobId,
-        connections: &[String],
+        connections: &[Socket],
         messages: &[String],
     ) {
         if connections.is_empty() || messages.is_empty() {
             return;
         }
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let mut targets = Vec::with_capacity(connections.len());
+        let mut close = Vec::new();
+        for socket in connections {
+            match self.verdict(socket, now, now_ms) {
+                Verdict::Send => targets.push(socket.id.as_str()),
+                Verdict::Skip => {}
+                Verdict::Close => close.push(socket.id.clone()),
+            }
+        }
         let gone = Mutex::new(Vec::new());
-        let failed = Mutex::new(0usize);
+        let failed = Mutex::new(Vec::new());
+        let unfinished = Mutex::new(targets.iter().copied().collect::<HashSet<&str>>());
         // Built in a loop rather than by a closure over borrowed data: a closure here trips
         // the compiler's higher-ranked lifetime check on the axum handler's future.
-        let mut pending = Vec::with_capacity(connections.len());
-        for connection in connections {
-            pending.push(self.send_all(connection, messages, &gone, &failed));
+        let mut pending = Vec::with_capacity(targets.len());
+        for connection in &targets {
+            pending.push(self.send_all(connection, messages, &gone, &failed, &unfinished));
         }
         let sends = futures_util::stream::iter(pending)
             .buffer_unordered(PUSH_CONCURRENCY)
             .collect::<()>();
-        if tokio::time::timeout(self.bound, sends).await.is_err() {
+        let cut_short = tokio::time::timeout(self.bound, sends).await.is_err();
+        let mut failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
+        if cut_short {
+            let unfinished = unfinished.into_inner().unwrap_or_else(|e| e.into_inner());
             tracing::warn!(
                 job_id = %job,
-                connections = connections.len(),
+                connections = targets.len(),
+                unfinished = unfinished.len(),
                 bound_ms = self.bound.as_millis() as u64,
                 "websocket push cut short at its time bound"
             );
+            failed.extend(unfinished.into_iter().map(str::to_owned));
         }
-        let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
-        if failed > 0 {
-            tracing::warn!(job_id = %job, failed, "websocket push failed for some connections");
+        self.record(&targets, &failed, now);
+        if !failed.is_empty() {
+            tracing::warn!(job_id = %job, failed = failed.len(), "websocket push failed for some connections; skipping them");
         }
         let gone = gone.into_inner().unwrap_or_else(|e| e.into_inner());
         if !gone.is_empty() {
@@ -128,6 +214,60 @@ impl WsPush {
                 }
             }
         }
+        if !close.is_empty() {
+            self.close(store, job, &close).await;
+        }
+    }
+
+    /// Trips the connections that failed, closes the breaker of those that succeeded.
+    fn record(&self, targets: &[&str], failed: &[String], now: Instant) {
+        let failed: HashSet<&str> = failed.iter().map(String::as_str).collect();
+        let mut tripped = self.lock();
+        for connection in targets {
+            if failed.contains(connection) {
+                tripped.entry((*connection).to_owned()).or_insert(Tripped {
+                    since: now,
+                    probed: now,
+                });
+            } else {
+                tripped.remove(*connection);
+            }
+        }
+    }
+
+    /// Closes `connections` (`DeleteConnection`, within the bound) and forgets them as
+    /// their `$disconnect` would.
+    async fn close(&self, store: &LogStore, job: &JobId, connections: &[String]) {
+        // A loop, not a closure: see `deliver`.
+        let mut pending = Vec::with_capacity(connections.len());
+        for connection in connections {
+            pending.push(
+                self.client
+                    .delete_connection()
+                    .connection_id(connection.as_str())
+                    .send(),
+            );
+        }
+        let deletes = futures_util::stream::iter(pending)
+            .buffer_unordered(PUSH_CONCURRENCY)
+            .collect::<Vec<_>>();
+        if tokio::time::timeout(self.bound, deletes).await.is_err() {
+            tracing::warn!(job_id = %job, "closing websocket connections cut short at the bound");
+        }
+        {
+            let mut tripped = self.lock();
+            for connection in connections {
+                tripped.remove(connection);
+            }
+        }
+        match store.forget_connections(job, connections).await {
+            Ok(()) => {
+                tracing::info!(job_id = %job, closed = connections.len(), "closed websocket connections (expired token or tripped too long)");
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job, error = %e, "could not forget closed connections")
+            }
+        }
     }
 
     async fn send_all(
@@ -135,7 +275,21 @@ impl WsPush {
         connection: &str,
         messages: &[String],
         gone: &Mutex<Vec<String>>,
-        failed: &Mutex<usize>,
+        failed: &Mutex<Vec<String>>,
+        unfinished: &Mutex<HashSet<&str>>,
+    ) {
+        self.send_each(connection, messages, gone, failed).await;
+        if let Ok(mut unfinished) = unfinished.lock() {
+            unfinished.remove(connection);
+        }
+    }
+
+    async fn send_each(
+        &self,
+        connection: &str,
+        messages: &[String],
+        gone: &Mutex<Vec<String>>,
+        failed: &Mutex<Vec<String>>,
     ) {
         for message in messages {
             let result = self
@@ -156,7 +310,7 @@ impl WsPush {
                 Err(e) => {
                     tracing::debug!(connection, error = %e, "PostToConnection failed");
                     if let Ok(mut failed) = failed.lock() {
-                        *failed += 1;
+                        failed.push(connection.to_owned());
                     }
                     return;
                 }

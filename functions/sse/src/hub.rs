@@ -12,7 +12,9 @@
 //! takes broadcast entries newer than the last one it sent. Anything appended after the
 //! subscription is broadcast to it; anything before is in the history it read.
 //! A viewer that falls behind the broadcast buffer (`Lagged`) rereads from Redis the
-//! same way, so a slow reader loses nothing either.
+//! same way, so a slow reader loses nothing either; one that stops reading lets go of
+//! the feed altogether (see the sse function's module doc), so it cannot hold the
+//! buffer's memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -82,6 +84,13 @@ impl Hub {
     /// How many jobs have a running feed (each holds one Redis connection).
     pub fn feeds(&self) -> usize {
         self.lock().len()
+    }
+
+    /// How many viewers hold `job`'s feed (a viewer too far behind lets go of it).
+    pub fn receivers(&self, job: &JobId) -> usize {
+        self.lock()
+            .get(job)
+            .map_or(0, broadcast::Sender::receiver_count)
     }
 
     fn existing(&self, job: &JobId) -> Option<broadcast::Receiver<FeedMsg>> {

@@ -14,6 +14,14 @@
 //! stream ends cleanly `LOGSTREAM_SSE_HANDOFF_SECS` before it, without `done`, so the
 //! browser's EventSource reconnects with `Last-Event-ID` and continues with no gap. A
 //! deadline in the past (`cargo lambda watch` reports one in 1970) counts as none.
+//! The stream also ends, the same way, when the viewer's token expires.
+//!
+//! **Slow readers.** What waits for one viewer is bounded in bytes
+//! ([`VIEWER_BUFFER_BYTES`], in chunks of at most [`CHUNK_BYTES`]). A viewer that falls
+//! that far behind (a client that stopped reading) lets go of its job's feed, so it
+//! never holds the feed's buffer, and once it reads again it rejoins exactly as a new
+//! viewer does: it subscribes, then rereads Redis after the last entry it was sent.
+//! Nothing is lost and nothing is sent twice.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -32,12 +40,12 @@ use axum::{Extension, Router};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Uri, header};
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::{JobStatus, StoredEntry, now_ms};
-use logstream_shared::auth::jwt::ViewerAuth;
+use logstream_shared::auth::jwt::{Viewer, ViewerAuth};
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
 use logstream_shared::store::{LogStore, StoreError};
@@ -48,6 +56,11 @@ use hub::{FeedMsg, Hub};
 
 /// Entries read from Redis per replay round trip.
 const REPLAY_PAGE: usize = 500;
+/// Most bytes waiting for one viewer (written, not yet taken by the connection).
+pub const VIEWER_BUFFER_BYTES: usize = 1024 * 1024;
+/// Frames are written in chunks of about this size (a chunk ends after the frame that
+/// crosses it).
+pub const CHUNK_BYTES: usize = 64 * 1024;
 /// The id before every entry.
 const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
 
@@ -169,6 +182,22 @@ fn handoff_at(context: Option<&lambda_http::Context>, margin: Duration) -> Optio
     Some(Instant::now() + left)
 }
 
+/// When the viewer's token expires: the stream ends then, without `done`, and the
+/// client reconnects with a fresh token and `Last-Event-ID`. A token accepted within
+/// the verifier's leeway after its `exp` ends its stream at once.
+fn token_end(viewer: &Viewer) -> Option<Instant> {
+    let exp = viewer.expires_at_ms?;
+    let left = Duration::from_millis(exp.saturating_sub(now_ms()));
+    Some(Instant::now() + left)
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 #[tracing::instrument(skip_all, fields(job_id = %job))]
 async fn stream(
     State(state): State<Arc<SseState>>,
@@ -193,24 +222,33 @@ async fn stream(
     };
     // Subscribe before the replay reads Redis: see `hub`.
     let feed = state.hub.subscribe(&job, head).await?;
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let budget = Arc::new(Semaphore::new(VIEWER_BUFFER_BYTES));
     let follower = Follower {
         store: state.store.clone(),
+        hub: state.hub.clone(),
         job,
         cursor,
         ended: meta.status.is_terminal().then_some(meta.status),
-        feed,
-        out: tx,
+        feed: Some(feed),
+        out: Out {
+            tx,
+            budget: budget.clone(),
+        },
         heartbeat: state.heartbeat,
-        handoff: handoff_at(context.as_ref().map(|Extension(c)| c), state.handoff),
+        handoff: earliest(
+            handoff_at(context.as_ref().map(|Extension(c)| c), state.handoff),
+            token_end(&viewer),
+        ),
         shutdown: state.shutdown.subscribe(),
     };
     tokio::spawn(follower.run());
 
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
+    // A chunk's bytes leave the viewer's budget when the connection takes it.
+    let body = futures_util::stream::unfold((rx, budget), |(mut rx, budget)| async move {
+        let chunk = rx.recv().await?;
+        budget.add_permits(permits(&chunk));
+        Some((Ok::<_, Infallible>(chunk), (rx, budget)))
     });
     let mut response = Response::new(Body::from_stream(body));
     let h = response.headers_mut();
@@ -230,20 +268,55 @@ enum Stop {
     Done,
     /// The client went away.
     Gone,
-    /// Deadline, shutdown or a Redis failure: closed without `done`, to be resumed.
+    /// Deadline, token expiry, shutdown or a Redis failure: closed without `done`, to be
+    /// resumed.
     HandOff,
+}
+
+/// The permits (bytes) a chunk takes from a viewer's budget.
+fn permits(chunk: &Bytes) -> usize {
+    chunk.len().min(VIEWER_BUFFER_BYTES)
+}
+
+/// A viewer's outgoing chunks, bounded in bytes by its budget.
+struct Out {
+    tx: mpsc::UnboundedSender<Bytes>,
+    budget: Arc<Semaphore>,
+}
+
+impl Out {
+    /// Whether a chunk of `len` bytes fits in the budget now.
+    fn has_room(&self, len: usize) -> bool {
+        self.budget.available_permits() >= len.min(VIEWER_BUFFER_BYTES)
+    }
+
+    /// Waits for room, then queues `chunk`. `Err` when the viewer is gone.
+    async fn send(&self, chunk: Bytes) -> Result<(), ()> {
+        let n = u32::try_from(permits(&chunk)).map_err(|_| ())?;
+        tokio::select! {
+            permit = self.budget.acquire_many(n) => permit.map_err(|_| ())?.forget(),
+            () = self.tx.closed() => return Err(()),
+        }
+        self.tx.send(chunk).map_err(|_| ())
+    }
+
+    async fn closed(&self) {
+        self.tx.closed().await;
+    }
 }
 
 /// One viewer's stream: replay, then live entries from the feed.
 struct Follower {
     store: LogStore,
+    hub: Arc<Hub>,
     job: JobId,
     /// The id of the last entry sent (or the start point).
     cursor: EntryId,
     /// The job's final status when it had already ended at connect.
     ended: Option<JobStatus>,
-    feed: broadcast::Receiver<FeedMsg>,
-    out: mpsc::Sender<Bytes>,
+    /// The job's feed; `None` while the viewer is too far behind to hold it.
+    feed: Option<broadcast::Receiver<FeedMsg>>,
+    out: Out,
     heartbeat: Duration,
     handoff: Option<Instant>,
     shutdown: watch::Receiver<bool>,
@@ -256,12 +329,7 @@ impl Follower {
     }
 
     async fn follow(&mut self) -> Stop {
-        if self
-            .out
-            .send(Bytes::from_static(frame::RETRY))
-            .await
-            .is_err()
-        {
+        if self.emit(Bytes::from_static(frame::RETRY)).await.is_err() {
             return Stop::Gone;
         }
         match self.replay().await {
@@ -285,8 +353,23 @@ impl Follower {
         tokio::pin!(handoff);
         let mut quiet_until = Instant::now() + self.heartbeat;
         loop {
+            if self.feed.is_none() {
+                // Let go of the feed while behind: rejoin as a new viewer does.
+                match self.rejoin().await {
+                    Ok(Some(stop)) => return stop,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(job_id = %self.job, error = %e, "rejoining the feed failed");
+                        return Stop::HandOff;
+                    }
+                }
+                continue;
+            }
+            let Some(feed) = self.feed.as_mut() else {
+                continue;
+            };
             tokio::select! {
-                msg = self.feed.recv() => {
+                msg = feed.recv() => {
                     let result = match msg {
                         Ok(FeedMsg::Entries(entries)) => self.send(&entries).await,
                         Ok(FeedMsg::Failed) | Err(broadcast::error::RecvError::Closed) => return Stop::HandOff,
@@ -301,7 +384,7 @@ impl Follower {
                     quiet_until = Instant::now() + self.heartbeat;
                 }
                 () = tokio::time::sleep_until(quiet_until) => {
-                    if self.out.send(Bytes::from_static(frame::HEARTBEAT)).await.is_err() {
+                    if self.emit(Bytes::from_static(frame::HEARTBEAT)).await.is_err() {
                         return Stop::Gone;
                     }
                     quiet_until = Instant::now() + self.heartbeat;
@@ -311,6 +394,13 @@ impl Follower {
                 () = self.out.closed() => return Stop::Gone,
             }
         }
+    }
+
+    /// Subscribes to the job's feed again, then sends what Redis holds after the
+    /// cursor: the same join as at connect, so nothing is missed or doubled.
+    async fn rejoin(&mut self) -> Result<Option<Stop>, StoreError> {
+        self.feed = Some(self.hub.subscribe(&self.job, self.cursor).await?);
+        self.replay().await
     }
 
     /// Sends everything in Redis after the cursor. `Some` when the stream is over.
@@ -344,8 +434,11 @@ impl Follower {
                 ended = Some(status);
                 break;
             }
+            if chunk.len() >= CHUNK_BYTES && self.emit(chunk.split().freeze()).await.is_err() {
+                return Some(Stop::Gone);
+            }
         }
-        if !chunk.is_empty() && self.out.send(chunk.freeze()).await.is_err() {
+        if !chunk.is_empty() && self.emit(chunk.freeze()).await.is_err() {
             return Some(Stop::Gone);
         }
         match ended {
@@ -355,10 +448,19 @@ impl Follower {
     }
 
     async fn finish(&mut self, status: JobStatus) -> Stop {
-        match self.out.send(frame::done(status)).await {
+        match self.emit(frame::done(status)).await {
             Ok(()) => Stop::Done,
-            Err(_) => Stop::Gone,
+            Err(()) => Stop::Gone,
         }
+    }
+
+    /// Queues `chunk` for the viewer. When it does not fit in the viewer's budget, the
+    /// viewer is behind: it drops the feed first (see the module doc), then waits.
+    async fn emit(&mut self, chunk: Bytes) -> Result<(), ()> {
+        if !self.out.has_room(chunk.len()) && self.feed.take().is_some() {
+            tracing::debug!(job_id = %self.job, "viewer behind: letting go of the feed");
+        }
+        self.out.send(chunk).await
     }
 }
 

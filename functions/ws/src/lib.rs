@@ -37,6 +37,15 @@ pub const MAX_CONNECTION_ID_LEN: usize = 128;
 /// The answer to a ping.
 pub const PONG: &str = r#"{"type":"pong"}"#;
 
+/// A connection let in by [`WsState::connect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The job it follows.
+    pub job: JobId,
+    /// When the viewer's token expires (ms since the epoch).
+    pub expires_at_ms: Option<u64>,
+}
+
 /// Everything the WebSocket routes share, built once per process.
 pub struct WsState {
     store: LogStore,
@@ -55,13 +64,14 @@ impl WsState {
 
     /// Admits `connection` to follow `job_id` as the viewer holding `token`, or refuses:
     /// 401 (no or bad token), 400 (bad job id or connection id), 404 (no such job, or
-    /// someone else's: the same answer).
+    /// someone else's: the same answer). The connection is registered with the token's
+    /// expiry: pushes stop and the connection is closed once it has passed.
     pub async fn connect(
         &self,
         job_id: Option<&str>,
         token: Option<&str>,
         connection: &str,
-    ) -> Result<JobId, ApiError> {
+    ) -> Result<Admitted, ApiError> {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
@@ -73,9 +83,14 @@ impl WsState {
             Some(meta) if viewer.can_read(&meta) => {}
             _ => return Err(ApiError::job_not_found()),
         }
-        self.store.add_connection(&job, connection).await?;
+        self.store
+            .add_connection(&job, connection, viewer.expires_at_ms)
+            .await?;
         tracing::info!(job_id = %job, connection, "websocket connected");
-        Ok(job)
+        Ok(Admitted {
+            job,
+            expires_at_ms: viewer.expires_at_ms,
+        })
     }
 
     /// Forgets `connection`. Unknown connections are not an error: `$disconnect` may

@@ -118,6 +118,9 @@ impl fmt::Debug for JwksSummary<'_> {
 pub struct Viewer {
     /// The token's `sub`: the user id.
     pub user: String,
+    /// When the token expires (its `exp`), in milliseconds since the epoch: open
+    /// streams end then, and the client comes back with a fresh token.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// Why [`ViewerAuth::new`] refused the settings. Each message names the variable to fix.
@@ -377,6 +380,9 @@ struct Claims {
     aud: Option<Value>,
     #[serde(default)]
     azp: Option<Value>,
+    /// Checked by jsonwebtoken already; kept for when open streams must end.
+    #[serde(default)]
+    exp: Option<Value>,
 }
 
 impl Inner {
@@ -402,7 +408,15 @@ impl Inner {
         }
 
         match claims.sub {
-            Some(Value::String(user)) if !user.trim().is_empty() => Ok(Viewer { user }),
+            Some(Value::String(user)) if !user.trim().is_empty() => Ok(Viewer {
+                user,
+                expires_at_ms: claims
+                    .exp
+                    .as_ref()
+                    .and_then(Value::as_f64)
+                    .filter(|exp| exp.is_finite() && *exp >= 0.0)
+                    .map(|exp| (exp * 1000.0) as u64),
+            }),
             _ => Err(JwtError::MissingSubject),
         }
     }
@@ -606,12 +620,6 @@ mod tests {
         ViewerAuth::new(settings(None, Some(SECRET)), http()).unwrap()
     }
 
-    fn viewer(user: &str) -> Viewer {
-        Viewer {
-            user: user.to_owned(),
-        }
-    }
-
     // ---- RS256 with a JWKS ----
 
     #[tokio::test]
@@ -619,7 +627,7 @@ mod tests {
         let server = JwksServer::start(JWKS_A).await;
         let auth = url_auth(&server, Duration::from_secs(10));
         let token = rs256(RSA_A, Some("key-a"), &claims());
-        assert_eq!(auth.verify(&token).await.unwrap(), viewer("user_2abc"));
+        assert_eq!(auth.verify(&token).await.unwrap().user, "user_2abc");
     }
 
     #[tokio::test]
@@ -638,8 +646,8 @@ mod tests {
         let auth = inline_auth(JWKS_AB);
         let a = rs256(RSA_A, Some("key-a"), &claims());
         let b = rs256(RSA_B, Some("key-b"), &claims());
-        assert_eq!(auth.verify(&a).await.unwrap(), viewer("user_2abc"));
-        assert_eq!(auth.verify(&b).await.unwrap(), viewer("user_2abc"));
+        assert_eq!(auth.verify(&a).await.unwrap().user, "user_2abc");
+        assert_eq!(auth.verify(&b).await.unwrap().user, "user_2abc");
     }
 
     #[tokio::test]
@@ -652,7 +660,7 @@ mod tests {
         assert_eq!(server.fetches(), 1);
 
         server.serve(JWKS_AB);
-        assert_eq!(auth.verify(&b).await.unwrap(), viewer("user_2abc"));
+        assert_eq!(auth.verify(&b).await.unwrap().user, "user_2abc");
         assert_eq!(server.fetches(), 2);
         auth.verify(&a).await.unwrap();
         auth.verify(&b).await.unwrap();
@@ -726,7 +734,7 @@ mod tests {
             Err(JwtError::UnknownKey)
         ));
         assert_eq!(server.fetches(), 2);
-        assert_eq!(auth.verify(&a).await.unwrap(), viewer("user_2abc"));
+        assert_eq!(auth.verify(&a).await.unwrap().user, "user_2abc");
     }
 
     #[tokio::test]
@@ -777,8 +785,8 @@ mod tests {
     async fn a_token_without_kid_uses_the_only_key_of_the_jwks() {
         let token = rs256(RSA_A, None, &claims());
         assert_eq!(
-            inline_auth(JWKS_A).verify(&token).await.unwrap(),
-            viewer("user_2abc")
+            inline_auth(JWKS_A).verify(&token).await.unwrap().user,
+            "user_2abc"
         );
         assert!(matches!(
             inline_auth(JWKS_AB).verify(&token).await,
@@ -832,9 +840,17 @@ mod tests {
             &with(claims(), "exp", json!(now() - 3)),
         );
         assert_eq!(
-            inline_auth(JWKS_A).verify(&token).await.unwrap(),
-            viewer("user_2abc")
+            inline_auth(JWKS_A).verify(&token).await.unwrap().user,
+            "user_2abc"
         );
+    }
+
+    #[tokio::test]
+    async fn the_viewer_carries_the_tokens_expiry_in_milliseconds() {
+        let exp = now() + 90;
+        let token = rs256(RSA_A, Some("key-a"), &with(claims(), "exp", json!(exp)));
+        let viewer = inline_auth(JWKS_A).verify(&token).await.unwrap();
+        assert_eq!(viewer.expires_at_ms, Some(exp * 1000));
     }
 
     #[tokio::test]
@@ -987,7 +1003,7 @@ mod tests {
     async fn an_hs256_token_verifies_with_the_shared_secret() {
         let auth = secret_auth();
         let token = hmac(Algorithm::HS256, SECRET, &claims());
-        assert_eq!(auth.verify(&token).await.unwrap(), viewer("user_2abc"));
+        assert_eq!(auth.verify(&token).await.unwrap().user, "user_2abc");
 
         let other = hmac(Algorithm::HS256, "some-other-secret", &claims());
         assert!(matches!(
@@ -1082,8 +1098,9 @@ mod tests {
             secret_auth()
                 .verify(&format!("  {token}\r\n"))
                 .await
-                .unwrap(),
-            viewer("user_2abc")
+                .unwrap()
+                .user,
+            "user_2abc"
         );
     }
 

@@ -54,7 +54,10 @@ mod tests {
     }
 
     fn viewer(user: &str) -> Viewer {
-        Viewer { user: user.into() }
+        Viewer {
+            user: user.into(),
+            expires_at_ms: None,
+        }
     }
 
     #[test]

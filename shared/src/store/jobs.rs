@@ -7,6 +7,7 @@ use logstream_core::model::{EntryBody, JobStatus, NewEntry};
 use super::keys::{ARCHIVE_QUEUE, JobKeys};
 use super::reads::parse_id;
 use super::scripts::{APPEND, CREATE, MARK_ARCHIVED, SET_STATUS};
+use super::sockets::Socket;
 use super::{AppendOutcome, JobMeta, LogStore, NewJob, Retention, StatusOutcome, StoreError};
 
 impl LogStore {
@@ -90,7 +91,7 @@ impl LogStore {
             [tag, first, last, connections @ ..] if tag == "ok" => Ok(AppendOutcome::Appended {
                 first: parse_id(first)?,
                 last: parse_id(last)?,
-                connections: connections.to_vec(),
+                connections: Socket::from_pairs(connections)?,
             }),
             [tag] if tag == "duplicate" => Ok(AppendOutcome::Duplicate),
             [tag] if tag == "missing" => Ok(AppendOutcome::NotFound),
@@ -147,7 +148,7 @@ impl LogStore {
                 }
                 Ok(StatusOutcome::Changed {
                     id,
-                    connections: connections.to_vec(),
+                    connections: Socket::from_pairs(connections)?,
                 })
             }
             [tag, finished_at, archived] if tag == "same" => {

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `job:{ID}:logs` | stream | the job's entries, field `e` = entry JSON without its id; `XADD MAXLEN ~ $LOGSTREAM_MAXLEN` |
 //! | `job:{ID}:meta` | hash | `owner`, `status`, `created_at`, `finished_at`, `token` (SHA-256 of the ingest token), `secrets` (JSON array), `seq` (last accepted batch seq), `gen`, `archived` |
-//! | `job:{ID}:ws` | set | WebSocket connection ids following the job |
+//! | `job:{ID}:ws` | hash | WebSocket connection id → its token's expiry (ms, 0 for none), for every connection following the job |
 //! | `logstream:ws-conn:{CONNECTION}` | string | the job a WebSocket connection follows, for `$disconnect` (which only knows the connection id); 2 h TTL, API Gateway's longest connection |
 //! | `logstream:archive-queue` | sorted set | finished jobs waiting for the archiver, scored by finish time (ms) |
 //!

@@ -66,6 +66,7 @@ use logstream_core::model::{JobStatus, StoredEntry};
 pub use conn::{RedisTarget, install_tls_provider};
 pub use error::StoreError;
 pub use reads::{BlockingReader, parse_entries};
+pub use sockets::Socket;
 
 use conn::{Backend, ClusterBackend, Conn, cluster_client, connect_cluster};
 use resp::DirectReads;
@@ -117,7 +118,7 @@ pub enum AppendOutcome {
         last: EntryId,
         /// The job's WebSocket connections at the time of the append, read in the same
         /// round trip, so a batch with no one watching costs nothing more.
-        connections: Vec<String>,
+        connections: Vec<Socket>,
     },
     /// The batch's `seq` was not above the last accepted one: nothing appended.
     Duplicate,
@@ -134,7 +135,7 @@ pub enum StatusOutcome {
     Changed {
         id: EntryId,
         /// The job's WebSocket connections, read in the same round trip.
-        connections: Vec<String>,
+        connections: Vec<Socket>,
     },
     /// Already in that status: nothing appended.
     Same,

@@ -23,7 +23,7 @@ return 1
 /// Appends a batch if the job exists, is not terminal, has the caller's `gen` and the
 /// batch's `seq` is new. KEYS: meta, logs, ws. ARGV: gen, seq or '', ttl, maxlen,
 /// entries…. Answers `ok`, the first and last ids, then the job's WebSocket connection
-/// ids (so the caller can push the batch without another round trip). The seq check comes before the terminal check so that a retry of a batch
+/// ids, each followed by its token's expiry (so the caller can push the batch without another round trip). The seq check comes before the terminal check so that a retry of a batch
 /// that was accepted just before the job ended is still answered as a duplicate.
 pub(super) static APPEND: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
@@ -43,7 +43,7 @@ for i = 5, #ARGV do
 end
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 local r = {'ok', first, last}
-for _, c in ipairs(redis.call('SMEMBERS', KEYS[3])) do r[#r + 1] = c end
+for _, c in ipairs(redis.call('HGETALL', KEYS[3])) do r[#r + 1] = c end
 return r
 ",
     )
@@ -53,7 +53,8 @@ return r
 /// stamps `finished_at`. The allowed moves mirror [`JobStatus::transition`]. KEYS: meta,
 /// logs, ws (one job's keys only: the archive queue lives in another slot and is
 /// written by [`LogStore::set_status`] after this script). ARGV: status, entry, ttl,
-/// maxlen, now. Answers `ok`, the id, then the job's WebSocket connection ids; or
+/// maxlen, now. Answers `ok`, the id, then the job's WebSocket connection ids (each
+/// followed by its token's expiry); or
 /// `same` with `finished_at` and `archived`, so a retried terminal update can queue the
 /// job again if the first attempt stopped before it did.
 pub(super) static SET_STATUS: LazyLock<Lua> = LazyLock::new(|| {
@@ -74,7 +75,7 @@ if to == 'ready' or to == 'failed' then
 end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 local r = {'ok', id}
-for _, c in ipairs(redis.call('SMEMBERS', KEYS[3])) do r[#r + 1] = c end
+for _, c in ipairs(redis.call('HGETALL', KEYS[3])) do r[#r + 1] = c end
 return r
 ",
     )

@@ -1,5 +1,7 @@
-//! The WebSocket connections that follow a job: a set per job (read by every append in
-//! the same round trip) and a key per connection for `$disconnect`.
+//! The WebSocket connections that follow a job: a hash per job from connection id to
+//! the expiry of the token it connected with (read by every append in the same round
+//! trip, so a push can skip and close connections whose token has expired), and a key
+//! per connection for `$disconnect`.
 
 use std::time::Duration;
 
@@ -8,20 +10,63 @@ use logstream_core::ids::JobId;
 use super::keys::{JobKeys, WS_CONNECTION_TTL_SECS, ws_connection_key};
 use super::{LogStore, StoreError};
 
+/// A WebSocket connection following a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socket {
+    /// API Gateway's connection id.
+    pub id: String,
+    /// When the viewer's token expires (ms since the epoch); `None` when it had no
+    /// expiry. The connection gets nothing after it and is closed.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Socket {
+    /// Connection ids and expiries as the scripts answer them: `id, exp, id, exp…`
+    /// (`exp` 0 for none).
+    pub(super) fn from_pairs(raw: &[String]) -> Result<Vec<Self>, StoreError> {
+        if !raw.len().is_multiple_of(2) {
+            return Err(StoreError::Corrupt("odd connection list".into()));
+        }
+        raw.chunks_exact(2)
+            .map(|pair| {
+                let exp: u64 = pair[1]
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("connection expiry".into()))?;
+                Ok(Self {
+                    id: pair[0].clone(),
+                    expires_at_ms: (exp > 0).then_some(exp),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether its token has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|exp| exp <= now_ms)
+    }
+}
+
 impl LogStore {
-    /// Registers WebSocket connection `connection` as following `job`: added to the
-    /// job's connection set (which takes the job's TTL) and remembered under its own key
+    /// Registers WebSocket connection `connection` as following `job` until
+    /// `expires_at_ms` (its token's expiry): added to the job's connection hash (which
+    /// takes the job's TTL) and remembered under its own key
     /// for `$disconnect`, which only knows the connection id. The two keys are in
     /// different cluster slots, so they are two requests sent at once: on one node they
     /// share the multiplexed connection's round trip, in a cluster they go to their
     /// nodes in parallel.
-    pub async fn add_connection(&self, job: &JobId, connection: &str) -> Result<(), StoreError> {
+    pub async fn add_connection(
+        &self,
+        job: &JobId,
+        connection: &str,
+        expires_at_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
         let ws = JobKeys::new(job).ws;
         let by_id = ws_connection_key(connection);
         let ttl = self.retention.ttl_secs;
+        let exp = expires_at_ms.unwrap_or(0);
         let follow = self.run(|mut c| {
             let mut pipe = redis::pipe();
-            pipe.cmd("SADD").arg(&ws).arg(connection).ignore();
+            pipe.cmd("HSET").arg(&ws).arg(connection).arg(exp).ignore();
             pipe.cmd("EXPIRE").arg(&ws).arg(ttl).ignore();
             async move { pipe.query_async::<()>(&mut c).await }
         });
@@ -55,7 +100,7 @@ impl LogStore {
         Ok(Some(job))
     }
 
-    /// Removes `connections` from `job`'s set: what a push does with connections that
+    /// Removes `connections` from `job`'s hash: what a push does with connections that
     /// answered 410 Gone (`$disconnect` is best effort in API Gateway).
     pub async fn drop_connections(
         &self,
@@ -67,7 +112,7 @@ impl LogStore {
         }
         let ws = JobKeys::new(job).ws;
         self.run(|mut c| {
-            let mut cmd = redis::cmd("SREM");
+            let mut cmd = redis::cmd("HDEL");
             cmd.arg(&ws).arg(connections);
             async move { cmd.query_async::<()>(&mut c).await }
         })
@@ -109,11 +154,32 @@ impl LogStore {
         Ok(old.len())
     }
 
+    /// Forgets `connections` of `job` as their `$disconnect` would: out of the job's
+    /// hash, and their own keys deleted (one request per key, sent at once: the keys lie
+    /// in different cluster slots). What a push does with connections it closes.
+    pub async fn forget_connections(
+        &self,
+        job: &JobId,
+        connections: &[String],
+    ) -> Result<(), StoreError> {
+        if connections.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = connections.iter().map(|c| ws_connection_key(c)).collect();
+        futures_util::future::try_join_all(keys.iter().map(|key| {
+            self.run(move |mut c| async move {
+                redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
+            })
+        }))
+        .await?;
+        self.drop_connections(job, connections).await
+    }
+
     /// The WebSocket connections following `job`.
     pub async fn connections(&self, job: &JobId) -> Result<Vec<String>, StoreError> {
         let ws = JobKeys::new(job).ws;
         self.run(|mut c| {
-            let mut cmd = redis::cmd("SMEMBERS");
+            let mut cmd = redis::cmd("HKEYS");
             cmd.arg(&ws);
             async move { cmd.query_async(&mut c).await }
         })

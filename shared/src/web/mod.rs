@@ -119,6 +119,7 @@ pub async fn authenticate_viewer(
 /// Adds the JSON 404 and 405 answers, the body limit and CORS to `routes`.
 pub fn finish(routes: Router, cors_origins: &[HeaderValue]) -> Router {
     let router = routes
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -133,6 +134,54 @@ pub fn finish(routes: Router, cors_origins: &[HeaderValue]) -> Router {
     } else {
         router.layer(cors(cors_origins))
     }
+}
+
+/// Longest request target (path and query) answered; longer is 414. A viewer token in
+/// `?access_token=` is a few kB at most.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+
+/// A request whose head was too large to route, marked by the server that read it
+/// (`logstream dev` reads the head of a connection's first request itself, because
+/// hyper answers a target over 64 KiB with a bare 414 before any router sees it). Its
+/// request carries `/` as its target and this mark; [`finish`]'s routers answer it
+/// with the JSON error and CORS headers like any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversized {
+    /// The request target is over [`MAX_URI_BYTES`]: 414.
+    Uri,
+    /// The request head is over the server's limit: 431.
+    Headers,
+}
+
+async fn refuse_oversized(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    let mark = request.extensions().get::<Oversized>().copied();
+    match mark {
+        Some(Oversized::Headers) => ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "the request's headers are too large",
+        )
+        .into_response(),
+        Some(Oversized::Uri) => uri_too_long().into_response(),
+        None if target > MAX_URI_BYTES => uri_too_long().into_response(),
+        None => next.run(request).await,
+    }
+}
+
+fn uri_too_long() -> ApiError {
+    ApiError::new(
+        StatusCode::URI_TOO_LONG,
+        "uri_too_long",
+        format!("the request target is over {MAX_URI_BYTES} bytes"),
+    )
 }
 
 fn cors(origins: &[HeaderValue]) -> CorsLayer {
