@@ -142,6 +142,17 @@ impl Sanitizer {
         }
     }
 
+    /// An estimate of the heap this sanitizer holds, automaton included, so that
+    /// a cache of sanitizers can be bounded by bytes.
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        let secrets: usize = self.secrets.iter().map(String::capacity).sum();
+        size_of::<Self>()
+            + self.secrets.capacity() * size_of::<String>()
+            + secrets
+            + self.prefilter.as_ref().map_or(0, AhoCorasick::memory_usage)
+    }
+
     /// Records where literal secrets occur in `text` and returns the rules
     /// worth running on it.
     fn scan(&self, text: &str, spans: &mut Vec<Range<usize>>) -> RuleSet {
