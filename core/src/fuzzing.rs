@@ -8,7 +8,7 @@
 //!
 //! | check | properties |
 //! |---|---|
-//! | [`sanitizer`] | no panic; no line past [`MAX_LINE_BYTES`]; no ESC left; a registered secret never comes through whole |
+//! | [`sanitizer`] | no panic; no line past [`MAX_LINE_BYTES`]; no ESC, C0 (but tab) or C1 control left; a registered secret never comes through whole |
 //! | [`splitter`] | no panic; one line per `\n` (the last one optional), none containing `\n`; UTF-8 text comes back as sent, CRLF as LF; the `text/plain` body parser agrees |
 //! | [`batch`] | no panic; accepted batches are within the limits and survive a round trip through the wire format; refusals are 400 or 413, never 500 |
 //! | [`ids`] | no panic; entry ids and job ids accepted exactly by their grammar, and round-trip through `Display` |
@@ -72,7 +72,10 @@ pub fn sanitizer(data: &[u8]) {
                 out.len(),
                 raw.len()
             );
-            assert!(!out.contains('\u{1b}'), "an ESC survived: {out:?}");
+            assert!(
+                !out.chars().any(|c| c.is_control() && c != '\t'),
+                "a control character survived: {out:?}"
+            );
             // The truncation note is the sanitizer's own text ("… [truncated N bytes]"):
             // a secret such as "bytes" may appear there without having leaked.
             let body = match out.rfind(TRUNCATED_PREFIX) {

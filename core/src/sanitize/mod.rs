@@ -5,10 +5,13 @@
 //! secrets); a [`Batch`] carries the little state that spans lines. Each line
 //! goes through four steps, in this order:
 //!
-//! 1. **ANSI escape sequences are stripped** by a hand-written state machine
-//!    (CSI, OSC, DCS/SOS/PM/APC strings, charset designations and two-byte
-//!    escapes). Whatever cannot be parsed is dropped together with its ESC,
-//!    so no ESC byte ever reaches storage.
+//! 1. **Escape sequences and control characters are removed** by a hand-written
+//!    state machine: CSI, OSC, DCS/SOS/PM/APC strings in their 7-bit (`ESC`) and
+//!    8-bit (C1) forms, charset designations and two-byte escapes, then every
+//!    other C0 control but tab (NUL, BEL, BS, VT, FF …), DEL and C1 control
+//!    (U+0080–U+009F), each alone. Whatever cannot be parsed is dropped together
+//!    with its introducer, so no ESC, C0 (but tab) or C1 character ever reaches
+//!    storage.
 //! 2. **Carriage-return progress is collapsed**: only the text after the last
 //!    `\r` is kept, which is what a progress bar leaves on screen. When
 //!    nothing follows the last `\r` (`"50%\r"`), the cursor went back to the
@@ -21,16 +24,17 @@
 //!    job's registered literal secrets.
 //! 4. **Long lines are cut** to [`MAX_LINE_BYTES`], suffix included.
 //!
-//! Why this order: ANSI codes are stripped first because they can sit inside
+//! Why this order: escapes are stripped first because they can sit inside
 //! a secret (`hun\e[1mter2`), whether from a colouring tool or put there to
 //! dodge the redaction; the redaction must see the text a reader will see.
 //! Redaction comes before the cut so that the cut can never leave half of a
 //! secret that the patterns would then no longer recognise.
 //!
 //! **Prefilter.** Most lines contain nothing to change, and they must cost
-//! well under a microsecond. Steps 1 and 2 only start working when `memchr`
-//! finds an ESC (or the two bytes of U+009B) or a `\r`. For step 3 every rule
-//! has trigger substrings (`AKIA`, `ghp_`, `password`, `://`, …); they and the
+//! well under a microsecond. Step 1 scans 16 bytes at a time for a control byte
+//! (or the lead byte of a C1 character) and only starts working when it finds
+//! one; step 2 only when `memchr` finds a `\r`. For step 3 every rule has
+//! trigger substrings (`AKIA`, `ghp_`, `password`, `://`, …); they and the
 //! job's literal secrets form one Aho-Corasick automaton, searched once per
 //! line, and only the regexes whose trigger occurred are run. The automaton
 //! is ASCII case-insensitive as a whole (Aho-Corasick has no per-pattern
@@ -77,7 +81,7 @@ mod rules;
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use memchr::{memmem, memrchr};
 
-use ansi::strip_ansi;
+use ansi::strip_controls;
 use redact::{literal_secrets, pattern_spans, replace_spans};
 use rules::{PATTERN_REGEXES, PATTERN_RULES, PEM_BEGIN, PEM_END, Rule, RuleSet, TRIGGERS};
 
@@ -89,11 +93,6 @@ pub const REDACTED: &str = "***";
 /// Text put between the kept part of a cut line and the number of bytes cut.
 pub(crate) const TRUNCATED_PREFIX: &str = "\u{2026} [truncated ";
 pub(crate) const TRUNCATED_SUFFIX: &str = " bytes]";
-
-const ESC: u8 = 0x1B;
-const BEL: u8 = 0x07;
-/// U+009B (8-bit CSI) is encoded as `C2 9B` in UTF-8.
-const C1_CSI: [u8; 2] = [0xC2, 0x9B];
 
 /// Lines of a multi-line literal secret shorter than this are not registered.
 const MIN_SECRET_LINE_BYTES: usize = 4;
@@ -227,7 +226,7 @@ impl Batch<'_> {
     /// [`REDACTED`] (a line inside a private key), so only `Cow::Owned`
     /// reliably means "changed".
     pub fn line<'a>(&mut self, raw: &'a str) -> Cow<'a, str> {
-        let text = strip_ansi(raw);
+        let text = strip_controls(raw);
         let text = keep_last_carriage_return_segment(text);
         let text = self.redact(text);
         cut_long_line(text)
@@ -448,9 +447,10 @@ mod tests {
 
     #[test]
     fn random_escape_soup_never_panics_and_leaves_no_control_sequence() {
-        const PIECES: [&str; 24] = [
+        const PIECES: [&str; 31] = [
             "\x1b", "[", "]", "P", "X", "^", "_", "\\", "\x07", "\r", "0", ";", "m", " ", "(", "B",
-            "?", "\t", "é", "€", "😀", "\u{9b}", "\u{c2}", "a",
+            "?", "\t", "é", "€", "😀", "\u{9b}", "\u{c2}", "a", "\u{9d}", "\u{90}", "\u{9c}",
+            "\u{85}", "\0", "\x7f", "\n",
         ];
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = move || {
@@ -468,7 +468,7 @@ mod tests {
                 .collect();
             let out = batch.line(&line);
             assert!(
-                !out.contains(['\x1b', '\u{9b}', '\r']),
+                !out.chars().any(|c| c.is_control() && c != '\t'),
                 "{line:?} became {out:?}"
             );
         }
@@ -866,6 +866,41 @@ mod tests {
         for line in &lines {
             assert_eq!(fast_batch.line(line), slow_batch.line(line), "{line}");
         }
+    }
+
+    // Control characters
+
+    #[test]
+    fn c0_controls_other_than_tab_and_del_are_removed() {
+        assert_eq!(
+            sanitize("a\0b\x07c\x08d\x0be\x0cf\x01g\x1fh\x7fi\tj\x0ek"),
+            "abcdefghi\tjk"
+        );
+    }
+
+    #[test]
+    fn c1_controls_are_removed() {
+        assert_eq!(sanitize("\u{85}x\u{80}y\u{9c}z\u{9a}"), "xyz");
+    }
+
+    #[test]
+    fn eight_bit_control_strings_are_removed_whole() {
+        assert_eq!(sanitize("\u{9d}0;title\u{7}"), "");
+        assert_eq!(
+            sanitize("a\u{9d}8;;https://x\u{9c}link\u{9d}8;;\u{1b}\\b"),
+            "alinkb"
+        );
+        for introducer in ['\u{90}', '\u{98}', '\u{9e}', '\u{9f}'] {
+            let line = format!("a{introducer}pay\u{7}load\u{9c}b");
+            assert_eq!(sanitize(&line), "ab", "introducer {introducer:?}");
+            let unterminated = format!("a{introducer}payload to the end");
+            assert_eq!(sanitize(&unterminated), "a", "introducer {introducer:?}");
+        }
+    }
+
+    #[test]
+    fn latin_text_sharing_the_c1_lead_byte_is_untouched() {
+        assert_borrowed_untouched("© 2026 · 25°C ± 1 «ok» ¿qué? ÿ");
     }
 
     // Cutting long lines
