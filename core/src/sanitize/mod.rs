@@ -82,7 +82,7 @@ use aho_corasick::{AhoCorasick, Input, MatchKind};
 use memchr::{memmem, memrchr};
 
 use ansi::strip_controls;
-use redact::{literal_secrets, pattern_spans, replace_spans};
+use redact::{literal_secrets, pattern_spans, replace_spans, url_credential_spans};
 use rules::{PATTERN_REGEXES, PATTERN_RULES, PEM_BEGIN, PEM_END, Rule, RuleSet, TRIGGERS};
 
 /// Longest stored line, in bytes, suffix included.
@@ -172,7 +172,7 @@ impl Sanitizer {
                 Some(trigger) => {
                     let case_ok = !trigger.exact_case || bytes == Some(trigger.text.as_bytes());
                     if case_ok && trigger.worth_running(hay, found.end()) {
-                        rules.insert(trigger.rule);
+                        rules.insert_all(trigger.rules);
                     }
                 }
                 None => {
@@ -246,8 +246,11 @@ impl Batch<'_> {
         let rules = self.sanitizer.scan(&text, &mut spans);
         for (rule, regex) in PATTERN_RULES.iter().zip(PATTERN_REGEXES.iter()) {
             if rules.contains(*rule) {
-                pattern_spans(regex, &text, &mut spans);
+                pattern_spans(*rule, regex, &text, &mut spans);
             }
+        }
+        if rules.contains(Rule::UrlCredentials) {
+            url_credential_spans(&text, &mut spans);
         }
         if rules.contains(Rule::PrivateKey) {
             self.private_key_spans(&text, begin_search_from, &mut spans);
@@ -634,7 +637,7 @@ mod tests {
         );
         assert_eq!(
             sanitize("GET /login?user=bob&passwd=pw1&next=home"),
-            "GET /login?user=bob&passwd=***&next=home"
+            "GET /login?user=bob&passwd=***"
         );
         assert_eq!(
             sanitize(r#"spring.datasource.password="unterminated"#),
@@ -702,9 +705,16 @@ mod tests {
     fn pem_block_on_one_line_is_redacted() {
         assert_eq!(
             sanitize(
-                r#"{"private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n", "x": 1}"#
+                r#"{"pem": "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n", "x": 1}"#
             ),
-            r#"{"private_key": "***\n", "x": 1}"#
+            r#"{"pem": "***\n", "x": 1}"#
+        );
+        // Under a secret's name, the whole value goes.
+        assert_eq!(
+            sanitize(
+                r#"{"private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n"}"#
+            ),
+            r#"{"private_key": "***"}"#
         );
     }
 
@@ -865,6 +875,205 @@ mod tests {
         let mut slow_batch = slow.batch();
         for line in &lines {
             assert_eq!(fast_batch.line(line), slow_batch.line(line), "{line}");
+        }
+    }
+
+    // Secrets stored in the clear before issue #16
+
+    #[test]
+    fn short_and_compound_secret_names_have_their_values_redacted() {
+        for (line, expected) in [
+            ("pwd=hunter2", "pwd=***"),
+            ("pass=hunter2", "pass=***"),
+            ("auth=hunter2", "auth=***"),
+            ("key=hunter2", "key=***"),
+            ("passphrase=correct horse", "passphrase=*** horse"),
+            ("DB_PASS=hunter2", "DB_PASS=***"),
+            ("export MYSQL_PWD='hunter2'", "export MYSQL_PWD='***'"),
+            ("credentials=hunter2", "credentials=***"),
+            ("private_key=hunter2", "private_key=***"),
+            ("access_key = hunter2", "access_key = ***"),
+            ("aws.secret-key: hunter2", "aws.secret-key: ***"),
+            (r#"{"accessKey": "hunter2"}"#, r#"{"accessKey": "***"}"#),
+            ("dbPass: hunter2", "dbPass: ***"),
+            ("X-Auth: hunter2", "X-Auth: ***"),
+            ("mysql --pass=hunter2", "mysql --pass=***"),
+            (
+                r#"{"user": "me", "pass": "hunter2"}"#,
+                r#"{"user": "me", "pass": "***"}"#,
+            ),
+        ] {
+            assert_eq!(sanitize(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_secret_value_is_not_cut_at_an_ampersand() {
+        assert_eq!(sanitize("password=hunt&er2"), "password=***");
+        assert_eq!(sanitize("DB_PASS=a&b&c done"), "DB_PASS=*** done");
+    }
+
+    #[test]
+    fn words_merely_containing_a_short_secret_name_are_untouched() {
+        for line in [
+            "monkey=3",
+            "bypass=1 keyboard=us author=bob",
+            "3 passed, 0 failed; passing tests: 3",
+            "--- PASS: TestParse (0.00s)",
+            "Cache restored from key: npm-linux-x64-abc123",
+            "KeyError: 'x'",
+            "PWD=/home/runner/work/app",
+            "pass: 3 of 3",
+            r#"{"key": "npm-cache", "auth": "oidc", "pass": 3}"#,
+        ] {
+            assert_borrowed_untouched(line);
+        }
+    }
+
+    #[test]
+    fn secrets_given_as_command_line_options_are_redacted() {
+        for (line, expected) in [
+            (
+                "mysql -h db --password hunter2 app",
+                "mysql -h db --password *** app",
+            ),
+            ("mysql --password=hunter2", "mysql --password=***"),
+            (
+                "gh auth login --with-token --token 'a b'",
+                "gh auth login --with-token --token '***'",
+            ),
+            ("cli --api-key k3y123 run", "cli --api-key *** run"),
+            (
+                "docker login -u me -p hunter2 registry.io",
+                "docker login -u me -p *** registry.io",
+            ),
+            ("podman login -p hunter2", "podman login -p ***"),
+            (
+                "curl -u admin:hunter2pass https://x",
+                "curl -u admin:*** https://x",
+            ),
+            (
+                "curl -sS --user admin:hunter2pass https://x",
+                "curl -sS --user admin:*** https://x",
+            ),
+            (
+                "curl -uadmin:hunter2pass https://x",
+                "curl -uadmin:*** https://x",
+            ),
+            (
+                "openssl rsa -passin pass:hunter2 -in k",
+                "openssl rsa -passin pass:*** -in k",
+            ),
+        ] {
+            assert_eq!(sanitize(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn options_that_only_look_like_secrets_are_untouched() {
+        for line in [
+            "mkdir -p build && tar -p -xf a.tar",
+            "ssh login@host -p 2222",
+            "docker run -u 1000:1000 node:20",
+            "mysql --password --host db",
+            "curl --key client.pem https://x",
+            "docker login --password-stdin registry.io",
+        ] {
+            assert_borrowed_untouched(line);
+        }
+    }
+
+    #[test]
+    fn authorization_headers_of_any_scheme_are_redacted() {
+        for (line, expected) in [
+            (
+                "Authorization: Basic dXNlcjpwYXNz",
+                "Authorization: Basic ***",
+            ),
+            ("authorization: token abc", "authorization: token ***"),
+            ("Authorization: Bearer abc.def", "Authorization: Bearer ***"),
+            (
+                "Proxy-Authorization: Basic dXNlcjpwYXNz",
+                "Proxy-Authorization: Basic ***",
+            ),
+            ("Authorization: s3cr3t", "Authorization: ***"),
+            (
+                r#"curl -H "Authorization: Basic dXNlcjpwYXNz" https://x"#,
+                r#"curl -H "Authorization: Basic ***" https://x"#,
+            ),
+            (
+                r#"{"Authorization":"Basic dXNlcjpwYXNz"}"#,
+                r#"{"Authorization":"Basic ***"}"#,
+            ),
+        ] {
+            assert_eq!(sanitize(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn bare_bearer_and_password_in_prose_are_untouched() {
+        assert_borrowed_untouched("the Bearer scheme is used");
+        assert_borrowed_untouched("Bearer abc");
+        assert_borrowed_untouched("Enter password:");
+        assert_borrowed_untouched("Password: ");
+        assert_borrowed_untouched("missing Authorization header");
+    }
+
+    #[test]
+    fn url_credentials_holding_slash_question_mark_or_hash_are_redacted() {
+        for (line, expected) in [
+            (
+                "postgres://user:hun?ter2@db:5432/x",
+                "postgres://***@db:5432/x",
+            ),
+            ("redis://:hun#ter2@cache:6379", "redis://***@cache:6379"),
+            ("https://u:a/b@host", "https://***@host"),
+            (
+                "git clone https://u:a/b?c#d@host/r.git x",
+                "git clone https://***@host/r.git x",
+            ),
+        ] {
+            assert_eq!(sanitize(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn urls_with_a_port_and_an_at_sign_further_on_are_untouched() {
+        assert_borrowed_untouched("GET http://localhost:4873/@types/node 200");
+        assert_borrowed_untouched("open http://localhost:3000/x?to=a@b.com");
+        assert_borrowed_untouched("http://[::1]:8080/a@b");
+        assert_borrowed_untouched("see https://example.com:443#x@y");
+        assert_borrowed_untouched("https://@host/x");
+    }
+
+    #[test]
+    fn aws_ids_glued_to_an_underscore_or_lower_case_are_redacted() {
+        assert_eq!(sanitize(&format!("KEY_{AWS_KEY_ID}")), "KEY_***");
+        assert_eq!(sanitize(&format!("{AWS_KEY_ID}x")), "***x");
+        assert_eq!(sanitize(&format!("id:{AWS_KEY_ID};")), "id:***;");
+    }
+
+    #[test]
+    fn upper_cased_gitlab_tokens_are_redacted() {
+        assert_eq!(sanitize("GLPAT-ABCDEFGHIJ_0123456789-X end"), "*** end");
+        assert_eq!(
+            sanitize("use GHP_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"),
+            "use ***"
+        );
+    }
+
+    #[test]
+    fn slack_refresh_app_and_rotated_tokens_are_redacted() {
+        for token in [
+            "xoxe-1-abcdef0123456789",
+            "xapp-1-A0123456789-abcdef",
+            "xoxe.xoxp-1-abcdef0123456789",
+        ] {
+            assert_eq!(
+                sanitize(&format!("slack {token} ok")),
+                "slack *** ok",
+                "{token}"
+            );
         }
     }
 
