@@ -36,11 +36,16 @@ fn main() {
     let peak = peak_resident_bytes().saturating_sub(peak_before);
     let (large, build) = build_large(&secrets);
     let plain = Sanitizer::new(&[]);
+    let few = Sanitizer::new(&[
+        "hunter2-but-longer".to_string(),
+        "s3cr3t/with+base64=".to_string(),
+        "0123456789abcdef0123456789abcdef01234567".to_string(),
+    ]);
 
     println!("per line (ns), median of 5 runs of {BATCHES} x {LINES_PER_BATCH} lines:");
     println!(
-        "{:<28} {:>14} {:>22}",
-        "line", "no secrets", "100 x 4096-byte secrets"
+        "{:<18} {:>12} {:>12} {:>26}",
+        "line", "no secrets", "3 secrets", "100 x 4096-byte secrets"
     );
     for (name, line) in [
         ("clean, 80 bytes", clean),
@@ -48,11 +53,19 @@ fn main() {
         ("coloured (SGR)", coloured),
     ] {
         println!(
-            "{name:<28} {:>14.0} {:>22.0}",
+            "{name:<18} {:>12.0} {:>12.0} {:>26.0}",
             ns_per_line(&plain, line),
+            ns_per_line(&few, line),
             ns_per_line(&large, line)
         );
     }
+    println!(
+        "{:<18} {:>12} {:>12} {:>26}",
+        "memory_bytes (KiB)",
+        plain.memory_bytes() / 1024,
+        few.memory_bytes() / 1024,
+        large.memory_bytes() / 1024
+    );
     println!();
     println!(
         "build, {SECRETS} x {SECRET_BYTES}-byte secrets: {:.1} ms (median of 5)",

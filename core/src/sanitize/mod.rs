@@ -35,8 +35,10 @@
 //! (or the lead byte of a C1 character) and only starts working when it finds
 //! one; step 2 only when `memchr` finds a `\r`. For step 3 every rule has
 //! trigger substrings (`AKIA`, `ghp_`, `password`, `://`, …); they and the
-//! job's literal secrets form one Aho-Corasick automaton, searched once per
-//! line, and only the regexes whose trigger occurred are run. The automaton
+//! *anchors* of the job's literal secrets (the first bytes of each of their
+//! forms: as written, upper-cased, percent-encoded, base64; see `literals.rs`)
+//! form one Aho-Corasick automaton, searched once per line, and only the
+//! regexes whose trigger occurred are run. The automaton
 //! is ASCII case-insensitive as a whole (Aho-Corasick has no per-pattern
 //! setting), so a case-sensitive trigger is confirmed by comparing bytes
 //! before its regex runs, and a literal secret by comparing bytes before it
@@ -75,14 +77,16 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 mod ansi;
+mod literals;
 mod redact;
 mod rules;
 
-use aho_corasick::{AhoCorasick, Input, MatchKind};
-use memchr::{memmem, memrchr};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
+use memchr::memrchr;
 
 use ansi::strip_controls;
-use redact::{literal_secrets, pattern_spans, replace_spans, url_credential_spans};
+use literals::{Budget, Literals};
+use redact::{pattern_spans, replace_spans, url_credential_spans};
 use rules::{PATTERN_REGEXES, PATTERN_RULES, PEM_BEGIN, PEM_END, Rule, RuleSet, TRIGGERS};
 
 /// Longest stored line, in bytes, suffix included.
@@ -103,11 +107,11 @@ const MIN_SECRET_LINE_BYTES: usize = 4;
 /// Its `Debug` output shows how many literal secrets it holds, never the
 /// secrets themselves.
 pub struct Sanitizer {
-    /// Distinct, non-empty literal secrets, one line each.
-    secrets: Vec<String>,
-    /// All of [`TRIGGERS`], then all of `secrets`, in that order, so that a
-    /// pattern id tells which is which. `None` only if the automaton could not
-    /// be built; then every rule and every secret is searched on every line.
+    literals: Literals,
+    /// All of [`TRIGGERS`], then every anchor of `literals`, in that order, so
+    /// that a pattern id tells which is which. `None` only if the automaton
+    /// could not be built; then every rule is run on every line and the anchors
+    /// are searched one by one.
     prefilter: Option<AhoCorasick>,
 }
 
@@ -115,20 +119,34 @@ impl Sanitizer {
     /// Builds the sanitizer of one job.
     ///
     /// `secrets`: literal values registered by the job; each is redacted
-    /// wherever it appears. Empty strings are ignored.
+    /// wherever it appears, in the forms the module doc lists. Empty strings
+    /// are ignored.
     pub fn new(secrets: &[String]) -> Self {
-        let secrets = literal_secrets(secrets);
+        let literals = Literals::new(secrets);
         let patterns = TRIGGERS
             .iter()
-            .map(|trigger| trigger.text)
-            .chain(secrets.iter().map(String::as_str));
+            .map(|trigger| trigger.text.as_bytes())
+            .chain(literals.anchors());
+        // The sanitizer without literal secrets is shared by every job that has
+        // none: it gets a DFA, the fastest scan (~130 KB). A job's own gets a
+        // contiguous NFA, a tenth of a DFA's size or less for less than twice
+        // the scan time (see the module doc).
+        let kind = if literals.is_empty() {
+            AhoCorasickKind::DFA
+        } else {
+            AhoCorasickKind::ContiguousNFA
+        };
         let prefilter = AhoCorasick::builder()
             .ascii_case_insensitive(true)
             // Standard semantics are what overlapping search needs.
             .match_kind(MatchKind::Standard)
+            .kind(Some(kind))
             .build(patterns)
             .ok();
-        Self { secrets, prefilter }
+        Self {
+            literals,
+            prefilter,
+        }
     }
 
     /// Starts a batch: PEM private-key blocks may span several lines of one
@@ -145,67 +163,57 @@ impl Sanitizer {
     /// a cache of sanitizers can be bounded by bytes.
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
-        let secrets: usize = self.secrets.iter().map(String::capacity).sum();
         size_of::<Self>()
-            + self.secrets.capacity() * size_of::<String>()
-            + secrets
+            + self.literals.memory_bytes()
             + self.prefilter.as_ref().map_or(0, AhoCorasick::memory_usage)
     }
 
     /// Records where literal secrets occur in `text` and returns the rules
-    /// worth running on it.
-    fn scan(&self, text: &str, spans: &mut Vec<Range<usize>>) -> RuleSet {
+    /// worth running on it; `None` when confirming literal secrets ran past the
+    /// line's budget, and the line must be redacted whole.
+    fn scan(&self, text: &str, spans: &mut Vec<Range<usize>>) -> Option<RuleSet> {
         let hay = text.as_bytes();
+        let mut budget = Budget::for_line(hay.len());
         let matches = self
             .prefilter
             .as_ref()
             .and_then(|automaton| automaton.try_find_overlapping_iter(Input::new(hay)).ok());
         let Some(matches) = matches else {
-            self.scan_without_prefilter(hay, spans);
-            return RuleSet::ALL;
+            let complete = self
+                .literals
+                .scan_without_automaton(hay, &mut budget, spans);
+            return complete.then_some(RuleSet::ALL);
         };
         let mut rules = RuleSet::EMPTY;
         for found in matches {
             let id = found.pattern().as_usize();
-            let bytes = hay.get(found.range());
             match TRIGGERS.get(id) {
                 Some(trigger) => {
-                    let case_ok = !trigger.exact_case || bytes == Some(trigger.text.as_bytes());
+                    let case_ok = !trigger.exact_case
+                        || hay.get(found.range()) == Some(trigger.text.as_bytes());
                     if case_ok && trigger.worth_running(hay, found.end()) {
                         rules.insert_all(trigger.rules);
                     }
                 }
                 None => {
-                    let secret = self.secrets.get(id - TRIGGERS.len());
-                    if secret.is_some_and(|secret| bytes == Some(secret.as_bytes())) {
-                        spans.push(found.range());
+                    let anchor = id - TRIGGERS.len();
+                    if !self
+                        .literals
+                        .confirm(anchor, hay, found.start(), &mut budget, spans)
+                    {
+                        return None;
                     }
                 }
             }
         }
-        rules
-    }
-
-    /// Slow but complete path for when the automaton could not be built.
-    fn scan_without_prefilter(&self, hay: &[u8], spans: &mut Vec<Range<usize>>) {
-        for secret in &self.secrets {
-            let finder = memmem::Finder::new(secret.as_bytes());
-            let mut from = 0;
-            // Advancing by one byte, not by the secret's length, keeps the
-            // overlapping occurrences the automaton would have reported.
-            while let Some(at) = hay.get(from..).and_then(|rest| finder.find(rest)) {
-                let start = from + at;
-                spans.push(start..start + secret.len());
-                from = start + 1;
-            }
-        }
+        Some(rules)
     }
 }
 
 impl fmt::Debug for Sanitizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sanitizer")
-            .field("literal_secrets", &self.secrets.len())
+            .field("literal_secrets", &self.literals.len())
             .finish_non_exhaustive()
     }
 }
@@ -243,7 +251,11 @@ impl Batch<'_> {
             spans.push(0..end.end());
             begin_search_from = end.end();
         }
-        let rules = self.sanitizer.scan(&text, &mut spans);
+        let Some(rules) = self.sanitizer.scan(&text, &mut spans) else {
+            // Still follow a block that starts here, or its body would leak.
+            self.private_key_spans(&text, begin_search_from, &mut spans);
+            return Cow::Borrowed(REDACTED);
+        };
         for (rule, regex) in PATTERN_RULES.iter().zip(PATTERN_REGEXES.iter()) {
             if rules.contains(*rule) {
                 pattern_spans(*rule, regex, &text, &mut spans);
@@ -786,14 +798,6 @@ mod tests {
     }
 
     #[test]
-    fn literal_secrets_are_case_sensitive() {
-        assert_eq!(
-            sanitize_with(&["Hunter2"], "hunter2 Hunter2 HUNTER2"),
-            "hunter2 *** HUNTER2"
-        );
-    }
-
-    #[test]
     fn longest_literal_secret_wins() {
         assert_eq!(
             sanitize_with(&["pass", "password123"], "use password123 now"),
@@ -859,14 +863,16 @@ mod tests {
         let secrets = ["hunter2".to_string(), "aaa".to_string()];
         let fast = Sanitizer::new(&secrets);
         let slow = Sanitizer {
-            secrets: literal_secrets(&secrets),
+            literals: Literals::new(&secrets),
             prefilter: None,
         };
         let lines = [
             format!("key {AWS_KEY_ID} and {GITHUB_TOKEN} and {JWT}"),
             "glpat-abcdefghij_0123456789 xoxb-1234567890-abc sk_live_abcDEF0123456".to_string(),
             "https://hooks.slack.com/services/T0/B0/XX Bearer abcdefgh1234".to_string(),
-            "password=hunter2 https://u:p@host aaaa".to_string(),
+            "password=hunter2 https://u:p@host aaaa AAAA aGVudGVyMg".to_string(),
+            "pwd=x docker login -p y curl -u a:b Authorization: Basic z".to_string(),
+            "postgres://u:p?w@db HUNTER2 hunter%32 aHVudGVyMg aHVudGVyMgo".to_string(),
             "-----BEGIN PRIVATE KEY----- x".to_string(),
             "y -----END PRIVATE KEY----- z".to_string(),
             "added 120 packages in 3s".to_string(),
@@ -1075,6 +1081,78 @@ mod tests {
                 "{token}"
             );
         }
+    }
+
+    #[test]
+    fn literal_secrets_are_redacted_upper_cased_but_not_lower_cased() {
+        assert_eq!(
+            sanitize_with(&["Hunter2"], "hunter2 Hunter2 HUNTER2"),
+            "hunter2 *** ***"
+        );
+    }
+
+    #[test]
+    fn literal_secrets_are_redacted_in_base64_at_every_alignment() {
+        // `base64` of the secret alone, and after one and two more bytes: the
+        // characters that depend on the secret alone are redacted.
+        let secret = "hunter2-is-my-password";
+        for (line, expected) in [
+            // "hunter2-is-my-password"
+            ("aHVudGVyMi1pcy1teS1wYXNzd29yZA==", "***A=="),
+            // "=hunter2-is-my-password"
+            ("PWh1bnRlcjItaXMtbXktcGFzc3dvcmQ=", "PW***Q="),
+            // "u=hunter2-is-my-password"
+            ("dT1odW50ZXIyLWlzLW15LXBhc3N3b3Jk", "dT1***"),
+        ] {
+            assert_eq!(sanitize_with(&[secret], line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn literal_secrets_are_redacted_in_url_safe_unpadded_base64() {
+        // "?>?>?>?>" in standard base64 is "Pz4/Pj8+Pz4/", URL-safe "Pz4_Pj8-Pz4_".
+        let secret = "?>?>?>?>?";
+        assert_eq!(
+            sanitize_with(&[secret], "token Pz4_Pj8-Pz4_Pw end"),
+            "token ***Pw end"
+        );
+    }
+
+    #[test]
+    fn literal_secrets_are_redacted_percent_encoded() {
+        let secret = "p@ss/w0rd!";
+        for line in [
+            "GET /login?pw=p%40ss%2Fw0rd%21 200",
+            "GET /login?pw=p%40ss%2fw0rd! 200",
+            "GET /login?pw=p%40ss/w0rd%21 200",
+        ] {
+            assert_eq!(
+                sanitize_with(&[secret], line),
+                "GET /login?pw=*** 200",
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hundred_secrets_of_four_kilobytes_are_cheap_to_hold() {
+        let secrets: Vec<String> = (0..100)
+            .map(|i| {
+                format!(
+                    "{i:03}{}",
+                    "abcdefghijklmnopqrstuvwxyz0123456789+/".repeat(108)
+                )[..4096]
+                    .to_string()
+            })
+            .collect();
+        let sanitizer = Sanitizer::new(&secrets);
+        let bytes = sanitizer.memory_bytes();
+        // The secrets themselves take 400 KiB; a few hundred KiB more is the
+        // budget.
+        assert!(bytes < 1024 * 1024, "{bytes} bytes");
+        assert!(bytes > 100 * 4096, "{bytes} bytes: the secrets are counted");
+        let line = format!("x {} y", secrets[42]);
+        assert_eq!(sanitizer.batch().line(&line), "x *** y");
     }
 
     // Control characters

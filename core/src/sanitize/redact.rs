@@ -6,8 +6,8 @@ use std::ops::Range;
 use memchr::{memchr, memmem, memrchr};
 use regex::Regex;
 
+use super::REDACTED;
 use super::rules::Rule;
-use super::{MIN_SECRET_LINE_BYTES, REDACTED};
 
 /// Adds the ranges to redact of every match of `rule`'s regex: the first capture
 /// group that took part in the match when there are groups (the rest of the match
@@ -106,37 +106,5 @@ pub(super) fn replace_spans(text: &str, mut spans: Vec<Range<usize>>) -> String 
         kept_from = merged.end;
     }
     out.push_str(&text[kept_from..]);
-    out
-}
-
-/// Distinct, non-empty literal secrets, multi-line ones split into lines.
-pub(super) fn literal_secrets(secrets: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    for secret in secrets {
-        if !secret.contains(['\n', '\r']) {
-            if !secret.is_empty() {
-                out.push(secret.clone());
-            }
-            continue;
-        }
-        let lines: Vec<&str> = secret
-            .split(['\n', '\r'])
-            .map(str::trim)
-            .filter(|line| !line.is_empty())
-            .collect();
-        let shortest = if lines.len() > 1 {
-            MIN_SECRET_LINE_BYTES
-        } else {
-            1
-        };
-        out.extend(
-            lines
-                .into_iter()
-                .filter(|line| line.len() >= shortest)
-                .map(str::to_owned),
-        );
-    }
-    out.sort_unstable();
-    out.dedup();
     out
 }
