@@ -2,8 +2,10 @@
 //! are stored.
 //!
 //! A [`Sanitizer`] is built once per job (it holds the job's literal
-//! secrets); a [`Batch`] carries the little state that spans lines. Each line
-//! goes through four steps, in this order:
+//! secrets); a [`Batch`] carries the little state that spans lines, and hands it
+//! over to the next batch of the job ([`Batch::carry`],
+//! [`Sanitizer::batch_resuming`]). Each line goes through four steps, in this
+//! order:
 //!
 //! 1. **Escape sequences and control characters are removed** by a hand-written
 //!    state machine: CSI, OSC, DCS/SOS/PM/APC strings in their 7-bit (`ESC`) and
@@ -52,12 +54,16 @@
 //! would be safe this gives the same text, and where it would expose the end
 //! of an overlapping secret this redacts it too.
 //!
-//! **PEM state per batch.** A private key printed by `cat key.pem` spans many
-//! lines, and no single one of its base64 lines is recognisable as a secret,
-//! so the "inside a private key" state lives in [`Batch`]. It is per batch
-//! rather than per job so that a `BEGIN` without an `END` (a truncated
-//! output, or a script merely mentioning the marker) cannot silence the rest
-//! of the job's log: it redacts only the rest of its batch.
+//! **PEM state across batches.** A private key printed by `cat key.pem` spans
+//! many lines, and no single one of its base64 lines is recognisable as a
+//! secret, so "inside a private key" is state. A pipeline's batches split the
+//! output anywhere, so the state outlives a batch: [`Batch::carry`] gives it as
+//! a number that the caller keeps per job (in Redis, since the next batch may
+//! land on another instance) and hands to [`Sanitizer::batch_resuming`]. It
+//! counts the lines the block has run, because a `BEGIN` without an `END` (a
+//! truncated output, or a script merely mentioning the marker) must not
+//! silence the rest of the job's log: the block ends by itself after
+//! [`MAX_PRIVATE_KEY_LINES`] lines.
 //!
 //! Decisions a reader might question:
 //! - A `key: value` secret needs a space after the colon unless the value is
@@ -93,6 +99,13 @@ use rules::{PATTERN_REGEXES, PATTERN_RULES, PEM_BEGIN, PEM_END, Rule, RuleSet, T
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Replacement for every redacted secret.
 pub const REDACTED: &str = "***";
+
+/// Most lines a private-key block without an `END` marker redacts, its `BEGIN`
+/// line included; the next line is sanitized as any other. A 4096-bit RSA key
+/// is about 50 lines of base64, an 8192-bit one about 100, an OpenPGP secret key
+/// with a 4096-bit subkey about 150: this leaves a margin above all of them and
+/// still bounds what a lone `BEGIN` can hide.
+pub const MAX_PRIVATE_KEY_LINES: u32 = 256;
 
 /// Text put between the kept part of a cut line and the number of bytes cut.
 pub(crate) const TRUNCATED_PREFIX: &str = "\u{2026} [truncated ";
@@ -149,13 +162,23 @@ impl Sanitizer {
         }
     }
 
-    /// Starts a batch: PEM private-key blocks may span several lines of one
-    /// batch.
+    /// Starts the first batch of a job, outside any private key: the same as
+    /// `batch_resuming(0)`.
     #[must_use]
     pub fn batch(&self) -> Batch<'_> {
+        self.batch_resuming(0)
+    }
+
+    /// Starts a batch where the job's previous batch left off: `carry` is that
+    /// batch's [`Batch::carry`] at its end (0: not inside a private key; `n > 0`:
+    /// inside a private-key block that has already run `n` lines). A value above
+    /// [`MAX_PRIVATE_KEY_LINES`] is taken as that bound, so a block resumed from
+    /// a corrupt value still ends.
+    #[must_use]
+    pub fn batch_resuming(&self, carry: u32) -> Batch<'_> {
         Batch {
             sanitizer: self,
-            in_private_key: false,
+            key_lines: carry.min(MAX_PRIVATE_KEY_LINES),
         }
     }
 
@@ -218,12 +241,14 @@ impl fmt::Debug for Sanitizer {
     }
 }
 
-/// Sanitizing state across the lines of one batch.
+/// Sanitizing state across the lines of one batch, and from one batch of a job
+/// to the next ([`Batch::carry`]).
 #[derive(Debug)]
 pub struct Batch<'s> {
     sanitizer: &'s Sanitizer,
-    /// A private-key `BEGIN` marker was seen and its `END` marker not yet.
-    in_private_key: bool,
+    /// Lines run so far by the private-key block this batch is inside (its
+    /// `BEGIN` line included), 0 outside one.
+    key_lines: u32,
 }
 
 impl Batch<'_> {
@@ -240,16 +265,30 @@ impl Batch<'_> {
         cut_long_line(text)
     }
 
+    /// The state after the lines sanitized so far, for the job's next batch
+    /// ([`Sanitizer::batch_resuming`]): 0 outside a private key, else the lines
+    /// its block has run. Store it with the job whenever it changes.
+    #[must_use]
+    pub fn carry(&self) -> u32 {
+        self.key_lines
+    }
+
     fn redact<'a>(&mut self, text: Cow<'a, str>) -> Cow<'a, str> {
         let mut spans = Vec::new();
         let mut begin_search_from = 0;
-        if self.in_private_key {
-            let Some(end) = PEM_END.find(&text) else {
+        if self.key_lines > 0 {
+            if let Some(end) = PEM_END.find(&text) {
+                self.key_lines = 0;
+                spans.push(0..end.end());
+                begin_search_from = end.end();
+            } else if self.key_lines < MAX_PRIVATE_KEY_LINES {
+                self.key_lines += 1;
                 return Cow::Borrowed(REDACTED);
-            };
-            self.in_private_key = false;
-            spans.push(0..end.end());
-            begin_search_from = end.end();
+            } else {
+                // Longer than any key: the block ends by itself, and this line
+                // is sanitized as any other.
+                self.key_lines = 0;
+            }
         }
         let Some(rules) = self.sanitizer.scan(&text, &mut spans) else {
             // Still follow a block that starts here, or its body would leak.
@@ -286,7 +325,7 @@ impl Batch<'_> {
                 }
                 None => {
                     spans.push(begin.start()..text.len());
-                    self.in_private_key = true;
+                    self.key_lines = 1;
                     return;
                 }
             }
@@ -760,14 +799,57 @@ mod tests {
     }
 
     #[test]
-    fn pem_block_without_end_redacts_the_rest_of_its_batch_only() {
+    fn pem_block_continuing_in_the_next_batch_is_redacted() {
+        let sanitizer = Sanitizer::new(&[]);
+        let mut first = sanitizer.batch();
+        assert_eq!(first.line("cat deploy.pem"), "cat deploy.pem");
+        assert_eq!(first.carry(), 0);
+        assert_eq!(first.line("-----BEGIN RSA PRIVATE KEY-----"), "***");
+        assert_eq!(first.line("MIIEowIBAAKCAQEA"), "***");
+        assert_eq!(first.carry(), 2);
+        let mut next = sanitizer.batch_resuming(first.carry());
+        assert_eq!(next.line("c2VjcmV0IGJvZHk"), "***");
+        assert_eq!(next.line("-----END RSA PRIVATE KEY----- done"), "*** done");
+        assert_eq!(next.carry(), 0);
+        assert_eq!(next.line("c2VjcmV0IGJvZHk"), "c2VjcmV0IGJvZHk");
+    }
+
+    #[test]
+    fn pem_block_without_end_ends_by_itself_after_the_bound() {
         let sanitizer = Sanitizer::new(&[]);
         let mut batch = sanitizer.batch();
-        assert_eq!(batch.line("-----BEGIN OPENSSH PRIVATE KEY-----"), "***");
-        assert_eq!(batch.line("b3BlbnNzaC1rZXk"), "***");
-        assert_eq!(batch.line("build finished"), "***");
-        let mut next_batch = sanitizer.batch();
-        assert_eq!(next_batch.line("build finished"), "build finished");
+        assert_eq!(
+            batch.line("echo -----BEGIN OPENSSH PRIVATE KEY-----"),
+            "echo ***"
+        );
+        for _ in 1..MAX_PRIVATE_KEY_LINES {
+            assert_eq!(batch.line("build output"), "***");
+        }
+        assert_eq!(batch.carry(), MAX_PRIVATE_KEY_LINES);
+        // Across batches the count goes on: the bound is per block, not per batch.
+        let mut next = sanitizer.batch_resuming(batch.carry());
+        assert_eq!(next.line("build finished"), "build finished");
+        assert_eq!(next.carry(), 0);
+    }
+
+    #[test]
+    fn a_carry_past_the_bound_ends_the_block_at_the_next_line() {
+        let sanitizer = Sanitizer::new(&[]);
+        let mut batch = sanitizer.batch_resuming(u32::MAX);
+        assert_eq!(batch.carry(), MAX_PRIVATE_KEY_LINES);
+        assert_eq!(batch.line("build finished"), "build finished");
+        let mut batch = sanitizer.batch_resuming(MAX_PRIVATE_KEY_LINES - 1);
+        assert_eq!(batch.line("last body line"), "***");
+        assert_eq!(batch.line("build finished"), "build finished");
+    }
+
+    #[test]
+    fn a_new_batch_starts_outside_any_key() {
+        let sanitizer = Sanitizer::new(&[]);
+        let mut batch = sanitizer.batch();
+        assert_eq!(batch.line("-----BEGIN PRIVATE KEY-----"), "***");
+        assert_eq!(sanitizer.batch().carry(), 0);
+        assert_eq!(sanitizer.batch().line("MIIEvQ"), "MIIEvQ");
     }
 
     #[test]
