@@ -21,9 +21,7 @@
 //!    the last text written: we keep the segment before the trailing `\r`s.
 //!    (A real terminal overlays a shorter segment on a longer one; we do not
 //!    emulate that, a progress line is rewritten whole.)
-//! 3. **Secrets are redacted** (`***`): known token shapes, `Bearer` tokens,
-//!    `key=value` secrets, URL credentials, PEM private-key blocks and the
-//!    job's registered literal secrets.
+//! 3. **Secrets are redacted** (`***`), see below.
 //! 4. **Long lines are cut** to [`MAX_LINE_BYTES`], suffix included.
 //!
 //! Why this order: escapes are stripped first because they can sit inside
@@ -32,19 +30,84 @@
 //! Redaction comes before the cut so that the cut can never leave half of a
 //! secret that the patterns would then no longer recognise.
 //!
+//! # What is redacted
+//!
+//! Each secret becomes `***`; the name, option or scheme in front of it stays.
+//! - **Token shapes**: AWS access key ids (`AKIA`, `ASIA`, `ABIA`, `ACCA` and 16
+//!   capitals or digits, not inside a longer run of capitals and digits, but
+//!   glued to anything else, `KEY_AKIA…`); GitHub (`ghp_`, `gho_`, `ghu_`, `ghs_`,
+//!   `ghr_`, `github_pat_`), GitLab (`glpat-`, `gldt-`, `glrt-` …) and Slack
+//!   (`xoxb-`, `xoxp-`, `xoxe-`, `xapp-` …) tokens, their prefixes in any case;
+//!   Slack webhook URLs; Stripe keys (`sk_live_`, `rk_test_`, `whsec_` …); JWTs;
+//!   PEM private-key blocks, also across lines and batches.
+//! - **Secrets by name**: the value of `name=value`, `name: value` (a space
+//!   after the colon unless the value is quoted) and `"name": "value"`, when the
+//!   name contains `password`, `passwd`, `passphrase`, `secret`, `token`,
+//!   `credential` or `api_key`, or ends with a part `key`, `pass`, `pwd` or `auth`
+//!   (`DB_PASS`, `private_key`, `accessKey`); `pass=`, `pwd=`, `auth=` and `key=`
+//!   alone, and `"pass": "…"`. A bare value runs to the next blank, `&`
+//!   included.
+//! - **Command lines**: `--password VALUE` and the like (`--token`,
+//!   `--client-secret`, `--api-key` …), `-p VALUE` after a `login` subcommand
+//!   (`docker login -u me -p …`), the password of `user:password` after curl's
+//!   `-u`/`--user`, openssl's `pass:VALUE`.
+//! - **Headers**: the credentials of `Authorization:` and `Proxy-Authorization:`
+//!   whatever the scheme (`Basic`, `token`, a short `Bearer`); `Bearer` followed
+//!   by 8 or more token characters anywhere.
+//! - **URL credentials**: `scheme://user:password@host` becomes
+//!   `scheme://***@host`, also when the password holds `@`, `/`, `?` or `#`.
+//! - **The job's registered secrets**, wherever they occur: as written, ASCII
+//!   upper-cased, percent-encoded (by any common encoder, hex in either case),
+//!   and in base64, standard or URL-safe, padded or not, at any alignment (the
+//!   characters that depend on the secret alone; for secrets of 6 bytes or
+//!   more, at every alignment from 7). A multi-line secret is registered line
+//!   by line.
+//!
+//! # What is not
+//!
+//! - A secret with neither a known shape nor a name in front of it: `hunter2`
+//!   alone, `mysql -phunter2`, `sshpass -p hunter2`, a password in prose.
+//!   Register it (`secrets` at creation, `POST …/secrets`, `::add-mask::`).
+//! - Names made of a short word without a separator (`dbpass=`, `SSHPASS=`);
+//!   `pass:`, `key:`, `auth:` alone with a bare value (`--- PASS: TestX`,
+//!   `Key: npm-cache-…` are what test runners and caches print) and
+//!   `"key": "…"`, `"auth": "…"` alone; `PWD=` (the shell's working
+//!   directory); `--key FILE`.
+//! - Registered secrets lower-cased, in other encodings (hex, JSON or shell
+//!   escapes, base64 wrapped over several lines), or split across lines.
+//! - A URL password made of digits up to its first `/` (it reads as a port).
+//! - Cookies and session ids (`Cookie:`, `Set-Cookie:`), and private keys that
+//!   are not PEM blocks.
+//! - The part of a private key past [`MAX_PRIVATE_KEY_LINES`] lines without
+//!   an `END` marker.
+//!
+//! Redaction errs on the side of too much: `password=x&next=1` loses `&next=1`,
+//! `Authorization: Bearer` alone becomes `Authorization: ***`.
+//!
+//! # How
+//!
 //! **Prefilter.** Most lines contain nothing to change, and they must cost
 //! well under a microsecond. Step 1 scans 16 bytes at a time for a control byte
 //! (or the lead byte of a C1 character) and only starts working when it finds
 //! one; step 2 only when `memchr` finds a `\r`. For step 3 every rule has
 //! trigger substrings (`AKIA`, `ghp_`, `password`, `://`, …); they and the
-//! *anchors* of the job's literal secrets (the first bytes of each of their
-//! forms: as written, upper-cased, percent-encoded, base64; see `literals.rs`)
-//! form one Aho-Corasick automaton, searched once per line, and only the
-//! regexes whose trigger occurred are run. The automaton
-//! is ASCII case-insensitive as a whole (Aho-Corasick has no per-pattern
-//! setting), so a case-sensitive trigger is confirmed by comparing bytes
-//! before its regex runs, and a literal secret by comparing bytes before it
-//! is redacted. Regexes are compiled once per process.
+//! *anchors* of the job's literal secrets (the first bytes of each form, see
+//! `literals.rs`) form one Aho-Corasick automaton, searched once per line, and
+//! only the rules whose trigger occurred are run. The automaton is ASCII
+//! case-insensitive as a whole (Aho-Corasick has no per-pattern setting), so a
+//! case-sensitive trigger is confirmed by comparing bytes before its regex
+//! runs, and a literal secret by comparing bytes before it is redacted.
+//! Regexes are compiled once per process.
+//!
+//! **Automaton kind.** The sanitizer without literal secrets, which every job
+//! without any shares, is a DFA: the fastest scan, ~130 KB once per process. A
+//! job's own sanitizer is a contiguous NFA, a fraction of a DFA's size: with 3
+//! secrets ~27 KB (a DFA would take ~240 KB; the DFA over the whole secrets
+//! before took ~140 KB); with 100 secrets of 4 096 bytes ~0.65 MiB, 400 KiB of
+//! which are the secrets, where one automaton over the whole secrets took
+//! ~7.7 MiB, 24 MiB at its peak and ~350 ms to build (now ~5 ms). The price is
+//! scan time: a clean 80-byte line costs ~0.5 µs instead of ~0.3 µs
+//! (`examples/sanitize-bench.rs`).
 //!
 //! **Overlaps.** Every rule reports byte ranges to redact; overlapping or
 //! touching ranges are merged and each merged range becomes a single `***`.
@@ -74,6 +137,9 @@
 //!   lines is registered instead, trimmed. When it has several lines, those
 //!   shorter than 4 bytes are skipped, or a JSON secret would redact every
 //!   `{` of the log.
+//! - A line on which confirming literal secrets would cost more than a bound
+//!   proportional to its length (only a long secret that repeats itself,
+//!   printed over and over, gets there) is redacted whole (`literals.rs`).
 //! - [`Batch::line`] also borrows when the result is a part of its input
 //!   (a collapsed progress line) or the constant [`REDACTED`], so
 //!   `Cow::Owned` means "changed" but `Cow::Borrowed` does not always mean
