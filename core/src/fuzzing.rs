@@ -8,7 +8,7 @@
 //!
 //! | check | properties |
 //! |---|---|
-//! | [`sanitizer`] | no panic; no line past [`MAX_LINE_BYTES`]; no ESC left; a registered secret never comes through whole |
+//! | [`sanitizer`] | no panic; no line past [`MAX_LINE_BYTES`]; no ESC, C0 (but tab) or C1 control left; a registered secret never comes through whole; a batch split anywhere, its carry handed on, gives the same lines |
 //! | [`splitter`] | no panic; one line per `\n` (the last one optional), none containing `\n`; UTF-8 text comes back as sent, CRLF as LF; the `text/plain` body parser agrees |
 //! | [`batch`] | no panic; accepted batches are within the limits and survive a round trip through the wire format; refusals are 400 or 413, never 500 |
 //! | [`ids`] | no panic; entry ids and job ids accepted exactly by their grammar, and round-trip through `Display` |
@@ -32,6 +32,8 @@ const SECRET_ALPHABET: &[u8] =
 /// sanitized as one batch, each once as given and once with a secret spliced in at a
 /// position the input chooses, so every run checks the redaction property; for one
 /// input in eight the first line is also repeated past the 16 KiB cap, to check the cut.
+/// Every line is sanitized a second time by a batch of its own resumed from the
+/// previous line's carry, as the job's next request would be.
 pub fn sanitizer(data: &[u8]) {
     let (head, text) = match memchr::memchr(0, data) {
         Some(at) => (&data[..at], &data[at + 1..]),
@@ -50,6 +52,7 @@ pub fn sanitizer(data: &[u8]) {
     let sanitizer = Sanitizer::new(&secrets);
     let text = String::from_utf8_lossy(text);
     let mut batch = sanitizer.batch();
+    let mut carry = 0;
     for (i, line) in text.split('\n').enumerate() {
         let mut variants = vec![line.to_owned()];
         if let Some(secret) = secrets.get(i % secrets.len().max(1)) {
@@ -72,7 +75,14 @@ pub fn sanitizer(data: &[u8]) {
                 out.len(),
                 raw.len()
             );
-            assert!(!out.contains('\u{1b}'), "an ESC survived: {out:?}");
+            assert!(
+                !out.chars().any(|c| c.is_control() && c != '\t'),
+                "a control character survived: {out:?}"
+            );
+            let mut resumed = sanitizer.batch_resuming(carry);
+            assert_eq!(resumed.line(&raw), out, "resumed from carry {carry}");
+            carry = resumed.carry();
+            assert_eq!(carry, batch.carry(), "the carry after {raw:?}");
             // The truncation note is the sanitizer's own text ("… [truncated N bytes]"):
             // a secret such as "bytes" may appear there without having leaked.
             let body = match out.rfind(TRUNCATED_PREFIX) {

@@ -6,7 +6,7 @@
 //! | [`ids`] | `JobId`, `EntryId`, random hex |
 //! | [`model`] | entries, line streams, stage and job statuses, the status machine |
 //! | [`batch`] | the ingest body: a JSON batch or `text/plain` lines, parsed and checked ([`batch::BatchError`]) |
-//! | [`sanitize`] | ANSI stripping, progress collapse, secret redaction, line cap |
+//! | [`sanitize`] | escape and control-character stripping, progress collapse, secret redaction (what is and is not: its module doc), line cap |
 //! | `fuzzing` | (feature `fuzzing`) one check per fuzz target, shared with the corpus replay tests |
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]

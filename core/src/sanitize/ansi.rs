@@ -1,29 +1,51 @@
-//! Stripping ANSI escape sequences: a hand-written state machine over CSI, OSC,
-//! DCS/SOS/PM/APC strings, charset designations and two-byte escapes. Whatever cannot
-//! be parsed is dropped together with its ESC, so no ESC byte ever reaches storage.
+//! Stripping escape sequences and control characters: a hand-written state machine
+//! over CSI, OSC, DCS/SOS/PM/APC strings (7-bit `ESC`-introduced or 8-bit C1),
+//! charset designations and two-byte escapes, and every other C0 control but tab and
+//! carriage return, DEL and C1 control dropped alone. Whatever cannot be parsed is
+//! dropped together with its introducer, so no ESC, C0 (but tab) or C1 character ever
+//! reaches storage; `\r` is left for the progress-bar step, which removes it.
+//!
+//! Clean lines must cost next to nothing, so [`find_control`] tests 16 bytes at a
+//! time with a branch-free test the compiler vectorizes, and only looks closer at a
+//! chunk that has a control byte or the lead byte of a C1 character (`C2`, shared
+//! with `©`, `°`, `±` …).
 
 // Every position the functions below return is either the end of the line,
-// just after an ASCII byte they consumed, or the position of a byte they did
-// not consume that follows a complete character; so slicing there never
-// splits a UTF-8 character.
+// just after an ASCII byte or a whole C1 character they consumed, or the
+// position of a byte they did not consume that follows a complete character;
+// so slicing there never splits a UTF-8 character.
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memchr2};
+use memchr::{memchr2, memchr3};
 
-use super::{BEL, C1_CSI, ESC};
+const ESC: u8 = 0x1B;
+const BEL: u8 = 0x07;
+const DEL: u8 = 0x7F;
+/// UTF-8 lead byte of U+0080–U+00BF: the C1 controls are `C2 80`–`C2 9F`.
+const C1_LEAD: u8 = 0xC2;
+/// Second bytes of the 8-bit introducers and terminator.
+const C1_DCS: u8 = 0x90;
+const C1_SOS: u8 = 0x98;
+const C1_CSI: u8 = 0x9B;
+const C1_ST: u8 = 0x9C;
+const C1_OSC: u8 = 0x9D;
+const C1_PM: u8 = 0x9E;
+const C1_APC: u8 = 0x9F;
 
-pub(super) fn strip_ansi(raw: &str) -> Cow<'_, str> {
+const CHUNK: usize = 16;
+
+pub(super) fn strip_controls(raw: &str) -> Cow<'_, str> {
     let bytes = raw.as_bytes();
-    let Some(mut at) = find_escape(bytes, 0) else {
+    let Some(mut at) = find_control(bytes, 0) else {
         return Cow::Borrowed(raw);
     };
     let mut out = String::with_capacity(raw.len());
     let mut kept_from = 0;
     loop {
         out.push_str(&raw[kept_from..at]);
-        kept_from = skip_sequence(bytes, at);
-        match find_escape(bytes, kept_from) {
+        kept_from = skip_control(bytes, at);
+        match find_control(bytes, kept_from) {
             Some(next) => at = next,
             None => break,
         }
@@ -32,24 +54,56 @@ pub(super) fn strip_ansi(raw: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Position of the next ESC or 8-bit CSI at or after `from`.
-pub(super) fn find_escape(bytes: &[u8], from: usize) -> Option<usize> {
-    let mut from = from;
+/// May start something to remove: tested on every byte of a chunk without
+/// branching.
+fn suspect(byte: u8) -> bool {
+    (byte < 0x20) & (byte != b'\t') & (byte != b'\r') | (byte == DEL) | (byte == C1_LEAD)
+}
+
+/// Position of the next control character or escape sequence at or after `from`:
+/// a C0 control but tab and `\r`, DEL, ESC, or a C1 control.
+pub(super) fn find_control(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
     loop {
-        let at = from + memchr2(ESC, C1_CSI[0], bytes.get(from..)?)?;
-        if bytes[at] == ESC || bytes.get(at + 1) == Some(&C1_CSI[1]) {
-            return Some(at);
+        while let Some(chunk) = bytes.get(at..at + CHUNK) {
+            if chunk.iter().fold(false, |any, &byte| any | suspect(byte)) {
+                break;
+            }
+            at += CHUNK;
         }
-        from = at + 1;
+        let end = bytes.len().min(at + CHUNK);
+        for i in at..end {
+            let byte = bytes[i];
+            if suspect(byte) && (byte != C1_LEAD || matches!(bytes.get(i + 1), Some(0x80..=0x9F))) {
+                return Some(i);
+            }
+        }
+        if end == bytes.len() {
+            return None;
+        }
+        at = end;
     }
 }
 
-/// End of the sequence starting at `at` (an ESC or an 8-bit CSI). Always
-/// past `at`, so stripping makes progress.
-pub(super) fn skip_sequence(bytes: &[u8], at: usize) -> usize {
-    if bytes[at] != ESC {
-        return skip_csi(bytes, at + C1_CSI.len());
+/// End of the control character or sequence starting at `at`. Always past `at`,
+/// so stripping makes progress.
+fn skip_control(bytes: &[u8], at: usize) -> usize {
+    match bytes[at] {
+        ESC => skip_escape(bytes, at),
+        C1_LEAD => match bytes.get(at + 1) {
+            Some(&C1_CSI) => skip_csi(bytes, at + 2),
+            Some(&C1_OSC) => skip_control_string(bytes, at + 2, true),
+            Some(&(C1_DCS | C1_SOS | C1_PM | C1_APC)) => skip_control_string(bytes, at + 2, false),
+            // Any other C1 control, the string terminator alone included.
+            _ => at + 2,
+        },
+        // Any other C0 control, or DEL.
+        _ => at + 1,
     }
+}
+
+/// End of the sequence starting at the ESC at `at`.
+fn skip_escape(bytes: &[u8], at: usize) -> usize {
     let Some(&kind) = bytes.get(at + 1) else {
         return bytes.len();
     };
@@ -74,7 +128,7 @@ pub(super) fn skip_sequence(bytes: &[u8], at: usize) -> usize {
 
 /// Parameters, intermediates and a final byte. A byte that fits none ends a
 /// malformed sequence and is kept, like a truncated one is removed.
-pub(super) fn skip_csi(bytes: &[u8], from: usize) -> usize {
+fn skip_csi(bytes: &[u8], from: usize) -> usize {
     let params_end = skip_while(bytes, from, 0x30..=0x3F);
     let end = skip_while(bytes, params_end, 0x20..=0x2F);
     match bytes.get(end) {
@@ -83,30 +137,34 @@ pub(super) fn skip_csi(bytes: &[u8], from: usize) -> usize {
     }
 }
 
-/// OSC, DCS, SOS, PM and APC bodies run to `ESC \` (or BEL for OSC) or the
-/// end of the line. Any other ESC aborts the string, as it does in a
-/// terminal, and starts a new sequence.
-pub(super) fn skip_control_string(bytes: &[u8], from: usize, bel_ends: bool) -> usize {
-    let rest = bytes.get(from..).unwrap_or_default();
-    let found = if bel_ends {
-        memchr2(ESC, BEL, rest)
-    } else {
-        memchr(ESC, rest)
-    };
-    let Some(offset) = found else {
-        return bytes.len();
-    };
-    let at = from + offset;
-    if bytes[at] == BEL {
-        at + 1
-    } else if bytes.get(at + 1) == Some(&b'\\') {
-        at + 2
-    } else {
-        at
+/// OSC, DCS, SOS, PM and APC bodies run to a string terminator (`ESC \` or the
+/// 8-bit ST), or BEL for OSC, or the end of the line. Any other ESC aborts the
+/// string, as it does in a terminal, and starts a new sequence.
+fn skip_control_string(bytes: &[u8], from: usize, bel_ends: bool) -> usize {
+    let mut from = from;
+    loop {
+        let rest = bytes.get(from..).unwrap_or_default();
+        let found = if bel_ends {
+            memchr3(ESC, BEL, C1_LEAD, rest)
+        } else {
+            memchr2(ESC, C1_LEAD, rest)
+        };
+        let Some(offset) = found else {
+            return bytes.len();
+        };
+        let at = from + offset;
+        match bytes[at] {
+            BEL => return at + 1,
+            ESC if bytes.get(at + 1) == Some(&b'\\') => return at + 2,
+            ESC => return at,
+            _ if bytes.get(at + 1) == Some(&C1_ST) => return at + 2,
+            // `C2` of some other character: part of the string.
+            _ => from = at + 1,
+        }
     }
 }
 
-pub(super) fn skip_while(bytes: &[u8], from: usize, range: std::ops::RangeInclusive<u8>) -> usize {
+fn skip_while(bytes: &[u8], from: usize, range: std::ops::RangeInclusive<u8>) -> usize {
     let rest = bytes.get(from..).unwrap_or_default();
     from + rest
         .iter()

@@ -2,13 +2,18 @@
 //! are stored.
 //!
 //! A [`Sanitizer`] is built once per job (it holds the job's literal
-//! secrets); a [`Batch`] carries the little state that spans lines. Each line
-//! goes through four steps, in this order:
+//! secrets); a [`Batch`] carries the little state that spans lines, and hands it
+//! over to the next batch of the job ([`Batch::carry`],
+//! [`Sanitizer::batch_resuming`]). Each line goes through four steps, in this
+//! order:
 //!
-//! 1. **ANSI escape sequences are stripped** by a hand-written state machine
-//!    (CSI, OSC, DCS/SOS/PM/APC strings, charset designations and two-byte
-//!    escapes). Whatever cannot be parsed is dropped together with its ESC,
-//!    so no ESC byte ever reaches storage.
+//! 1. **Escape sequences and control characters are removed** by a hand-written
+//!    state machine: CSI, OSC, DCS/SOS/PM/APC strings in their 7-bit (`ESC`) and
+//!    8-bit (C1) forms, charset designations and two-byte escapes, then every
+//!    other C0 control but tab (NUL, BEL, BS, VT, FF …), DEL and C1 control
+//!    (U+0080–U+009F), each alone. Whatever cannot be parsed is dropped together
+//!    with its introducer, so no ESC, C0 (but tab) or C1 character ever reaches
+//!    storage.
 //! 2. **Carriage-return progress is collapsed**: only the text after the last
 //!    `\r` is kept, which is what a progress bar leaves on screen. When
 //!    nothing follows the last `\r` (`"50%\r"`), the cursor went back to the
@@ -16,27 +21,93 @@
 //!    the last text written: we keep the segment before the trailing `\r`s.
 //!    (A real terminal overlays a shorter segment on a longer one; we do not
 //!    emulate that, a progress line is rewritten whole.)
-//! 3. **Secrets are redacted** (`***`): known token shapes, `Bearer` tokens,
-//!    `key=value` secrets, URL credentials, PEM private-key blocks and the
-//!    job's registered literal secrets.
+//! 3. **Secrets are redacted** (`***`), see below.
 //! 4. **Long lines are cut** to [`MAX_LINE_BYTES`], suffix included.
 //!
-//! Why this order: ANSI codes are stripped first because they can sit inside
+//! Why this order: escapes are stripped first because they can sit inside
 //! a secret (`hun\e[1mter2`), whether from a colouring tool or put there to
 //! dodge the redaction; the redaction must see the text a reader will see.
 //! Redaction comes before the cut so that the cut can never leave half of a
 //! secret that the patterns would then no longer recognise.
 //!
+//! # What is redacted
+//!
+//! Each secret becomes `***`; the name, option or scheme in front of it stays.
+//! - **Token shapes**: AWS access key ids (`AKIA`, `ASIA`, `ABIA`, `ACCA` and 16
+//!   capitals or digits, not inside a longer run of capitals and digits, but
+//!   glued to anything else, `KEY_AKIA…`); GitHub (`ghp_`, `gho_`, `ghu_`, `ghs_`,
+//!   `ghr_`, `github_pat_`), GitLab (`glpat-`, `gldt-`, `glrt-` …) and Slack
+//!   (`xoxb-`, `xoxp-`, `xoxe-`, `xapp-` …) tokens, their prefixes in any case;
+//!   Slack webhook URLs; Stripe keys (`sk_live_`, `rk_test_`, `whsec_` …); JWTs;
+//!   PEM private-key blocks, also across lines and batches.
+//! - **Secrets by name**: the value of `name=value`, `name: value` (a space
+//!   after the colon unless the value is quoted) and `"name": "value"`, when the
+//!   name contains `password`, `passwd`, `passphrase`, `secret`, `token`,
+//!   `credential` or `api_key`, or ends with a part `key`, `pass`, `pwd` or `auth`
+//!   (`DB_PASS`, `private_key`, `accessKey`); `pass=`, `pwd=`, `auth=` and `key=`
+//!   alone, and `"pass": "…"`. A bare value runs to the next blank, `&`
+//!   included.
+//! - **Command lines**: `--password VALUE` and the like (`--token`,
+//!   `--client-secret`, `--api-key` …), `-p VALUE` after a `login` subcommand
+//!   (`docker login -u me -p …`), the password of `user:password` after curl's
+//!   `-u`/`--user`, openssl's `pass:VALUE`.
+//! - **Headers**: the credentials of `Authorization:` and `Proxy-Authorization:`
+//!   whatever the scheme (`Basic`, `token`, a short `Bearer`); `Bearer` followed
+//!   by 8 or more token characters anywhere.
+//! - **URL credentials**: `scheme://user:password@host` becomes
+//!   `scheme://***@host`, also when the password holds `@`, `/`, `?` or `#`.
+//! - **The job's registered secrets**, wherever they occur: as written, ASCII
+//!   upper-cased, percent-encoded (by any common encoder, hex in either case),
+//!   and in base64, standard or URL-safe, padded or not, at any alignment (the
+//!   characters that depend on the secret alone; for secrets of 6 bytes or
+//!   more, at every alignment from 7). A multi-line secret is registered line
+//!   by line.
+//!
+//! # What is not
+//!
+//! - A secret with neither a known shape nor a name in front of it: `hunter2`
+//!   alone, `mysql -phunter2`, `sshpass -p hunter2`, a password in prose.
+//!   Register it (`secrets` at creation, `POST …/secrets`, `::add-mask::`).
+//! - Names made of a short word without a separator (`dbpass=`, `SSHPASS=`);
+//!   `pass:`, `key:`, `auth:` alone with a bare value (`--- PASS: TestX`,
+//!   `Key: npm-cache-…` are what test runners and caches print) and
+//!   `"key": "…"`, `"auth": "…"` alone; `PWD=` (the shell's working
+//!   directory); `--key FILE`.
+//! - Registered secrets lower-cased, in other encodings (hex, JSON or shell
+//!   escapes, base64 wrapped over several lines), or split across lines.
+//! - A URL password made of digits up to its first `/` (it reads as a port).
+//! - Cookies and session ids (`Cookie:`, `Set-Cookie:`), and private keys that
+//!   are not PEM blocks.
+//! - The part of a private key past [`MAX_PRIVATE_KEY_LINES`] lines without
+//!   an `END` marker.
+//!
+//! Redaction errs on the side of too much: `password=x&next=1` loses `&next=1`,
+//! `Authorization: Bearer` alone becomes `Authorization: ***`.
+//!
+//! # How
+//!
 //! **Prefilter.** Most lines contain nothing to change, and they must cost
-//! well under a microsecond. Steps 1 and 2 only start working when `memchr`
-//! finds an ESC (or the two bytes of U+009B) or a `\r`. For step 3 every rule
-//! has trigger substrings (`AKIA`, `ghp_`, `password`, `://`, …); they and the
-//! job's literal secrets form one Aho-Corasick automaton, searched once per
-//! line, and only the regexes whose trigger occurred are run. The automaton
-//! is ASCII case-insensitive as a whole (Aho-Corasick has no per-pattern
-//! setting), so a case-sensitive trigger is confirmed by comparing bytes
-//! before its regex runs, and a literal secret by comparing bytes before it
-//! is redacted. Regexes are compiled once per process.
+//! well under a microsecond. Step 1 scans 16 bytes at a time for a control byte
+//! (or the lead byte of a C1 character) and only starts working when it finds
+//! one; step 2 only when `memchr` finds a `\r`. For step 3 every rule has
+//! trigger substrings (`AKIA`, `ghp_`, `password`, `://`, …); they and the
+//! *anchors* of the job's literal secrets (the first bytes of each form, see
+//! `literals.rs`) form one Aho-Corasick automaton, searched once per line, and
+//! only the rules whose trigger occurred are run. The automaton is ASCII
+//! case-insensitive as a whole (Aho-Corasick has no per-pattern setting), so a
+//! case-sensitive trigger is confirmed by comparing bytes before its regex
+//! runs, and a literal secret by comparing bytes before it is redacted.
+//! Regexes are compiled once per process.
+//!
+//! **Automaton kind.** The sanitizer without literal secrets, which every job
+//! without any shares, is a DFA: the fastest scan, ~130 KB once per process. A
+//! job's own sanitizer is a contiguous NFA, a fraction of a DFA's size: with 3
+//! secrets ~27 KB (a DFA would take ~240 KB; the DFA over the whole secrets
+//! before took ~140 KB); with 100 secrets of 4 096 bytes ~0.65 MiB, 400 KiB of
+//! which are the secrets, where one automaton over the whole secrets took
+//! ~7.7 MiB, 24 MiB at its peak and ~350 ms to build (now ~5 ms). The price is
+//! scan time: a clean 80-byte line costs ~0.5 µs instead of ~0.3 µs
+//! (`examples/sanitize-bench.rs`).
 //!
 //! **Overlaps.** Every rule reports byte ranges to redact; overlapping or
 //! touching ranges are merged and each merged range becomes a single `***`.
@@ -46,12 +117,16 @@
 //! would be safe this gives the same text, and where it would expose the end
 //! of an overlapping secret this redacts it too.
 //!
-//! **PEM state per batch.** A private key printed by `cat key.pem` spans many
-//! lines, and no single one of its base64 lines is recognisable as a secret,
-//! so the "inside a private key" state lives in [`Batch`]. It is per batch
-//! rather than per job so that a `BEGIN` without an `END` (a truncated
-//! output, or a script merely mentioning the marker) cannot silence the rest
-//! of the job's log: it redacts only the rest of its batch.
+//! **PEM state across batches.** A private key printed by `cat key.pem` spans
+//! many lines, and no single one of its base64 lines is recognisable as a
+//! secret, so "inside a private key" is state. A pipeline's batches split the
+//! output anywhere, so the state outlives a batch: [`Batch::carry`] gives it as
+//! a number that the caller keeps per job (in Redis, since the next batch may
+//! land on another instance) and hands to [`Sanitizer::batch_resuming`]. It
+//! counts the lines the block has run, because a `BEGIN` without an `END` (a
+//! truncated output, or a script merely mentioning the marker) must not
+//! silence the rest of the job's log: the block ends by itself after
+//! [`MAX_PRIVATE_KEY_LINES`] lines.
 //!
 //! Decisions a reader might question:
 //! - A `key: value` secret needs a space after the colon unless the value is
@@ -62,6 +137,9 @@
 //!   lines is registered instead, trimmed. When it has several lines, those
 //!   shorter than 4 bytes are skipped, or a JSON secret would redact every
 //!   `{` of the log.
+//! - A line on which confirming literal secrets would cost more than a bound
+//!   proportional to its length (only a long secret that repeats itself,
+//!   printed over and over, gets there) is redacted whole (`literals.rs`).
 //! - [`Batch::line`] also borrows when the result is a part of its input
 //!   (a collapsed progress line) or the constant [`REDACTED`], so
 //!   `Cow::Owned` means "changed" but `Cow::Borrowed` does not always mean
@@ -71,14 +149,16 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 mod ansi;
+mod literals;
 mod redact;
 mod rules;
 
-use aho_corasick::{AhoCorasick, Input, MatchKind};
-use memchr::{memmem, memrchr};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
+use memchr::memrchr;
 
-use ansi::strip_ansi;
-use redact::{literal_secrets, pattern_spans, replace_spans};
+use ansi::strip_controls;
+use literals::{Budget, Literals};
+use redact::{pattern_spans, replace_spans, url_credential_spans};
 use rules::{PATTERN_REGEXES, PATTERN_RULES, PEM_BEGIN, PEM_END, Rule, RuleSet, TRIGGERS};
 
 /// Longest stored line, in bytes, suffix included.
@@ -86,14 +166,16 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Replacement for every redacted secret.
 pub const REDACTED: &str = "***";
 
+/// Most lines a private-key block without an `END` marker redacts, its `BEGIN`
+/// line included; the next line is sanitized as any other. A 4096-bit RSA key
+/// is about 50 lines of base64, an 8192-bit one about 100, an OpenPGP secret key
+/// with a 4096-bit subkey about 150: this leaves a margin above all of them and
+/// still bounds what a lone `BEGIN` can hide.
+pub const MAX_PRIVATE_KEY_LINES: u32 = 256;
+
 /// Text put between the kept part of a cut line and the number of bytes cut.
 pub(crate) const TRUNCATED_PREFIX: &str = "\u{2026} [truncated ";
 pub(crate) const TRUNCATED_SUFFIX: &str = " bytes]";
-
-const ESC: u8 = 0x1B;
-const BEL: u8 = 0x07;
-/// U+009B (8-bit CSI) is encoded as `C2 9B` in UTF-8.
-const C1_CSI: [u8; 2] = [0xC2, 0x9B];
 
 /// Lines of a multi-line literal secret shorter than this are not registered.
 const MIN_SECRET_LINE_BYTES: usize = 4;
@@ -104,11 +186,11 @@ const MIN_SECRET_LINE_BYTES: usize = 4;
 /// Its `Debug` output shows how many literal secrets it holds, never the
 /// secrets themselves.
 pub struct Sanitizer {
-    /// Distinct, non-empty literal secrets, one line each.
-    secrets: Vec<String>,
-    /// All of [`TRIGGERS`], then all of `secrets`, in that order, so that a
-    /// pattern id tells which is which. `None` only if the automaton could not
-    /// be built; then every rule and every secret is searched on every line.
+    literals: Literals,
+    /// All of [`TRIGGERS`], then every anchor of `literals`, in that order, so
+    /// that a pattern id tells which is which. `None` only if the automaton
+    /// could not be built; then every rule is run on every line and the anchors
+    /// are searched one by one.
     prefilter: Option<AhoCorasick>,
 }
 
@@ -116,96 +198,123 @@ impl Sanitizer {
     /// Builds the sanitizer of one job.
     ///
     /// `secrets`: literal values registered by the job; each is redacted
-    /// wherever it appears. Empty strings are ignored.
+    /// wherever it appears, in the forms the module doc lists. Empty strings
+    /// are ignored.
     pub fn new(secrets: &[String]) -> Self {
-        let secrets = literal_secrets(secrets);
+        let literals = Literals::new(secrets);
         let patterns = TRIGGERS
             .iter()
-            .map(|trigger| trigger.text)
-            .chain(secrets.iter().map(String::as_str));
+            .map(|trigger| trigger.text.as_bytes())
+            .chain(literals.anchors());
+        // The sanitizer without literal secrets is shared by every job that has
+        // none: it gets a DFA, the fastest scan (~130 KB). A job's own gets a
+        // contiguous NFA, a tenth of a DFA's size or less for less than twice
+        // the scan time (see the module doc).
+        let kind = if literals.is_empty() {
+            AhoCorasickKind::DFA
+        } else {
+            AhoCorasickKind::ContiguousNFA
+        };
         let prefilter = AhoCorasick::builder()
             .ascii_case_insensitive(true)
             // Standard semantics are what overlapping search needs.
             .match_kind(MatchKind::Standard)
+            .kind(Some(kind))
             .build(patterns)
             .ok();
-        Self { secrets, prefilter }
-    }
-
-    /// Starts a batch: PEM private-key blocks may span several lines of one
-    /// batch.
-    #[must_use]
-    pub fn batch(&self) -> Batch<'_> {
-        Batch {
-            sanitizer: self,
-            in_private_key: false,
+        Self {
+            literals,
+            prefilter,
         }
     }
 
+    /// Starts the first batch of a job, outside any private key: the same as
+    /// `batch_resuming(0)`.
+    #[must_use]
+    pub fn batch(&self) -> Batch<'_> {
+        self.batch_resuming(0)
+    }
+
+    /// Starts a batch where the job's previous batch left off: `carry` is that
+    /// batch's [`Batch::carry`] at its end (0: not inside a private key; `n > 0`:
+    /// inside a private-key block that has already run `n` lines). A value above
+    /// [`MAX_PRIVATE_KEY_LINES`] is taken as that bound, so a block resumed from
+    /// a corrupt value still ends.
+    #[must_use]
+    pub fn batch_resuming(&self, carry: u32) -> Batch<'_> {
+        Batch {
+            sanitizer: self,
+            key_lines: carry.min(MAX_PRIVATE_KEY_LINES),
+        }
+    }
+
+    /// An estimate of the heap this sanitizer holds, automaton included, so that
+    /// a cache of sanitizers can be bounded by bytes.
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        size_of::<Self>()
+            + self.literals.memory_bytes()
+            + self.prefilter.as_ref().map_or(0, AhoCorasick::memory_usage)
+    }
+
     /// Records where literal secrets occur in `text` and returns the rules
-    /// worth running on it.
-    fn scan(&self, text: &str, spans: &mut Vec<Range<usize>>) -> RuleSet {
+    /// worth running on it; `None` when confirming literal secrets ran past the
+    /// line's budget, and the line must be redacted whole.
+    fn scan(&self, text: &str, spans: &mut Vec<Range<usize>>) -> Option<RuleSet> {
         let hay = text.as_bytes();
+        let mut budget = Budget::for_line(hay.len());
         let matches = self
             .prefilter
             .as_ref()
             .and_then(|automaton| automaton.try_find_overlapping_iter(Input::new(hay)).ok());
         let Some(matches) = matches else {
-            self.scan_without_prefilter(hay, spans);
-            return RuleSet::ALL;
+            let complete = self
+                .literals
+                .scan_without_automaton(hay, &mut budget, spans);
+            return complete.then_some(RuleSet::ALL);
         };
         let mut rules = RuleSet::EMPTY;
         for found in matches {
             let id = found.pattern().as_usize();
-            let bytes = hay.get(found.range());
             match TRIGGERS.get(id) {
                 Some(trigger) => {
-                    let case_ok = !trigger.exact_case || bytes == Some(trigger.text.as_bytes());
+                    let case_ok = !trigger.exact_case
+                        || hay.get(found.range()) == Some(trigger.text.as_bytes());
                     if case_ok && trigger.worth_running(hay, found.end()) {
-                        rules.insert(trigger.rule);
+                        rules.insert_all(trigger.rules);
                     }
                 }
                 None => {
-                    let secret = self.secrets.get(id - TRIGGERS.len());
-                    if secret.is_some_and(|secret| bytes == Some(secret.as_bytes())) {
-                        spans.push(found.range());
+                    let anchor = id - TRIGGERS.len();
+                    if !self
+                        .literals
+                        .confirm(anchor, hay, found.start(), &mut budget, spans)
+                    {
+                        return None;
                     }
                 }
             }
         }
-        rules
-    }
-
-    /// Slow but complete path for when the automaton could not be built.
-    fn scan_without_prefilter(&self, hay: &[u8], spans: &mut Vec<Range<usize>>) {
-        for secret in &self.secrets {
-            let finder = memmem::Finder::new(secret.as_bytes());
-            let mut from = 0;
-            // Advancing by one byte, not by the secret's length, keeps the
-            // overlapping occurrences the automaton would have reported.
-            while let Some(at) = hay.get(from..).and_then(|rest| finder.find(rest)) {
-                let start = from + at;
-                spans.push(start..start + secret.len());
-                from = start + 1;
-            }
-        }
+        Some(rules)
     }
 }
 
 impl fmt::Debug for Sanitizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sanitizer")
-            .field("literal_secrets", &self.secrets.len())
+            .field("literal_secrets", &self.literals.len())
             .finish_non_exhaustive()
     }
 }
 
-/// Sanitizing state across the lines of one batch.
+/// Sanitizing state across the lines of one batch, and from one batch of a job
+/// to the next ([`Batch::carry`]).
 #[derive(Debug)]
 pub struct Batch<'s> {
     sanitizer: &'s Sanitizer,
-    /// A private-key `BEGIN` marker was seen and its `END` marker not yet.
-    in_private_key: bool,
+    /// Lines run so far by the private-key block this batch is inside (its
+    /// `BEGIN` line included), 0 outside one.
+    key_lines: u32,
 }
 
 impl Batch<'_> {
@@ -216,28 +325,49 @@ impl Batch<'_> {
     /// [`REDACTED`] (a line inside a private key), so only `Cow::Owned`
     /// reliably means "changed".
     pub fn line<'a>(&mut self, raw: &'a str) -> Cow<'a, str> {
-        let text = strip_ansi(raw);
+        let text = strip_controls(raw);
         let text = keep_last_carriage_return_segment(text);
         let text = self.redact(text);
         cut_long_line(text)
     }
 
+    /// The state after the lines sanitized so far, for the job's next batch
+    /// ([`Sanitizer::batch_resuming`]): 0 outside a private key, else the lines
+    /// its block has run. Store it with the job whenever it changes.
+    #[must_use]
+    pub fn carry(&self) -> u32 {
+        self.key_lines
+    }
+
     fn redact<'a>(&mut self, text: Cow<'a, str>) -> Cow<'a, str> {
         let mut spans = Vec::new();
         let mut begin_search_from = 0;
-        if self.in_private_key {
-            let Some(end) = PEM_END.find(&text) else {
+        if self.key_lines > 0 {
+            if let Some(end) = PEM_END.find(&text) {
+                self.key_lines = 0;
+                spans.push(0..end.end());
+                begin_search_from = end.end();
+            } else if self.key_lines < MAX_PRIVATE_KEY_LINES {
+                self.key_lines += 1;
                 return Cow::Borrowed(REDACTED);
-            };
-            self.in_private_key = false;
-            spans.push(0..end.end());
-            begin_search_from = end.end();
+            } else {
+                // Longer than any key: the block ends by itself, and this line
+                // is sanitized as any other.
+                self.key_lines = 0;
+            }
         }
-        let rules = self.sanitizer.scan(&text, &mut spans);
+        let Some(rules) = self.sanitizer.scan(&text, &mut spans) else {
+            // Still follow a block that starts here, or its body would leak.
+            self.private_key_spans(&text, begin_search_from, &mut spans);
+            return Cow::Borrowed(REDACTED);
+        };
         for (rule, regex) in PATTERN_RULES.iter().zip(PATTERN_REGEXES.iter()) {
             if rules.contains(*rule) {
-                pattern_spans(regex, &text, &mut spans);
+                pattern_spans(*rule, regex, &text, &mut spans);
             }
+        }
+        if rules.contains(Rule::UrlCredentials) {
+            url_credential_spans(&text, &mut spans);
         }
         if rules.contains(Rule::PrivateKey) {
             self.private_key_spans(&text, begin_search_from, &mut spans);
@@ -261,7 +391,7 @@ impl Batch<'_> {
                 }
                 None => {
                     spans.push(begin.start()..text.len());
-                    self.in_private_key = true;
+                    self.key_lines = 1;
                     return;
                 }
             }
@@ -437,9 +567,10 @@ mod tests {
 
     #[test]
     fn random_escape_soup_never_panics_and_leaves_no_control_sequence() {
-        const PIECES: [&str; 24] = [
+        const PIECES: [&str; 31] = [
             "\x1b", "[", "]", "P", "X", "^", "_", "\\", "\x07", "\r", "0", ";", "m", " ", "(", "B",
-            "?", "\t", "é", "€", "😀", "\u{9b}", "\u{c2}", "a",
+            "?", "\t", "é", "€", "😀", "\u{9b}", "\u{c2}", "a", "\u{9d}", "\u{90}", "\u{9c}",
+            "\u{85}", "\0", "\x7f", "\n",
         ];
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = move || {
@@ -457,7 +588,7 @@ mod tests {
                 .collect();
             let out = batch.line(&line);
             assert!(
-                !out.contains(['\x1b', '\u{9b}', '\r']),
+                !out.chars().any(|c| c.is_control() && c != '\t'),
                 "{line:?} became {out:?}"
             );
         }
@@ -623,7 +754,7 @@ mod tests {
         );
         assert_eq!(
             sanitize("GET /login?user=bob&passwd=pw1&next=home"),
-            "GET /login?user=bob&passwd=***&next=home"
+            "GET /login?user=bob&passwd=***"
         );
         assert_eq!(
             sanitize(r#"spring.datasource.password="unterminated"#),
@@ -691,9 +822,16 @@ mod tests {
     fn pem_block_on_one_line_is_redacted() {
         assert_eq!(
             sanitize(
-                r#"{"private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n", "x": 1}"#
+                r#"{"pem": "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n", "x": 1}"#
             ),
-            r#"{"private_key": "***\n", "x": 1}"#
+            r#"{"pem": "***\n", "x": 1}"#
+        );
+        // Under a secret's name, the whole value goes.
+        assert_eq!(
+            sanitize(
+                r#"{"private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n"}"#
+            ),
+            r#"{"private_key": "***"}"#
         );
     }
 
@@ -727,14 +865,57 @@ mod tests {
     }
 
     #[test]
-    fn pem_block_without_end_redacts_the_rest_of_its_batch_only() {
+    fn pem_block_continuing_in_the_next_batch_is_redacted() {
+        let sanitizer = Sanitizer::new(&[]);
+        let mut first = sanitizer.batch();
+        assert_eq!(first.line("cat deploy.pem"), "cat deploy.pem");
+        assert_eq!(first.carry(), 0);
+        assert_eq!(first.line("-----BEGIN RSA PRIVATE KEY-----"), "***");
+        assert_eq!(first.line("MIIEowIBAAKCAQEA"), "***");
+        assert_eq!(first.carry(), 2);
+        let mut next = sanitizer.batch_resuming(first.carry());
+        assert_eq!(next.line("c2VjcmV0IGJvZHk"), "***");
+        assert_eq!(next.line("-----END RSA PRIVATE KEY----- done"), "*** done");
+        assert_eq!(next.carry(), 0);
+        assert_eq!(next.line("c2VjcmV0IGJvZHk"), "c2VjcmV0IGJvZHk");
+    }
+
+    #[test]
+    fn pem_block_without_end_ends_by_itself_after_the_bound() {
         let sanitizer = Sanitizer::new(&[]);
         let mut batch = sanitizer.batch();
-        assert_eq!(batch.line("-----BEGIN OPENSSH PRIVATE KEY-----"), "***");
-        assert_eq!(batch.line("b3BlbnNzaC1rZXk"), "***");
-        assert_eq!(batch.line("build finished"), "***");
-        let mut next_batch = sanitizer.batch();
-        assert_eq!(next_batch.line("build finished"), "build finished");
+        assert_eq!(
+            batch.line("echo -----BEGIN OPENSSH PRIVATE KEY-----"),
+            "echo ***"
+        );
+        for _ in 1..MAX_PRIVATE_KEY_LINES {
+            assert_eq!(batch.line("build output"), "***");
+        }
+        assert_eq!(batch.carry(), MAX_PRIVATE_KEY_LINES);
+        // Across batches the count goes on: the bound is per block, not per batch.
+        let mut next = sanitizer.batch_resuming(batch.carry());
+        assert_eq!(next.line("build finished"), "build finished");
+        assert_eq!(next.carry(), 0);
+    }
+
+    #[test]
+    fn a_carry_past_the_bound_ends_the_block_at_the_next_line() {
+        let sanitizer = Sanitizer::new(&[]);
+        let mut batch = sanitizer.batch_resuming(u32::MAX);
+        assert_eq!(batch.carry(), MAX_PRIVATE_KEY_LINES);
+        assert_eq!(batch.line("build finished"), "build finished");
+        let mut batch = sanitizer.batch_resuming(MAX_PRIVATE_KEY_LINES - 1);
+        assert_eq!(batch.line("last body line"), "***");
+        assert_eq!(batch.line("build finished"), "build finished");
+    }
+
+    #[test]
+    fn a_new_batch_starts_outside_any_key() {
+        let sanitizer = Sanitizer::new(&[]);
+        let mut batch = sanitizer.batch();
+        assert_eq!(batch.line("-----BEGIN PRIVATE KEY-----"), "***");
+        assert_eq!(sanitizer.batch().carry(), 0);
+        assert_eq!(sanitizer.batch().line("MIIEvQ"), "MIIEvQ");
     }
 
     #[test]
@@ -761,14 +942,6 @@ mod tests {
         assert_eq!(
             sanitize_with(&["hunter2", "s3cr3t"], "hunter2 s3cr3t xhunter2x hunter2"),
             "*** *** x***x ***"
-        );
-    }
-
-    #[test]
-    fn literal_secrets_are_case_sensitive() {
-        assert_eq!(
-            sanitize_with(&["Hunter2"], "hunter2 Hunter2 HUNTER2"),
-            "hunter2 *** HUNTER2"
         );
     }
 
@@ -838,14 +1011,16 @@ mod tests {
         let secrets = ["hunter2".to_string(), "aaa".to_string()];
         let fast = Sanitizer::new(&secrets);
         let slow = Sanitizer {
-            secrets: literal_secrets(&secrets),
+            literals: Literals::new(&secrets),
             prefilter: None,
         };
         let lines = [
             format!("key {AWS_KEY_ID} and {GITHUB_TOKEN} and {JWT}"),
             "glpat-abcdefghij_0123456789 xoxb-1234567890-abc sk_live_abcDEF0123456".to_string(),
             "https://hooks.slack.com/services/T0/B0/XX Bearer abcdefgh1234".to_string(),
-            "password=hunter2 https://u:p@host aaaa".to_string(),
+            "password=hunter2 https://u:p@host aaaa AAAA aGVudGVyMg".to_string(),
+            "pwd=x docker login -p y curl -u a:b Authorization: Basic z".to_string(),
+            "postgres://u:p?w@db HUNTER2 hunter%32 aHVudGVyMg aHVudGVyMgo".to_string(),
             "-----BEGIN PRIVATE KEY----- x".to_string(),
             "y -----END PRIVATE KEY----- z".to_string(),
             "added 120 packages in 3s".to_string(),
@@ -855,6 +1030,312 @@ mod tests {
         for line in &lines {
             assert_eq!(fast_batch.line(line), slow_batch.line(line), "{line}");
         }
+    }
+
+    // Secrets stored in the clear before issue #16
+
+    #[test]
+    fn short_and_compound_secret_names_have_their_values_redacted() {
+        for (line, expected) in [
+            ("pwd=hunter2", "pwd=***"),
+            ("pass=hunter2", "pass=***"),
+            ("auth=hunter2", "auth=***"),
+            ("key=hunter2", "key=***"),
+            ("passphrase=correct horse", "passphrase=*** horse"),
+            ("DB_PASS=hunter2", "DB_PASS=***"),
+            ("export MYSQL_PWD='hunter2'", "export MYSQL_PWD='***'"),
+            ("credentials=hunter2", "credentials=***"),
+            ("private_key=hunter2", "private_key=***"),
+            ("access_key = hunter2", "access_key = ***"),
+            ("aws.secret-key: hunter2", "aws.secret-key: ***"),
+            (r#"{"accessKey": "hunter2"}"#, r#"{"accessKey": "***"}"#),
+            ("dbPass: hunter2", "dbPass: ***"),
+            ("X-Auth: hunter2", "X-Auth: ***"),
+            ("mysql --pass=hunter2", "mysql --pass=***"),
+            (
+                r#"{"user": "me", "pass": "hunter2"}"#,
+                r#"{"user": "me", "pass": "***"}"#,
+            ),
+        ] {
+            assert_eq!(sanitize(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_secret_value_is_not_cut_at_an_ampersand() {
+        assert_eq!(sanitize("password=hunt&er2"), "password=***");
+        assert_eq!(sanitize("DB_PASS=a&b&c done"), "DB_PASS=*** done");
+    }
+
+    #[test]
+    fn words_merely_containing_a_short_secret_name_are_untouched() {
+        for line in [
+            "monkey=3",
+            "bypass=1 keyboard=us author=bob",
+            "3 passed, 0 failed; passing tests: 3",
+            "--- PASS: TestParse (0.00s)",
+            "Cache restored from key: npm-linux-x64-abc123",
+            "KeyError: 'x'",
+            "PWD=/home/runner/work/app",
+            "pass: 3 of 3",
+            r#"{"key": "npm-cache", "auth": "oidc", "pass": 3}"#,
+        ] {
+            assert_borrowed_untouched(line);
+        }
+    }
+
+    #[test]
+    fn secrets_given_as_command_line_options_are_redacted() {
+        for (line, expected) in [
+            (
+                "mysql -h db --password hunter2 app",
+                "mysql -h db --password *** app",
+            ),
+            ("mysql --password=hunter2", "mysql --password=***"),
+            (
+                "gh auth login --with-token --token 'a b'",
+                "gh auth login --with-token --token '***'",
+            ),
+            ("cli --api-key k3y123 run", "cli --api-key *** run"),
+            (
+                "docker login -u me -p hunter2 registry.io",
+                "docker login -u me -p *** registry.io",
+            ),
+            ("podman login -p hunter2", "podman login -p ***"),
+            (
+                "curl -u admin:hunter2pass https://x",
+                "curl -u admin:*** https://x",
+            ),
+            (
+                "curl -sS --user admin:hunter2pass https://x",
+                "curl -sS --user admin:*** https://x",
+            ),
+            (
+                "curl -uadmin:hunter2pass https://x",
+                "curl -uadmin:*** https://x",
+            ),
+            (
+                "openssl rsa -passin pass:hunter2 -in k",
+                "openssl rsa -passin pass:*** -in k",
+            ),
+        ] {
+            assert_eq!(sanitize(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn options_that_only_look_like_secrets_are_untouched() {
+        for line in [
+            "mkdir -p build && tar -p -xf a.tar",
+            "ssh login@host -p 2222",
+            "docker run -u 1000:1000 node:20",
+            "mysql --password --host db",
+            "curl --key client.pem https://x",
+            "docker login --password-stdin registry.io",
+        ] {
+            assert_borrowed_untouched(line);
+        }
+    }
+
+    #[test]
+    fn authorization_headers_of_any_scheme_are_redacted() {
+        for (line, expected) in [
+            (
+                "Authorization: Basic dXNlcjpwYXNz",
+                "Authorization: Basic ***",
+            ),
+            ("authorization: token abc", "authorization: token ***"),
+            ("Authorization: Bearer abc.def", "Authorization: Bearer ***"),
+            (
+                "Proxy-Authorization: Basic dXNlcjpwYXNz",
+                "Proxy-Authorization: Basic ***",
+            ),
+            ("Authorization: s3cr3t", "Authorization: ***"),
+            (
+                r#"curl -H "Authorization: Basic dXNlcjpwYXNz" https://x"#,
+                r#"curl -H "Authorization: Basic ***" https://x"#,
+            ),
+            (
+                r#"{"Authorization":"Basic dXNlcjpwYXNz"}"#,
+                r#"{"Authorization":"Basic ***"}"#,
+            ),
+        ] {
+            assert_eq!(sanitize(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn bare_bearer_and_password_in_prose_are_untouched() {
+        assert_borrowed_untouched("the Bearer scheme is used");
+        assert_borrowed_untouched("Bearer abc");
+        assert_borrowed_untouched("Enter password:");
+        assert_borrowed_untouched("Password: ");
+        assert_borrowed_untouched("missing Authorization header");
+    }
+
+    #[test]
+    fn url_credentials_holding_slash_question_mark_or_hash_are_redacted() {
+        for (line, expected) in [
+            (
+                "postgres://user:hun?ter2@db:5432/x",
+                "postgres://***@db:5432/x",
+            ),
+            ("redis://:hun#ter2@cache:6379", "redis://***@cache:6379"),
+            ("https://u:a/b@host", "https://***@host"),
+            (
+                "git clone https://u:a/b?c#d@host/r.git x",
+                "git clone https://***@host/r.git x",
+            ),
+        ] {
+            assert_eq!(sanitize(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn urls_with_a_port_and_an_at_sign_further_on_are_untouched() {
+        assert_borrowed_untouched("GET http://localhost:4873/@types/node 200");
+        assert_borrowed_untouched("open http://localhost:3000/x?to=a@b.com");
+        assert_borrowed_untouched("http://[::1]:8080/a@b");
+        assert_borrowed_untouched("see https://example.com:443#x@y");
+        assert_borrowed_untouched("https://@host/x");
+    }
+
+    #[test]
+    fn aws_ids_glued_to_an_underscore_or_lower_case_are_redacted() {
+        assert_eq!(sanitize(&format!("KEY_{AWS_KEY_ID}")), "KEY_***");
+        assert_eq!(sanitize(&format!("{AWS_KEY_ID}x")), "***x");
+        assert_eq!(sanitize(&format!("id:{AWS_KEY_ID};")), "id:***;");
+    }
+
+    #[test]
+    fn upper_cased_gitlab_tokens_are_redacted() {
+        assert_eq!(sanitize("GLPAT-ABCDEFGHIJ_0123456789-X end"), "*** end");
+        assert_eq!(
+            sanitize("use GHP_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"),
+            "use ***"
+        );
+    }
+
+    #[test]
+    fn slack_refresh_app_and_rotated_tokens_are_redacted() {
+        for token in [
+            "xoxe-1-abcdef0123456789",
+            "xapp-1-A0123456789-abcdef",
+            "xoxe.xoxp-1-abcdef0123456789",
+        ] {
+            assert_eq!(
+                sanitize(&format!("slack {token} ok")),
+                "slack *** ok",
+                "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn literal_secrets_are_redacted_upper_cased_but_not_lower_cased() {
+        assert_eq!(
+            sanitize_with(&["Hunter2"], "hunter2 Hunter2 HUNTER2"),
+            "hunter2 *** ***"
+        );
+    }
+
+    #[test]
+    fn literal_secrets_are_redacted_in_base64_at_every_alignment() {
+        // `base64` of the secret alone, and after one and two more bytes: the
+        // characters that depend on the secret alone are redacted.
+        let secret = "hunter2-is-my-password";
+        for (line, expected) in [
+            // "hunter2-is-my-password"
+            ("aHVudGVyMi1pcy1teS1wYXNzd29yZA==", "***A=="),
+            // "=hunter2-is-my-password"
+            ("PWh1bnRlcjItaXMtbXktcGFzc3dvcmQ=", "PW***Q="),
+            // "u=hunter2-is-my-password"
+            ("dT1odW50ZXIyLWlzLW15LXBhc3N3b3Jk", "dT1***"),
+        ] {
+            assert_eq!(sanitize_with(&[secret], line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn literal_secrets_are_redacted_in_url_safe_unpadded_base64() {
+        // "?>?>?>?>" in standard base64 is "Pz4/Pj8+Pz4/", URL-safe "Pz4_Pj8-Pz4_".
+        let secret = "?>?>?>?>?";
+        assert_eq!(
+            sanitize_with(&[secret], "token Pz4_Pj8-Pz4_Pw end"),
+            "token ***Pw end"
+        );
+    }
+
+    #[test]
+    fn literal_secrets_are_redacted_percent_encoded() {
+        let secret = "p@ss/w0rd!";
+        for line in [
+            "GET /login?pw=p%40ss%2Fw0rd%21 200",
+            "GET /login?pw=p%40ss%2fw0rd! 200",
+            "GET /login?pw=p%40ss/w0rd%21 200",
+        ] {
+            assert_eq!(
+                sanitize_with(&[secret], line),
+                "GET /login?pw=*** 200",
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hundred_secrets_of_four_kilobytes_are_cheap_to_hold() {
+        let secrets: Vec<String> = (0..100)
+            .map(|i| {
+                format!(
+                    "{i:03}{}",
+                    "abcdefghijklmnopqrstuvwxyz0123456789+/".repeat(108)
+                )[..4096]
+                    .to_string()
+            })
+            .collect();
+        let sanitizer = Sanitizer::new(&secrets);
+        let bytes = sanitizer.memory_bytes();
+        // The secrets themselves take 400 KiB; a few hundred KiB more is the
+        // budget.
+        assert!(bytes < 1024 * 1024, "{bytes} bytes");
+        assert!(bytes > 100 * 4096, "{bytes} bytes: the secrets are counted");
+        let line = format!("x {} y", secrets[42]);
+        assert_eq!(sanitizer.batch().line(&line), "x *** y");
+    }
+
+    // Control characters
+
+    #[test]
+    fn c0_controls_other_than_tab_and_del_are_removed() {
+        assert_eq!(
+            sanitize("a\0b\x07c\x08d\x0be\x0cf\x01g\x1fh\x7fi\tj\x0ek"),
+            "abcdefghi\tjk"
+        );
+    }
+
+    #[test]
+    fn c1_controls_are_removed() {
+        assert_eq!(sanitize("\u{85}x\u{80}y\u{9c}z\u{9a}"), "xyz");
+    }
+
+    #[test]
+    fn eight_bit_control_strings_are_removed_whole() {
+        assert_eq!(sanitize("\u{9d}0;title\u{7}"), "");
+        assert_eq!(
+            sanitize("a\u{9d}8;;https://x\u{9c}link\u{9d}8;;\u{1b}\\b"),
+            "alinkb"
+        );
+        for introducer in ['\u{90}', '\u{98}', '\u{9e}', '\u{9f}'] {
+            let line = format!("a{introducer}pay\u{7}load\u{9c}b");
+            assert_eq!(sanitize(&line), "ab", "introducer {introducer:?}");
+            let unterminated = format!("a{introducer}payload to the end");
+            assert_eq!(sanitize(&unterminated), "a", "introducer {introducer:?}");
+        }
+    }
+
+    #[test]
+    fn latin_text_sharing_the_c1_lead_byte_is_untouched() {
+        assert_borrowed_untouched("© 2026 · 25°C ± 1 «ok» ¿qué? ÿ");
     }
 
     // Cutting long lines

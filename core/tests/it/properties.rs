@@ -1,9 +1,9 @@
 //! Property tests (proptest) for the parsers and the sanitizer: arbitrary input never
-//! panics, the sanitizer never grows a line past its cap and never lets a registered
-//! secret through whole, ids round-trip, the `text/plain` splitter gives the body back
-//! line by line, and JSON batches within the limits are accepted and round-trip. The
-//! generated inputs also go through the fuzz targets' checks
-//! ([`logstream_core::fuzzing`]).
+//! panics, the sanitizer never grows a line past its cap, never lets a control
+//! character but tab through and never lets a registered secret through whole, ids
+//! round-trip, the `text/plain` splitter gives the body back line by line, and JSON
+//! batches within the limits are accepted and round-trip. The generated inputs also go
+//! through the fuzz targets' checks ([`logstream_core::fuzzing`]).
 
 use logstream_core::batch::{BodyFormat, MAX_SEQ, parse_body};
 use logstream_core::fuzzing;
@@ -22,6 +22,11 @@ fn log_text() -> impl Strategy<Value = String> {
         Just("\u{1b}".to_owned()),
         Just("\r".to_owned()),
         Just("\t".to_owned()),
+        Just("\u{9d}0;title\u{7}".to_owned()),
+        Just("\u{90}".to_owned()),
+        Just("\u{85}".to_owned()),
+        Just("\0\u{8}\u{b}\u{c}\u{7f}".to_owned()),
+        Just("©°".to_owned()),
         Just("ü€😀".to_owned()),
         Just("password=".to_owned()),
         Just("https://user:pw@host/".to_owned()),
@@ -44,7 +49,10 @@ proptest! {
         let sanitizer = Sanitizer::new(&[]);
         let out = sanitizer.batch().line(&line);
         prop_assert!(out.len() <= MAX_LINE_BYTES, "{} bytes", out.len());
-        prop_assert!(!out.contains('\u{1b}'), "no ESC survives");
+        prop_assert!(
+            !out.chars().any(|c| c.is_control() && c != '\t'),
+            "no ESC, C0 (but tab) or C1 control survives: {:?}", out
+        );
     }
 
     #[test]
