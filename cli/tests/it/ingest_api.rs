@@ -305,6 +305,42 @@ async fn a_ts_above_2_to_the_53_is_refused() {
 }
 
 #[tokio::test]
+async fn a_private_key_continued_in_the_next_batch_is_redacted_there_too() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
+    env.post_json(
+        &job,
+        &json!({"lines": [
+            {"text": "before"},
+            {"text": "-----BEGIN PRIVATE KEY-----"},
+            {"text": body},
+        ]}),
+    )
+    .await;
+    env.post_json(
+        &job,
+        &json!({"lines": [
+            {"text": body},
+            {"text": "-----END PRIVATE KEY-----"},
+            {"text": "after"},
+        ]}),
+    )
+    .await;
+    let (_, page) = env.get_as("alice", &format!("/jobs/{job}/logs")).await;
+    let texts = texts(&page["lines"]);
+    assert_eq!(texts.first().map(String::as_str), Some("before"));
+    assert_eq!(texts.last().map(String::as_str), Some("after"));
+    for text in &texts {
+        assert!(!text.contains("MIIEvQIBADAN"), "key body stored: {texts:?}");
+        assert!(
+            !text.contains("END PRIVATE KEY"),
+            "END marker stored: {texts:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn lines_are_sanitized_before_they_are_stored() {
     let env = env().await;
     let (job, _) = env

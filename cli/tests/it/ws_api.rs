@@ -455,6 +455,10 @@ async fn a_connection_whose_token_expired_gets_nothing_more_and_is_closed() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_skipped_then_closed_and_the_others_get_everything() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let env = env().await;
     let (job, _) = env.create_job("alice").await;
     // Connected, then never read from again.
@@ -491,17 +495,23 @@ async fn a_client_that_stops_reading_is_skipped_then_closed_and_the_others_get_e
             "a stalled client never fails ingest"
         );
     }
-    // Small batches keep pushes going until the stalled connection is closed.
+    // More batches, each more than the emulator queues for a client that does not
+    // read, keep pushes going until the stalled connection is closed.
     let mut closed = false;
     for i in 0..100 {
         if connection_ids(&env, &job).await.len() == 1 {
             closed = true;
             break;
         }
-        let text = format!("tick {i}");
-        sent.push(text.clone());
-        env.post_json(&job, &json!({"lines": [{"text": text}]}))
-            .await;
+        let lines: Vec<Value> = (0..900)
+            .map(|k| {
+                let text = format!("tick {i} line {k} {padding}");
+                sent.push(text.clone());
+                json!({"stream": "stdout", "text": text})
+            })
+            .collect();
+        let res = env.post_json(&job, &json!({ "lines": lines })).await;
+        assert_eq!(res.status(), StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(closed, "the stalled connection was closed and forgotten");

@@ -259,8 +259,12 @@ impl IngestState {
         lines: &[RawLine<'_>],
     ) -> Result<(AppendOutcome, Vec<String>), ApiError> {
         let now = now_ms();
-        for _ in 0..2 {
-            let mut batch = settings.sanitizer.batch();
+        // Most batches start outside a private key; one that does not is told so by
+        // the store (the carry lives with the job, since the batch before may have
+        // landed on another instance) and is sanitized again.
+        let mut carry = 0;
+        for _ in 0..3 {
+            let mut batch = settings.sanitizer.batch_resuming(carry);
             let entries: Vec<String> = lines
                 .iter()
                 .map(|line| {
@@ -274,11 +278,19 @@ impl IngestState {
                     .to_stored_json()
                 })
                 .collect();
+            let ends_at = batch.carry();
             match self
                 .store
-                .append(job, &settings.generation, seq, &entries)
+                .append_carrying(
+                    job,
+                    &settings.generation,
+                    seq,
+                    Some((carry, ends_at)),
+                    &entries,
+                )
                 .await?
             {
+                AppendOutcome::Carry(stored) => carry = stored,
                 AppendOutcome::Stale => {
                     settings = self
                         .load_settings(job)
@@ -290,7 +302,7 @@ impl IngestState {
         }
         Err(ApiError::conflict(
             "job_changed",
-            "the job was recreated during the request; retry",
+            "the job was recreated or written to concurrently during the request; retry",
         ))
     }
 }
@@ -517,7 +529,9 @@ async fn post_logs(
             state.jobs.forget(&job);
             Err(finished(status))
         }
-        AppendOutcome::NotFound | AppendOutcome::Stale => Err(ApiError::job_not_found()),
+        AppendOutcome::NotFound | AppendOutcome::Stale | AppendOutcome::Carry(_) => {
+            Err(ApiError::job_not_found())
+        }
     }
 }
 
@@ -634,7 +648,9 @@ async fn post_event(
                 "the job was recreated during the request; retry",
             ))
         }
-        AppendOutcome::NotFound | AppendOutcome::Duplicate => Err(ApiError::job_not_found()),
+        AppendOutcome::NotFound | AppendOutcome::Duplicate | AppendOutcome::Carry(_) => {
+            Err(ApiError::job_not_found())
+        }
     }
 }
 

@@ -68,12 +68,31 @@ impl LogStore {
         seq: Option<u64>,
         entries: &[String],
     ) -> Result<AppendOutcome, StoreError> {
+        self.append_carrying(job, generation, seq, None, entries)
+            .await
+    }
+
+    /// [`append`](Self::append) for a batch sanitized from private-key carry `from`
+    /// that ends at carry `to` (see `logstream_core::sanitize::Batch::carry`): appended
+    /// only when the job's stored carry is `from`, which then becomes `to`, in the same
+    /// round trip. Otherwise [`AppendOutcome::Carry`] with the stored one.
+    pub async fn append_carrying(
+        &self,
+        job: &JobId,
+        generation: &str,
+        seq: Option<u64>,
+        carry: Option<(u32, u32)>,
+        entries: &[String],
+    ) -> Result<AppendOutcome, StoreError> {
         if entries.is_empty() {
             return Err(StoreError::Corrupt("append called with no entries".into()));
         }
         let keys = JobKeys::new(job);
         let seq = seq.map(|s| s.to_string()).unwrap_or_default();
         let Retention { ttl_secs, maxlen } = self.retention;
+        let (from, to) = carry.map_or((String::new(), String::new()), |(from, to)| {
+            (from.to_string(), to.to_string())
+        });
         let reply: Vec<String> = self
             .run(|mut c| {
                 let mut inv = APPEND.key(&keys.meta);
@@ -83,6 +102,8 @@ impl LogStore {
                     .arg(&seq)
                     .arg(ttl_secs)
                     .arg(maxlen)
+                    .arg(&from)
+                    .arg(&to)
                     .arg(entries);
                 async move { inv.invoke(&mut c).await }
             })
@@ -96,6 +117,11 @@ impl LogStore {
             [tag] if tag == "duplicate" => Ok(AppendOutcome::Duplicate),
             [tag] if tag == "missing" => Ok(AppendOutcome::NotFound),
             [tag] if tag == "stale" => Ok(AppendOutcome::Stale),
+            [tag, carry] if tag == "carry" => {
+                Ok(AppendOutcome::Carry(carry.parse().map_err(|_| {
+                    StoreError::Corrupt("private-key carry".into())
+                })?))
+            }
             [tag, status] if tag == "terminal" => {
                 Ok(AppendOutcome::Terminal(parse_status(status)?))
             }

@@ -127,6 +127,9 @@ pub enum AppendOutcome {
     Terminal(JobStatus),
     /// The job id was recreated since the caller read its settings: nothing appended.
     Stale,
+    /// The batch was sanitized from another private-key carry than the job's, which
+    /// this is: nothing appended; sanitize again from it.
+    Carry(u32),
 }
 
 /// The result of a status change.

@@ -21,23 +21,29 @@ return 1
 });
 
 /// Appends a batch if the job exists, is not terminal, has the caller's `gen` and the
-/// batch's `seq` is new. KEYS: meta, logs, ws. ARGV: gen, seq or '', ttl, maxlen,
+/// batch's `seq` is new, and the batch was sanitized from the job's stored private-key
+/// carry (`pem`, see `logstream_core::sanitize::Batch::carry`; `carry` with the stored
+/// one otherwise, so the caller sanitizes again). KEYS: meta, logs, ws. ARGV: gen, seq
+/// or '', ttl, maxlen, carry sanitized from or '' (no check), carry after or '',
 /// entries…. Answers `ok`, the first and last ids, then the job's WebSocket connection
 /// ids, each followed by its token's expiry (so the caller can push the batch without another round trip). The seq check comes before the terminal check so that a retry of a batch
 /// that was accepted just before the job ended is still answered as a duplicate.
 pub(super) static APPEND: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-local m = redis.call('HMGET', KEYS[1], 'status', 'gen', 'seq')
+local m = redis.call('HMGET', KEYS[1], 'status', 'gen', 'seq', 'pem')
 if not m[1] then return {'missing'} end
 if ARGV[1] ~= '' and m[2] ~= ARGV[1] then return {'stale'} end
 if ARGV[2] ~= '' then
   if m[3] and tonumber(ARGV[2]) <= tonumber(m[3]) then return {'duplicate'} end
 end
 if m[1] == 'ready' or m[1] == 'failed' then return {'terminal', m[1]} end
+local pem = m[4] or '0'
+if ARGV[5] ~= '' and pem ~= ARGV[5] then return {'carry', pem} end
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'seq', ARGV[2]) end
+if ARGV[6] ~= '' and ARGV[6] ~= pem then redis.call('HSET', KEYS[1], 'pem', ARGV[6]) end
 local first, last
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[i])
   first = first or last
 end
