@@ -382,3 +382,56 @@ async fn rs256_tokens_verify_against_a_jwks_served_over_http() {
         "signed by another key under key-a's kid"
     );
 }
+
+#[tokio::test]
+async fn an_over_long_request_target_is_the_json_414_with_cors() {
+    let env = env_with(&[
+        ("REDIS_URL", &shared_redis_url()),
+        ("LOGSTREAM_CORS_ORIGINS", "https://app.example"),
+    ])
+    .await;
+    // Up to 64 KiB: through an HTTP client.
+    for len in [20_000, 60_000] {
+        // A fresh connection each time, as a browser opening the link would use.
+        let http = reqwest::Client::new();
+        let res = http
+            .get(env.url(&format!("/jobs/x/logs?access_token={}", "a".repeat(len))))
+            .header("origin", "https://app.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::URI_TOO_LONG, "{len}");
+        assert_eq!(
+            res.headers()["access-control-allow-origin"],
+            "https://app.example",
+            "{len}"
+        );
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(error_code(&body), "uri_too_long", "{len}");
+    }
+    // Past 64 KiB (what hyper, and the http crate, refuse outright): by hand.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(env.server.addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /jobs/x/logs?access_token={} HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        socket.read_to_end(&mut raw),
+    )
+    .await
+    .expect("answered and closed")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 414"), "{answer}");
+    assert!(
+        answer.contains("access-control-allow-origin: https://app.example"),
+        "{answer}"
+    );
+    assert!(answer.contains(r#""code":"uri_too_long""#), "{answer}");
+}

@@ -136,8 +136,9 @@ fn plain_sanitizer() -> &'static Arc<Sanitizer> {
     &PLAIN
 }
 
-/// A job's sanitizer. One weighs about 70 kB (its Aho-Corasick automaton), so jobs
-/// without secrets share one: the cache then costs a few hundred bytes per job.
+/// A job's sanitizer. One with its own secrets weighs 27 kB to about 0.65 MB (100
+/// secrets of 4 KiB; `Sanitizer::memory_bytes`), so jobs without secrets share one
+/// (about 128 kB per process): the cache then costs a few hundred bytes per job.
 fn sanitizer_for(secrets: &[String]) -> Arc<Sanitizer> {
     if secrets.is_empty() {
         plain_sanitizer().clone()
@@ -147,8 +148,8 @@ fn sanitizer_for(secrets: &[String]) -> Arc<Sanitizer> {
 }
 
 /// Per-process cache of [`JobSettings`]. Bounded, and cleared when full, which only
-/// costs one extra read per active job: at most [`JOB_CACHE_CAP`] jobs, of which at
-/// most [`JOB_CACHE_OWN_SANITIZERS`] with a sanitizer of their own (some 18 MB). A job
+/// costs one extra read per active job: at most [`JOB_CACHE_CAP`] jobs, whose own
+/// sanitizers weigh at most [`JOB_CACHE_OWN_SANITIZER_BYTES`] together. A job
 /// that has ended is dropped: it takes no more writes. Without these bounds a warm
 /// instance grew by ~70 kB per job it had seen, past a 256 MB Lambda's memory at a
 /// few thousand jobs (found by `logstream soak`).
@@ -160,15 +161,20 @@ struct JobCache {
 #[derive(Default)]
 struct CachedJobs {
     jobs: HashMap<JobId, Arc<JobSettings>>,
-    /// Entries whose sanitizer is their own.
+    /// Bytes of the sanitizers that are the entries' own.
     own: usize,
 }
 
 const JOB_CACHE_CAP: usize = 4096;
-const JOB_CACHE_OWN_SANITIZERS: usize = 256;
+const JOB_CACHE_OWN_SANITIZER_BYTES: usize = 32 * 1024 * 1024;
 
-fn owns_sanitizer(settings: &JobSettings) -> bool {
-    !Arc::ptr_eq(&settings.sanitizer, plain_sanitizer())
+/// The bytes of `settings`' sanitizer when it is the job's own, else 0.
+fn own_sanitizer_bytes(settings: &JobSettings) -> usize {
+    if Arc::ptr_eq(&settings.sanitizer, plain_sanitizer()) {
+        0
+    } else {
+        settings.sanitizer.memory_bytes()
+    }
 }
 
 impl JobCache {
@@ -178,15 +184,15 @@ impl JobCache {
 
     fn put(&self, job: &JobId, settings: Arc<JobSettings>) {
         if let Ok(mut map) = self.map.lock() {
-            let own = owns_sanitizer(&settings);
-            if map.jobs.len() >= JOB_CACHE_CAP || (own && map.own >= JOB_CACHE_OWN_SANITIZERS) {
+            let own = own_sanitizer_bytes(&settings);
+            if map.jobs.len() >= JOB_CACHE_CAP || map.own + own > JOB_CACHE_OWN_SANITIZER_BYTES {
                 map.jobs.clear();
                 map.own = 0;
             }
             if let Some(old) = map.jobs.insert(job.clone(), settings) {
-                map.own -= usize::from(owns_sanitizer(&old));
+                map.own -= own_sanitizer_bytes(&old);
             }
-            map.own += usize::from(own);
+            map.own += own;
         }
     }
 
@@ -194,7 +200,7 @@ impl JobCache {
         if let Ok(mut map) = self.map.lock()
             && let Some(old) = map.jobs.remove(job)
         {
-            map.own -= usize::from(owns_sanitizer(&old));
+            map.own -= own_sanitizer_bytes(&old);
         }
     }
 
@@ -740,8 +746,8 @@ mod tests {
     fn jobs_without_secrets_share_one_sanitizer() {
         let (a, b) = (settings(&[]), settings(&[]));
         assert!(Arc::ptr_eq(&a.sanitizer, &b.sanitizer));
-        assert!(!owns_sanitizer(&a));
-        assert!(owns_sanitizer(&settings(&["hunter2".into()])));
+        assert_eq!(own_sanitizer_bytes(&a), 0);
+        assert!(own_sanitizer_bytes(&settings(&["hunter2".into()])) > 0);
     }
 
     #[test]
@@ -752,17 +758,33 @@ mod tests {
             cache.put(&id(n), settings(&[]));
         }
         assert_eq!(cache.counts(), (1000, 0), "plain jobs are cheap: kept");
-        for n in 1000..1000 + JOB_CACHE_OWN_SANITIZERS {
-            cache.put(&id(n), settings(&[format!("secret-{n}")]));
+        // Large secret sets: the bound is in bytes, not in jobs.
+        let big = |n: usize| -> Vec<String> {
+            (0..100)
+                .map(|k| format!("{n}-{k}-{}", "s".repeat(4000)))
+                .collect()
+        };
+        let one = own_sanitizer_bytes(&settings(&big(0)));
+        assert!(one > 100_000, "a 100-secret sanitizer weighs {one} bytes");
+        let fit = JOB_CACHE_OWN_SANITIZER_BYTES / one;
+        let mut n = 1000;
+        loop {
+            let (jobs_before, own_before) = cache.counts();
+            cache.put(&id(n), settings(&big(n)));
+            n += 1;
+            let (jobs, own) = cache.counts();
+            assert!(own <= JOB_CACHE_OWN_SANITIZER_BYTES, "{own} bytes kept");
+            if jobs < jobs_before {
+                assert_eq!(jobs, 1, "cleared at the bound, then the new one");
+                assert!(own_before + own > JOB_CACHE_OWN_SANITIZER_BYTES);
+                break;
+            }
+            assert!(
+                n <= 1000 + fit + 8,
+                "never cleared: {own} bytes in {jobs} jobs"
+            );
         }
-        assert_eq!(cache.counts().1, JOB_CACHE_OWN_SANITIZERS);
-        cache.put(&id(5000), settings(&["one more".into()]));
-        assert_eq!(
-            cache.counts(),
-            (1, 1),
-            "cleared at the bound, then the new one"
-        );
-        cache.put(&id(5000), settings(&[]));
+        cache.put(&id(n - 1), settings(&[]));
         assert_eq!(cache.counts(), (1, 0), "a replaced entry is uncounted");
         cache.put(&id(6000), settings(&["x-secret".into()]));
         cache.forget(&id(6000));
