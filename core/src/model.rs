@@ -141,9 +141,29 @@ impl NewEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub id: EntryId,
+    /// The entry's number in its job: 1, 2, 3 … with no gap (absent only in entries
+    /// stored before numbering existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
     pub ts: u64,
     #[serde(flatten)]
     pub body: EntryBody,
+}
+
+/// The stored JSON of entry number `n` of its job: `{"n":N,` spliced before the fields
+/// of `json` (a [`NewEntry::to_stored_json`]). The append script numbers entries the
+/// same way inside Redis; this is how a writer knows what it stored without reading it
+/// back.
+pub fn numbered_json(json: &str, n: u64) -> String {
+    let fields = json.strip_prefix('{').unwrap_or(json);
+    let mut out = String::with_capacity(json.len() + 24);
+    out.push_str("{\"n\":");
+    out.push_str(&n.to_string());
+    if !fields.starts_with('}') {
+        out.push(',');
+    }
+    out.push_str(fields);
+    out
 }
 
 /// An entry as read from Redis: its id and its stored JSON (without id).
@@ -154,6 +174,14 @@ pub struct StoredEntry {
 }
 
 impl StoredEntry {
+    /// The entry's number in its job (`n`), read from the front of its stored JSON,
+    /// where the append script puts it; `None` for an entry stored without one.
+    pub fn n(&self) -> Option<u64> {
+        let rest = self.json.strip_prefix("{\"n\":")?;
+        let end = rest.find(|c: char| !c.is_ascii_digit())?;
+        rest[..end].parse().ok()
+    }
+
     /// The API's JSON for this entry: `{"id":"…",` spliced before the stored fields.
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(self.json.len() + 40);
@@ -297,6 +325,30 @@ mod tests {
         let parsed: Vec<Option<Entry>> = serde_json::from_str(&out).unwrap();
         assert_eq!(parsed[0].as_ref().map(|e| e.id), Some(a.id));
         assert!(parsed[1].is_none());
+    }
+
+    #[test]
+    fn a_numbered_entry_carries_its_n_first_and_reads_it_back() {
+        let json = numbered_json(r#"{"ts":1,"kind":"line","stream":"stdout","text":"x"}"#, 42);
+        assert_eq!(
+            json,
+            r#"{"n":42,"ts":1,"kind":"line","stream":"stdout","text":"x"}"#
+        );
+        let stored = StoredEntry {
+            id: "5-0".parse().unwrap(),
+            json,
+        };
+        assert_eq!(stored.n(), Some(42));
+        assert_eq!(
+            stored.to_json(),
+            r#"{"id":"5-0","n":42,"ts":1,"kind":"line","stream":"stdout","text":"x"}"#
+        );
+        assert_eq!(numbered_json("{}", 7), r#"{"n":7}"#);
+        let unnumbered = StoredEntry {
+            id: "5-1".parse().unwrap(),
+            json: r#"{"ts":1,"kind":"status","status":"ready"}"#.into(),
+        };
+        assert_eq!(unnumbered.n(), None);
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct Clients {
     host: Host,
     http: HttpClient,
     store: OnceLock<LogStore>,
+    wake_archiver: std::sync::Arc<tokio::sync::Notify>,
     viewers: OnceLock<ViewerAuth>,
     #[cfg(feature = "s3")]
     archive: tokio::sync::OnceCell<Option<crate::archive::Archive>>,
@@ -53,6 +54,7 @@ impl Clients {
             host,
             http: http.into(),
             store: OnceLock::new(),
+            wake_archiver: Default::default(),
             viewers: OnceLock::new(),
             #[cfg(feature = "s3")]
             archive: tokio::sync::OnceCell::new(),
@@ -74,8 +76,19 @@ impl Clients {
         if let Some(store) = self.store.get() {
             return Ok(store.clone());
         }
-        let store = self.config.open_store()?;
+        let archived = self.config.names_archive() || matches!(self.host, Host::Local { .. });
+        let store = self.config.open_store(archived)?;
         Ok(self.store.get_or_init(|| store).clone())
+    }
+
+    /// What ingest notifies when a job's segment is due and the archiver runs in this
+    /// process (`logstream dev`); `None` on Lambda, where the archiver is another
+    /// function and the archive queue alone says what is due.
+    pub fn archiver_wakeup(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match self.host {
+            Host::Local { .. } => Some(self.wake_archiver.clone()),
+            Host::Lambda => None,
+        }
     }
 
     /// The viewer-token verifier: needs `LOGSTREAM_JWT_SECRET` or a JWKS.

@@ -77,6 +77,13 @@ pub struct Config {
     pub ws_endpoint: Option<String>,
     /// `LOGSTREAM_WS_PUSH_TIMEOUT_MS`: the longest an ingest request waits for its pushes.
     pub ws_push_timeout_ms: u64,
+    /// `LOGSTREAM_SEGMENT_LINES`, `LOGSTREAM_SEGMENT_BYTES`, `LOGSTREAM_SEGMENT_SECS`:
+    /// when a running job's entries go to the archive.
+    pub segment_lines: u64,
+    pub segment_bytes: u64,
+    pub segment_secs: u64,
+    /// `LOGSTREAM_MAX_JOB_BYTES`: stored text per job; past it lines are dropped.
+    pub max_job_bytes: u64,
 }
 
 impl Config {
@@ -183,7 +190,29 @@ impl Config {
                 "LOGSTREAM_WS_PUSH_TIMEOUT_MS",
                 300,
             )?,
+            segment_lines: positive(
+                get("LOGSTREAM_SEGMENT_LINES"),
+                "LOGSTREAM_SEGMENT_LINES",
+                10_000,
+            )?,
+            segment_bytes: positive(
+                get("LOGSTREAM_SEGMENT_BYTES"),
+                "LOGSTREAM_SEGMENT_BYTES",
+                4 << 20,
+            )?,
+            segment_secs: positive(get("LOGSTREAM_SEGMENT_SECS"), "LOGSTREAM_SEGMENT_SECS", 30)?,
+            max_job_bytes: positive(
+                get("LOGSTREAM_MAX_JOB_BYTES"),
+                "LOGSTREAM_MAX_JOB_BYTES",
+                1 << 30,
+            )?,
         })
+    }
+
+    /// Whether these settings name an archive (a bucket or a folder) by themselves;
+    /// `logstream dev` has one in any case.
+    pub fn names_archive(&self) -> bool {
+        self.archive_bucket.is_some() || self.archive_dir.is_some()
     }
 
     /// `REDIS_URL`, which every Lambda function needs.
@@ -209,21 +238,29 @@ impl Config {
             .map_err(|e| ConfigError::Viewer(e.to_string()))
     }
 
-    /// The Redis store every function uses (lazy: Redis may be down at start).
-    pub fn open_store(&self) -> Result<crate::store::LogStore, ConfigError> {
-        crate::store::LogStore::open(self.require_redis_url()?, self.retention()).map_err(|e| {
-            ConfigError::Invalid {
+    /// The Redis store every function uses (lazy: Redis may be down at start);
+    /// `archived` says whether the deployment has an archive (see
+    /// [`retention`](Self::retention)).
+    pub fn open_store(&self, archived: bool) -> Result<crate::store::LogStore, ConfigError> {
+        crate::store::LogStore::open(self.require_redis_url()?, self.retention(archived)).map_err(
+            |e| ConfigError::Invalid {
                 var: "REDIS_URL",
                 reason: e.to_string(),
-            }
-        })
+            },
+        )
     }
 
-    /// The store's retention settings.
-    pub fn retention(&self) -> crate::store::Retention {
+    /// The store's retention settings; `archived` when the deployment has an archive
+    /// (then nothing leaves Redis before it is archived, else streams are capped).
+    pub fn retention(&self, archived: bool) -> crate::store::Retention {
         crate::store::Retention {
             ttl_secs: self.ttl_secs,
             maxlen: self.maxlen,
+            archived,
+            max_job_bytes: self.max_job_bytes,
+            segment_lines: self.segment_lines,
+            segment_bytes: self.segment_bytes,
+            segment_secs: self.segment_secs,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! |---|---|
 //! | [`store`] | `LogStore`: every Redis operation, one round trip per batch; key layout, connection and cluster, scripts, reads, the in-place RESP reader |
 //! | [`auth`] | pipeline credentials, viewer JWTs and JWKS, and the one read rule ([`auth::Viewer::can_read`]) |
-//! | [`archive`] | jobs' logs in S3 or a local folder: format, index, pages |
+//! | [`archive`] | jobs' logs in S3 or a local folder: segments, manifest, index, pages |
+//! | [`log`] | one log across Redis and the archive: every read of a job goes through it |
 //! | [`web`] | the API's JSON errors, extractors, viewer auth, 404/405/CORS/body limit for every router |
 //! | [`config`] | settings from the environment, checked at start |
 //! | [`clients`] | the clients a process makes once from its settings; every function's state is built from them |
@@ -18,6 +19,7 @@ pub mod archive;
 pub mod auth;
 pub mod clients;
 pub mod config;
+pub mod log;
 pub mod store;
 pub mod telemetry;
 pub mod web;

@@ -176,7 +176,7 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
     let clients = Clients::new(config, host, http);
     let ingest = IngestState::build(&clients).await?;
     let history = HistoryState::build(&clients).await?;
-    let sse = SseState::build(&clients)?;
+    let sse = SseState::build(&clients).await?;
     let ws = WsState::build(&clients)?;
     let archiver = Archiver::build(&clients, logstream_archiver::Settings::default()).await?;
     let archive_at = clients
@@ -193,7 +193,8 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
         &cors_origins,
     );
 
-    let archiver = logstream_archiver::spawn_local_sweeper(archiver, ARCHIVE_TICK);
+    let archiver =
+        logstream_archiver::spawn_local_sweeper(archiver, ARCHIVE_TICK, clients.archiver_wakeup());
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve::serve(listener, app, serve::Limits::default(), rx));
     Ok(DevServer {

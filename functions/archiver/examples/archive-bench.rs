@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         Retention {
             ttl_secs: 3_600,
             maxlen: (opts.lines as u64 + 10).max(50_000),
+            ..Retention::defaults(true)
         },
     )?;
     let client = S3Archive::local_client(&s3_server.url());

@@ -1,32 +1,48 @@
-//! The archiver function: finished jobs' logs from Redis to the archive (S3 in Lambda,
-//! a local folder in `logstream dev`), before Redis forgets them.
+//! The archiver function: every job's log from Redis to the archive (S3 in Lambda, a
+//! local folder in `logstream dev`), in segments while the job runs and as one
+//! `build.jsonl` once it has ended.
 //!
 //! | EventBridge event | does |
 //! |---|---|
-//! | `detail-type: "Job Finished"`, `detail: {"job_id": …}` | archives that job |
-//! | `detail-type: "Scheduled Event"` | sweeps the archive queue, oldest first |
+//! | `detail-type: "Job Finished"`, `detail: {"job_id": …}` | visits that job |
+//! | `detail-type: "Scheduled Event"` | visits every job that is due, soonest first |
 //!
-//! Archiving a job ([`Archiver::archive_job`]) reads its stream in pages
-//! ([`LogStore::entries_after`]) and streams the lines into the archive as they come
-//! (multipart on S3 for a large log), writes the manifest, and only then marks the job
-//! `archived` and takes it off the queue: a failure anywhere before leaves the job
-//! queued for the next sweep. Everything from the stream's head id back is immutable
-//! once a job is terminal, and the manifest holds no timestamp of its own, so a retry
-//! writes the same bytes; a job already marked is not written again.
+//! **The queue.** Every job of a deployment with an archive is in the archive queue from
+//! its creation, scored by when the archiver should next visit it: one segment period
+//! (`LOGSTREAM_SEGMENT_SECS`) after creation or after its last visit, at once when its
+//! unarchived entries fill a segment (ingest moves it forward, see
+//! `logstream_shared::store::AppendOutcome`) or when it ends. A sweep visits the jobs
+//! that are due.
+//!
+//! **A visit** ([`Archiver::archive_job`]) holds the job's flush lease (a Redis key with an
+//! expiry, [`Settings::lease`]), so two archivers never write one job at once; the other
+//! one reports the job `busy` and moves on. Then:
+//! - a running job: every full segment of unarchived entries (`LOGSTREAM_SEGMENT_LINES`
+//!   entries or `LOGSTREAM_SEGMENT_BYTES`) is written, and what is left too once its
+//!   oldest entry is a segment period old. Each segment is written, then the manifest
+//!   that lists it, then Redis is told how far the archive reaches, which lets it trim
+//!   the stream down to the live tail (`LogStore::archived_upto`). A failure at any step
+//!   leaves Redis untrimmed and the next visit writes the same segment again, under the
+//!   same name, with the same bytes: nothing lost, nothing twice.
+//! - an ended job: the segments and the rest of the stream are merged into
+//!   `build.jsonl` (multipart on S3 for a large log), the manifest then lists it alone,
+//!   the job is marked `archived` and leaves the queue; the segments are removed.
+//! - a job Redis has forgotten (its TTL, eviction, a flushed cache) while its segments
+//!   are archived: they are merged into `build.jsonl` as they are, and the job is served
+//!   from the archive from then on. With nothing archived, it is reported `expired`.
 //!
 //! A sweep ([`Archiver::sweep`]) takes at most [`Settings::sweep_limit`] jobs and starts
 //! no new one within [`Settings::deadline_margin`] of the invocation's deadline, so it
 //! ends well inside the Lambda timeout; what is left waits for the next schedule. It
 //! stops early after [`Settings::max_failures`] storage failures in a row (S3 is down:
-//! no point hammering it). A job whose stream expired before it could be archived is
-//! reported (`expired`) and dropped from the queue, not retried forever.
+//! no point hammering it; Redis keeps everything meanwhile).
 //!
 //! Without an archive (no `LOGSTREAM_ARCHIVE_BUCKET`) archiving is skipped, said once
-//! when the [`Archiver`] is made; sweeps then only drop expired jobs off the head of
-//! the queue so it does not grow without bound.
+//! when the [`Archiver`] is made; Redis then caps each stream as in version 1, and
+//! sweeps only drop expired jobs off the head of the queue so it does not grow.
 //!
-//! `logstream dev` runs the same [`Archiver`] over a local folder on a short timer
-//! ([`spawn_local_sweeper`]).
+//! `logstream dev` runs the same [`Archiver`] over a local folder on a short timer, and
+//! at once when ingest says a segment is due ([`spawn_local_sweeper`]).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -38,7 +54,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use logstream_core::ids::{EntryId, JobId};
-use logstream_shared::archive::{Archive, ArchiveError, LogEncoder, Manifest, Upload};
+use logstream_core::model::{StoredEntry, now_ms};
+use logstream_shared::archive::{
+    Archive, ArchiveError, LOG_FILE, Manifest, Part, PartEncoder, Upload, segment_file,
+};
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
 use logstream_shared::store::{JobMeta, LogStore, StoreError};
@@ -65,6 +84,9 @@ pub struct Settings {
     pub deadline_margin: Duration,
     /// A sweep stops after this many storage failures in a row.
     pub max_failures: usize,
+    /// How long a visit holds a job's flush lease at most: longer than an invocation
+    /// can run, so a lease only expires under an archiver that died.
+    pub lease: Duration,
 }
 
 impl Default for Settings {
@@ -74,6 +96,7 @@ impl Default for Settings {
             page_entries: 1000,
             deadline_margin: Duration::from_secs(20),
             max_failures: 3,
+            lease: Duration::from_secs(180),
         }
     }
 }
@@ -103,8 +126,10 @@ pub enum Outcome {
     Archived(Archived),
     /// Marked archived already: nothing written.
     AlreadyArchived,
-    /// Not in a terminal state: nothing to archive yet.
-    NotFinished,
+    /// Running: this many segments written (0 when none was due yet).
+    Flushed(u32),
+    /// Another archiver is visiting the job.
+    Busy,
     /// Queued, but its stream expired before it was archived: dropped from the queue.
     Expired,
     /// Neither in Redis, nor queued, nor archived: nothing to do.
@@ -128,7 +153,12 @@ pub struct Report {
     pub archived: Vec<String>,
     pub already_archived: Vec<String>,
     pub expired: Vec<String>,
+    /// Running jobs visited (segments written, or none due yet).
     pub not_finished: Vec<String>,
+    /// Segments written, in all.
+    pub segments: u32,
+    /// Jobs another archiver was visiting.
+    pub busy: Vec<String>,
     pub unknown: Vec<String>,
     /// Storage failures: these jobs stay queued.
     pub failed: Vec<String>,
@@ -143,7 +173,11 @@ impl Report {
         let list = match outcome {
             Outcome::Archived(_) => &mut self.archived,
             Outcome::AlreadyArchived => &mut self.already_archived,
-            Outcome::NotFinished => &mut self.not_finished,
+            Outcome::Flushed(segments) => {
+                self.segments += segments;
+                &mut self.not_finished
+            }
+            Outcome::Busy => &mut self.busy,
             Outcome::Expired => &mut self.expired,
             Outcome::Unknown => &mut self.unknown,
             Outcome::Skipped => {
@@ -161,14 +195,6 @@ pub struct Archiver {
     store: LogStore,
     archive: Option<Archive>,
     settings: Settings,
-}
-
-/// Why a copy stopped.
-enum CopyError {
-    Store(StoreError),
-    Archive(ArchiveError),
-    /// The stream ended before its head id: it expired while being read.
-    Vanished,
 }
 
 impl Archiver {
@@ -251,7 +277,10 @@ impl Archiver {
     /// sweep with an error.
     pub async fn sweep(&self, deadline: Option<Instant>) -> Result<Report, ArchiverError> {
         let mut report = Report::default();
-        let queued = self.store.archive_queue(self.settings.sweep_limit).await?;
+        let queued = self
+            .store
+            .due_for_archive(now_ms(), self.settings.sweep_limit)
+            .await?;
         let mut failures = 0;
         for (i, (member, _finished_at)) in queued.iter().enumerate() {
             let out_of_time = deadline.is_some_and(|d| {
@@ -292,138 +321,309 @@ impl Archiver {
         Ok(report)
     }
 
-    /// Archives one job (see the module doc for the guarantees).
+    /// Visits one job (see the module doc): segments for a running job, `build.jsonl`
+    /// for an ended one.
     #[tracing::instrument(skip_all, fields(job_id = %job))]
     pub async fn archive_job(&self, job: &JobId) -> Result<Outcome, ArchiverError> {
-        let head = self.store.job_head(job).await?;
         let Some(archive) = &self.archive else {
-            if head.is_none() && self.store.is_queued_for_archive(job.as_str()).await? {
+            let gone = self.store.job_meta(job).await?.is_none();
+            if gone && self.store.is_queued_for_archive(job.as_str()).await? {
                 self.store.unqueue_archive(job.as_str()).await?;
                 return Ok(Outcome::Expired);
             }
             return Ok(Outcome::Skipped);
         };
+        let token = logstream_core::ids::random_hex(16);
+        let lease_ms = self.settings.lease.as_millis() as u64;
+        if !self.store.take_flush_lease(job, &token, lease_ms).await? {
+            return Ok(Outcome::Busy);
+        }
+        let outcome = self.visit_leased(archive, job).await;
+        if let Err(e) = self.store.release_flush_lease(job, &token).await {
+            tracing::warn!(error = %e, "flush lease not released; it expires by itself");
+        }
+        outcome
+    }
+
+    /// [`archive_job`](Self::archive_job)'s work, under the job's lease.
+    async fn visit_leased(&self, archive: &Archive, job: &JobId) -> Result<Outcome, ArchiverError> {
         let archive_error = |source| ArchiverError::Archive {
             job: job.clone(),
             source,
         };
-        let (meta, newest) = match head {
-            Some((meta, _)) if meta.archived => {
-                self.store.unqueue_archive(job.as_str()).await?;
-                return Ok(Outcome::AlreadyArchived);
-            }
-            Some((meta, _)) if !meta.status.is_terminal() => return Ok(Outcome::NotFinished),
-            Some((meta, Some(newest))) => (meta, newest),
-            // Gone from Redis (or its stream is): archived earlier, or lost.
-            Some((_, None)) | None => {
-                let archived = archive
-                    .manifest(job)
-                    .await
-                    .map_err(archive_error)?
-                    .is_some();
-                let queued = self.store.is_queued_for_archive(job.as_str()).await?;
-                if queued {
-                    self.store.unqueue_archive(job.as_str()).await?;
-                }
-                return Ok(if archived {
-                    Outcome::AlreadyArchived
-                } else if queued {
+        let meta = self.store.job_meta(job).await?;
+        let manifest = archive.manifest(job).await.map_err(archive_error)?;
+        let Some(meta) = meta else {
+            // Redis has forgotten the job.
+            let queued = self.store.is_queued_for_archive(job.as_str()).await?;
+            let outcome = match manifest {
+                Some(manifest) if manifest.complete => Outcome::AlreadyArchived,
+                Some(manifest) => {
                     tracing::warn!(
-                        "the job's stream expired before it was archived; its log is lost"
+                        entries = manifest.entries,
+                        "the job left Redis before it ended; its archived segments become its log"
+                    );
+                    let meta = None;
+                    Outcome::Archived(
+                        self.merge(archive, job, manifest, meta)
+                            .await
+                            .map_err(|e| e.for_job(job))?,
+                    )
+                }
+                None if queued => {
+                    tracing::warn!(
+                        "the job left Redis before any of it was archived; its log is lost"
                     );
                     Outcome::Expired
-                } else {
-                    Outcome::Unknown
-                });
-            }
-        };
-
-        let started = Instant::now();
-        let (manifest, parts) = match self.copy(archive, job, &meta, newest).await {
-            Ok(done) => done,
-            Err(CopyError::Store(e)) => return Err(e.into()),
-            Err(CopyError::Archive(e)) => return Err(archive_error(e)),
-            Err(CopyError::Vanished) => {
+                }
+                None => Outcome::Unknown,
+            };
+            if queued {
                 self.store.unqueue_archive(job.as_str()).await?;
-                tracing::warn!(
-                    "the job's stream expired while it was being archived; its log is lost"
-                );
-                return Ok(Outcome::Expired);
             }
+            return Ok(outcome);
         };
-        archive
-            .put_manifest(&manifest)
+        if meta.archived {
+            self.store.unqueue_archive(job.as_str()).await?;
+            return Ok(Outcome::AlreadyArchived);
+        }
+        // A manifest of an earlier job under the same id is not this job's.
+        let manifest = manifest.filter(|m| m.generation == meta.generation);
+        if meta.status.is_terminal() {
+            let started = Instant::now();
+            let manifest = manifest.unwrap_or_else(|| Manifest::new(job, &meta));
+            let done = self
+                .merge(archive, job, manifest, Some(&meta))
+                .await
+                .map_err(|e| e.for_job(job))?;
+            self.store.mark_archived(job).await?;
+            self.store.unqueue_archive(job.as_str()).await?;
+            tracing::info!(
+                entries = done.entries,
+                bytes = done.bytes,
+                parts = done.parts,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "archived"
+            );
+            return Ok(Outcome::Archived(done));
+        }
+        let manifest = manifest.unwrap_or_else(|| Manifest::new(job, &meta));
+        let (segments, next_visit) = self
+            .segments(archive, job, &meta, manifest)
             .await
-            .map_err(archive_error)?;
-        // Only now is the archive complete: mark, then unqueue (a crash in between
-        // leaves a marked job in the queue, which the next sweep just unqueues).
-        self.store.mark_archived(job).await?;
-        self.store.unqueue_archive(job.as_str()).await?;
-        let done = Archived {
-            entries: manifest.entries,
-            bytes: manifest.bytes,
-            parts,
-        };
-        tracing::info!(
-            entries = done.entries,
-            bytes = done.bytes,
-            parts = done.parts,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "archived"
-        );
-        Ok(Outcome::Archived(done))
+            .map_err(|e| e.for_job(job))?;
+        self.store.reschedule_archive(job, next_visit).await?;
+        Ok(Outcome::Flushed(segments))
     }
 
-    /// Streams the job's entries up to `newest` into the archive, page by page.
-    async fn copy(
+    /// Writes the running job's due segments; answers how many, and when the job is
+    /// next due.
+    async fn segments(
         &self,
         archive: &Archive,
         job: &JobId,
         meta: &JobMeta,
-        newest: EntryId,
-    ) -> Result<(Manifest, u32), CopyError> {
-        let mut upload = archive
-            .upload(job, &meta.owner)
-            .await
-            .map_err(CopyError::Archive)?;
-        let mut encoder = LogEncoder::new();
-        match self.fill(&mut upload, &mut encoder, job, newest).await {
-            Ok(()) => {}
-            Err(e) => {
-                upload.abort().await;
-                return Err(e);
+        mut manifest: Manifest,
+    ) -> Result<(u32, u64), VisitError> {
+        let r = self.store.retention();
+        let period = r.segment_secs * 1000;
+        let mut written = 0;
+        loop {
+            let next_n = manifest.end_n();
+            if meta.entries < next_n {
+                return Ok((written, now_ms() + period));
             }
+            let pending = meta.entries + 1 - next_n;
+            let after = manifest.last_id().unwrap_or(EntryId { ms: 0, seq: 0 });
+            let take = pending.min(r.segment_lines) as usize;
+            let mut chunk = self.store.entries_after(job, after, take).await?;
+            let Some(oldest) = chunk.first() else {
+                // Redis lost the unarchived entries (a failover, a flush): nothing to
+                // write; the job's next entries are archived when they come.
+                tracing::warn!(from = next_n, "unarchived entries missing from Redis");
+                return Ok((written, now_ms() + period));
+            };
+            let full = pending >= r.segment_lines
+                || meta.stored_bytes.saturating_sub(manifest.stored) >= r.segment_bytes;
+            let due_at = oldest.id.ms + period;
+            if !full && now_ms() < due_at {
+                return Ok((written, due_at));
+            }
+            // Cut at the segment's byte size (at least one entry).
+            let mut size = 0;
+            let keep = chunk
+                .iter()
+                .take_while(|e| {
+                    size += e.json.len() as u64;
+                    size <= r.segment_bytes
+                })
+                .count()
+                .max(1);
+            chunk.truncate(keep);
+            let part = self
+                .write_part(archive, job, &meta.owner, next_n, &chunk)
+                .await?;
+            let last_n = part.end_n() - 1;
+            let last_id = part.last_id;
+            manifest.stored += chunk.iter().map(|e| e.json.len() as u64).sum::<u64>();
+            manifest.parts.push(part);
+            manifest.entries = last_n;
+            manifest.describe(meta);
+            archive.put_manifest(&manifest).await?;
+            self.store
+                .archived_upto(job, &meta.generation, last_n, last_id, manifest.stored)
+                .await?;
+            written += 1;
         }
-        let uploaded = upload.finish().await.map_err(CopyError::Archive)?;
-        Ok((encoder.manifest(job, meta), uploaded.parts))
     }
 
+    /// Writes `entries` (numbered from `first_n` when the store did not number them) as
+    /// a segment.
+    async fn write_part(
+        &self,
+        archive: &Archive,
+        job: &JobId,
+        owner: &str,
+        first_n: u64,
+        entries: &[StoredEntry],
+    ) -> Result<Part, VisitError> {
+        let first_n = entries.first().and_then(StoredEntry::n).unwrap_or(first_n);
+        let file = segment_file(first_n);
+        let mut encoder = PartEncoder::new(first_n);
+        let mut body = Vec::with_capacity(entries.iter().map(|e| e.json.len() + 40).sum());
+        for entry in entries {
+            encoder.push(entry, &mut body);
+        }
+        let mut upload = archive.upload(job, &file, owner).await?;
+        if let Err(e) = upload.write(&body).await {
+            upload.abort().await;
+            return Err(e.into());
+        }
+        upload.finish().await?;
+        encoder
+            .finish(file)
+            .ok_or_else(|| VisitError::Archive(ArchiveError::Corrupt("empty segment".into())))
+    }
+
+    /// Merges the job's archived parts and, when `meta` says the job is still in Redis,
+    /// the rest of its stream into `build.jsonl`; the manifest then lists it alone and
+    /// says the archive is complete. The old segments are removed last.
+    async fn merge(
+        &self,
+        archive: &Archive,
+        job: &JobId,
+        mut manifest: Manifest,
+        meta: Option<&JobMeta>,
+    ) -> Result<Archived, VisitError> {
+        let owner = meta.map_or(manifest.owner.clone(), |m| m.owner.clone());
+        let mut upload = archive.upload(job, LOG_FILE, &owner).await?;
+        let mut encoder = PartEncoder::new(manifest.first_n());
+        let filled = self
+            .fill(archive, job, &manifest, meta, &mut upload, &mut encoder)
+            .await;
+        if let Err(e) = filled {
+            upload.abort().await;
+            return Err(e);
+        }
+        let uploaded = upload.finish().await?;
+        let old: Vec<String> = manifest
+            .parts
+            .iter()
+            .map(|p| p.file.clone())
+            .filter(|f| f != LOG_FILE)
+            .collect();
+        let next_n = encoder.next_n();
+        let bytes = encoder.bytes();
+        manifest.parts = encoder.finish(LOG_FILE.to_owned()).into_iter().collect();
+        manifest.entries = next_n - 1;
+        if let Some(meta) = meta {
+            manifest.describe(meta);
+        }
+        manifest.complete = true;
+        archive.put_manifest(&manifest).await?;
+        if let Err(e) = archive.remove(job, &old).await {
+            tracing::warn!(error = %e, "merged segments not removed");
+        }
+        Ok(Archived {
+            entries: manifest.entries,
+            bytes,
+            parts: uploaded.parts,
+        })
+    }
+
+    /// Streams the archived parts, then the stream's entries after them, into `upload`.
     async fn fill(
         &self,
-        upload: &mut Upload,
-        encoder: &mut LogEncoder,
+        archive: &Archive,
         job: &JobId,
-        newest: EntryId,
-    ) -> Result<(), CopyError> {
-        let mut after = EntryId { ms: 0, seq: 0 };
+        manifest: &Manifest,
+        meta: Option<&JobMeta>,
+        upload: &mut Upload,
+        encoder: &mut PartEncoder,
+    ) -> Result<(), VisitError> {
         let mut chunk = Vec::with_capacity(256 * 1024);
-        while after < newest {
+        for part in &manifest.parts {
+            let entries = archive.range(manifest, part.first_n, part.end_n()).await?;
+            chunk.clear();
+            for entry in &entries {
+                encoder.push(entry, &mut chunk);
+            }
+            upload.write(&chunk).await?;
+        }
+        let Some(meta) = meta else { return Ok(()) };
+        let mut after = manifest.last_id().unwrap_or(EntryId { ms: 0, seq: 0 });
+        while encoder.next_n() <= meta.entries {
             let page = self
                 .store
                 .entries_after(job, after, self.settings.page_entries)
-                .await
-                .map_err(CopyError::Store)?;
+                .await?;
             let Some(last) = page.last() else {
-                return Err(CopyError::Vanished);
+                tracing::warn!(
+                    from = encoder.next_n(),
+                    to = meta.entries,
+                    "entries missing from Redis at the end of the job"
+                );
+                break;
             };
             after = last.id;
             chunk.clear();
-            for entry in page.iter().take_while(|e| e.id <= newest) {
+            for entry in &page {
                 encoder.push(entry, &mut chunk);
             }
-            upload.write(&chunk).await.map_err(CopyError::Archive)?;
+            upload.write(&chunk).await?;
         }
         Ok(())
+    }
+}
+
+/// Why a visit stopped.
+#[derive(Debug)]
+enum VisitError {
+    Store(StoreError),
+    Archive(ArchiveError),
+}
+
+impl From<StoreError> for VisitError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<ArchiveError> for VisitError {
+    fn from(e: ArchiveError) -> Self {
+        Self::Archive(e)
+    }
+}
+
+impl VisitError {
+    fn for_job(self, job: &JobId) -> ArchiverError {
+        match self {
+            Self::Store(e) => ArchiverError::Store(e),
+            Self::Archive(source) => ArchiverError::Archive {
+                job: job.clone(),
+                source,
+            },
+        }
     }
 }
 
@@ -435,18 +635,37 @@ pub fn deadline(context: &Context) -> Option<Instant> {
     Some(Instant::now() + left)
 }
 
-/// `logstream dev`'s in-process archiving: sweeps the queue every `every`, so a job is
-/// archived shortly after it ends. Errors are logged when they start and when they
-/// stop, not on every tick.
-pub fn spawn_local_sweeper(archiver: Archiver, every: Duration) -> tokio::task::JoinHandle<()> {
+/// `logstream dev`'s in-process archiving: sweeps the queue every `every`, at once when
+/// `wake` is notified (ingest: a segment is due, or a job ended), and again straight
+/// away while a sweep leaves due jobs behind. Errors are logged when they start and when
+/// they stop, not on every tick.
+pub fn spawn_local_sweeper(
+    archiver: Archiver,
+    every: Duration,
+    wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut failing = false;
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut more = false;
         loop {
-            ticks.tick().await;
+            if !more {
+                let woken = async {
+                    match &wake {
+                        Some(wake) => wake.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = woken => {}
+                }
+            }
+            more = false;
             match archiver.sweep(None).await {
                 Ok(report) => {
+                    more = report.more && report.failed.is_empty() && report.busy.is_empty();
                     if failing && report.failed.is_empty() {
                         tracing::info!("archiving works again");
                         failing = false;

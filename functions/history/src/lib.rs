@@ -2,20 +2,17 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `GET /jobs/{id}` | the job's status and times |
-//! | `GET /jobs/{id}/logs?limit&before&after` | a page of entries, chronological |
+//! | `GET /jobs/{id}` | the job's status, times and counts |
+//! | `GET /jobs/{id}/logs?limit&before&after&at` | a page of entries, chronological |
 //!
-//! Pages walk backwards from the newest entry ("load earlier" with `before`), or
-//! forwards from a known id (`after`). The job's metadata and the page are read in one
-//! pipelined round trip, and entries go out as the JSON Redis holds, without decoding.
-//! A job that belongs to someone else is answered exactly like a missing one (404).
-//!
-//! Once a job has expired from Redis, both routes answer from the archive (S3 in
-//! Lambda, the local folder in `logstream dev`) with the same cursors, limits and shape
-//! and `"source":"archive"`: the archive's manifest keeps the owner, so ownership still
-//! holds, and its index turns a page into one ranged read
-//! ([`logstream_shared::archive::Archive::page`]). Redis is always asked first: a live
-//! job never costs an archive request.
+//! Pages walk backwards from the newest entry ("load earlier" with `before`), forwards
+//! from a known id (`after`), or from an entry number (`at`, for permalinks). Both
+//! routes read through [`JobLog`], which serves a job from Redis and the archive as one
+//! log: a page of the live tail is one pipelined round trip to Redis, with the entries
+//! going out as the JSON Redis holds, without decoding; a page further back, or of a
+//! job Redis has forgotten (`"source":"archive"`), is a few ranged reads of the
+//! archive. A job that belongs to someone else is answered exactly like a missing one
+//! (404), wherever it was found.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -31,11 +28,12 @@ use serde::{Deserialize, Serialize};
 
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::JobStatus;
-use logstream_shared::archive::{Archive, Manifest};
-use logstream_shared::auth::jwt::{Viewer, ViewerAuth};
+use logstream_shared::archive::Archive;
+use logstream_shared::auth::jwt::ViewerAuth;
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
-use logstream_shared::store::{Cursor, JobMeta, LogStore, Page};
+use logstream_shared::log::JobLog;
+use logstream_shared::store::{Cursor, LogStore, Page};
 use logstream_shared::web::error::ApiError;
 use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer, finish};
 
@@ -46,9 +44,8 @@ pub const MAX_LIMIT: usize = 500;
 
 /// Everything the history routes share, built once per process.
 pub struct HistoryState {
-    store: LogStore,
+    log: JobLog,
     viewers: ViewerAuth,
-    archive: Option<Archive>,
 }
 
 impl HistoryState {
@@ -57,47 +54,26 @@ impl HistoryState {
         Self::with_archive(store, viewers, None)
     }
 
-    /// History over Redis, falling back to `archive` for expired jobs.
+    /// History over Redis and `archive`, read as one log ([`JobLog`]).
     pub fn with_archive(
         store: LogStore,
         viewers: ViewerAuth,
         archive: Option<Archive>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            log: JobLog::new(store, archive),
             viewers,
-            archive,
         })
     }
 
     /// The history function's state from the process's [`Clients`]: the store, the
-    /// viewer-token verifier and the archive (when there is one) for jobs Redis has
-    /// forgotten; connects lazily.
+    /// viewer-token verifier and the archive (when there is one); connects lazily.
     pub async fn build(clients: &Clients) -> Result<Arc<Self>, ConfigError> {
         Ok(Self::with_archive(
             clients.store()?,
             clients.viewers()?,
             clients.archive().await,
         ))
-    }
-
-    /// The viewer's job, or 404 when it is missing or not theirs.
-    fn owned(&self, viewer: &Viewer, meta: Option<JobMeta>) -> Result<JobMeta, ApiError> {
-        match meta {
-            Some(meta) if viewer.can_read(&meta) => Ok(meta),
-            _ => Err(ApiError::job_not_found()),
-        }
-    }
-
-    /// The archived job's manifest, or 404 when there is none or it is not the viewer's.
-    async fn archived(&self, viewer: &Viewer, job: &JobId) -> Result<Manifest, ApiError> {
-        let Some(archive) = &self.archive else {
-            return Err(ApiError::job_not_found());
-        };
-        match archive.manifest(job).await? {
-            Some(manifest) if viewer.can_read(&manifest) => Ok(manifest),
-            _ => Err(ApiError::job_not_found()),
-        }
     }
 }
 
@@ -121,6 +97,9 @@ struct JobOut {
     created_at: u64,
     finished_at: Option<u64>,
     archived: bool,
+    entries: u64,
+    bytes: u64,
+    truncated: bool,
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %job))]
@@ -131,23 +110,19 @@ async fn get_job(
     uri: Uri,
 ) -> Result<Json<JobOut>, ApiError> {
     let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
-    let Some(meta) = state.store.job_meta(&job).await? else {
-        let manifest = state.archived(&viewer, &job).await?;
-        return Ok(Json(JobOut {
-            job_id: job,
-            status: manifest.status,
-            created_at: manifest.created_at,
-            finished_at: manifest.finished_at,
-            archived: true,
-        }));
+    let info = match state.log.info(&job).await? {
+        Some((info, _)) if viewer.can_read(&info) => info,
+        _ => return Err(ApiError::job_not_found()),
     };
-    let meta = state.owned(&viewer, Some(meta))?;
     Ok(Json(JobOut {
         job_id: job,
-        status: meta.status,
-        created_at: meta.created_at,
-        finished_at: meta.finished_at,
-        archived: meta.archived,
+        status: info.status,
+        created_at: info.created_at,
+        finished_at: info.finished_at,
+        archived: info.archived,
+        entries: info.entries,
+        bytes: info.bytes,
+        truncated: info.truncated,
     }))
 }
 
@@ -158,6 +133,7 @@ pub struct PageQuery {
     pub limit: Option<String>,
     pub before: Option<String>,
     pub after: Option<String>,
+    pub at: Option<String>,
 }
 
 impl PageQuery {
@@ -182,19 +158,31 @@ impl PageQuery {
             .map_or(MAX_LIMIT, |n| n.min(MAX_LIMIT)))
     }
 
-    /// Where the page starts; 400 for a malformed id or for both cursors at once.
+    /// Where the page starts; 400 for a malformed id, an `at` that is not a whole
+    /// number from 1, or more than one cursor at once.
     pub fn cursor(&self) -> Result<Cursor, ApiError> {
         let parse = |raw: &str| {
             raw.parse::<EntryId>()
                 .map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))
         };
-        match (self.before.as_deref(), self.after.as_deref()) {
-            (None, None) => Ok(Cursor::Latest),
-            (Some(before), None) => Ok(Cursor::Before(parse(before)?)),
-            (None, Some(after)) => Ok(Cursor::After(parse(after)?)),
-            (Some(_), Some(_)) => Err(ApiError::bad_request(
+        match (
+            self.before.as_deref(),
+            self.after.as_deref(),
+            self.at.as_deref(),
+        ) {
+            (None, None, None) => Ok(Cursor::Latest),
+            (Some(before), None, None) => Ok(Cursor::Before(parse(before)?)),
+            (None, Some(after), None) => Ok(Cursor::After(parse(after)?)),
+            (None, None, Some(at)) => match at.trim().parse::<u64>() {
+                Ok(n) if n >= 1 => Ok(Cursor::At(n)),
+                _ => Err(ApiError::bad_request(
+                    "invalid_cursor",
+                    "at must be an entry number from 1",
+                )),
+            },
+            _ => Err(ApiError::bad_request(
                 "invalid_cursor",
-                "give before or after, not both",
+                "give one of before, after or at",
             )),
         }
     }
@@ -254,17 +242,12 @@ async fn get_logs(
     let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
     let limit = query.limit()?;
     let cursor = query.cursor()?;
-    let (status, source, page) = match state.store.page(&job, cursor, limit).await? {
-        Some((meta, page)) => (state.owned(&viewer, Some(meta))?.status, "redis", page),
-        None => {
-            let manifest = state.archived(&viewer, &job).await?;
-            let archive = state.archive.as_ref().ok_or_else(ApiError::job_not_found)?;
-            let page = archive.page(&manifest, cursor, limit).await?;
-            (manifest.status, "archive", page)
-        }
+    let (info, source, page) = match state.log.page(&job, cursor, limit).await? {
+        Some((info, source, page)) if viewer.can_read(&info) => (info, source, page),
+        _ => return Err(ApiError::job_not_found()),
     };
     Ok((
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        page_body(&job, status, source, &page),
+        page_body(&job, info.status, source.as_str(), &page),
     ))
 }

@@ -27,6 +27,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{post, put};
@@ -37,15 +39,18 @@ use serde::{Deserialize, Serialize};
 use logstream_core::batch::{BodyFormat, LineBatch, RawLine, parse_body};
 use logstream_core::ids::random_hex;
 use logstream_core::ids::{EntryId, JobId};
-use logstream_core::model::StoredEntry;
-use logstream_core::model::{EntryBody, JobStatus, LineStream, NewEntry, StageStatus, now_ms};
+use logstream_core::model::{
+    EntryBody, JobStatus, LineStream, NewEntry, StageStatus, StoredEntry, now_ms, numbered_json,
+};
 use logstream_core::sanitize::Sanitizer;
 use logstream_shared::auth::pipeline::{
     IngestKey, bearer, new_ingest_token, token_hash, token_matches,
 };
 use logstream_shared::clients::{Clients, Host};
 use logstream_shared::config::ConfigError;
-use logstream_shared::store::{AppendOutcome, LogStore, NewJob, Socket, StatusOutcome, StoreError};
+use logstream_shared::store::{
+    AppendOutcome, Appended, LogStore, NewJob, Socket, StatusOutcome, StoreError, ToAppend,
+};
 use logstream_shared::web::error::ApiError;
 use logstream_shared::web::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
 
@@ -64,6 +69,8 @@ pub struct IngestState {
     key: IngestKey,
     jobs: JobCache,
     push: Option<WsPush>,
+    /// Notified when a job's segment is due and the archiver runs in this process.
+    wake_archiver: Option<Arc<Notify>>,
 }
 
 impl IngestState {
@@ -79,7 +86,17 @@ impl IngestState {
             key,
             jobs: JobCache::default(),
             push,
+            wake_archiver: None,
         })
+    }
+
+    /// Notifies `wake` when a job's segment becomes due (the archiver is in this
+    /// process).
+    pub fn waking_archiver(mut self: Arc<Self>, wake: Option<Arc<Notify>>) -> Arc<Self> {
+        if let Some(state) = Arc::get_mut(&mut self) {
+            state.wake_archiver = wake;
+        }
+        self
     }
 
     /// The ingest function's state from the process's [`Clients`]: the store, the
@@ -99,7 +116,7 @@ impl IngestState {
                 bound,
             )),
         };
-        Ok(Self::with_push(store, key, push))
+        Ok(Self::with_push(store, key, push).waking_archiver(clients.archiver_wakeup()))
     }
 
     pub fn store(&self) -> &LogStore {
@@ -263,7 +280,7 @@ impl IngestState {
         mut settings: Arc<JobSettings>,
         seq: Option<u64>,
         lines: &[RawLine<'_>],
-    ) -> Result<(AppendOutcome, Vec<String>), ApiError> {
+    ) -> Result<(AppendOutcome, Vec<ToAppend>), ApiError> {
         let now = now_ms();
         // Most batches start outside a private key; one that does not is told so by
         // the store (the carry lives with the job, since the batch before may have
@@ -271,17 +288,16 @@ impl IngestState {
         let mut carry = 0;
         for _ in 0..3 {
             let mut batch = settings.sanitizer.batch_resuming(carry);
-            let entries: Vec<String> = lines
+            let entries: Vec<ToAppend> = lines
                 .iter()
                 .map(|line| {
-                    NewEntry {
+                    ToAppend::new(&NewEntry {
                         ts: line.ts.unwrap_or(now),
                         body: EntryBody::Line {
                             stream: line.stream,
                             text: batch.line(&line.text).into_owned(),
                         },
-                    }
-                    .to_stored_json()
+                    })
                 })
                 .collect();
             let ends_at = batch.carry();
@@ -314,32 +330,41 @@ impl IngestState {
 }
 
 impl IngestState {
-    /// Pushes a stored batch (`stored`, the entries' JSON, with ids `first..=last`) and
-    /// the `done` message if the job ended, to `connections`. Within the push bound;
-    /// never fails the request.
+    /// Pushes stored entries (`count` of them, with ids `first..=last`; `stored`, their
+    /// numbered JSON, when the caller knows it) and the `done` message if the job ended,
+    /// to `connections`. Within the push bound; never fails the request.
     async fn push(
         &self,
         job: &JobId,
         connections: &[Socket],
-        first: EntryId,
-        last: EntryId,
-        stored: Vec<String>,
+        stored: Stored,
         done: Option<JobStatus>,
     ) {
         let Some(push) = &self.push else { return };
         if connections.is_empty() {
             return;
         }
-        let entries = match consecutive_ids(first, last, stored.len()) {
-            Some(ids) => ids
-                .into_iter()
-                .zip(stored)
-                .map(|(id, json)| StoredEntry { id, json })
-                .collect(),
-            // Ids skipped a millisecond inside the batch: read them back.
+        let Stored {
+            first,
+            last,
+            count,
+            json,
+        } = stored;
+        let known = json.and_then(|json| {
+            consecutive_ids(first, last, count).map(|ids| {
+                ids.into_iter()
+                    .zip(json)
+                    .map(|(id, json)| StoredEntry { id, json })
+                    .collect::<Vec<_>>()
+            })
+        });
+        let entries = match known {
+            Some(entries) => entries,
+            // Ids skipped a millisecond inside the batch, or the store wrote an entry
+            // of its own (the size limit's notice): read them back.
             None => match self
                 .store
-                .entries_after(job, just_before(first), stored.len())
+                .entries_after(job, just_before(first), count)
                 .await
             {
                 Ok(entries) => entries,
@@ -354,6 +379,50 @@ impl IngestState {
             messages.push(done_message(status));
         }
         push.deliver(&self.store, job, connections, &messages).await;
+    }
+
+    /// Makes the job due for the archiver at once (its unarchived entries fill a
+    /// segment) and wakes an archiver in this process. One more round trip, once per
+    /// segment; a failure only leaves the segment to the archiver's next scheduled
+    /// visit, so it is logged, not answered.
+    async fn segment_due(&self, job: &JobId) {
+        if let Err(e) = self.store.schedule_archive(job, 0).await {
+            tracing::warn!(error = %e, "segment due, but the archive queue was not updated");
+        }
+        if let Some(wake) = &self.wake_archiver {
+            wake.notify_one();
+        }
+    }
+}
+
+/// Entries just stored, for [`IngestState::push`].
+struct Stored {
+    first: EntryId,
+    last: EntryId,
+    count: usize,
+    /// Their numbered JSON, when known without reading them back.
+    json: Option<Vec<String>>,
+}
+
+impl Stored {
+    /// What `appended` stored of `batch`: its first `accepted` entries, numbered from
+    /// `first_n`, then the store's own notice (whose JSON only Redis has). `None` when
+    /// nothing was stored.
+    fn of(appended: &Appended, batch: &[ToAppend]) -> Option<Self> {
+        let (first, last) = appended.ids?;
+        let json = (!appended.notice).then(|| {
+            batch[..appended.accepted]
+                .iter()
+                .zip(appended.first_n..)
+                .map(|(entry, n)| numbered_json(&entry.json, n))
+                .collect()
+        });
+        Some(Self {
+            first,
+            last,
+            count: appended.accepted + usize::from(appended.notice),
+            json,
+        })
     }
 }
 
@@ -483,6 +552,9 @@ struct LogsQuery {
 #[derive(Debug, Serialize)]
 struct Accepted {
     accepted: usize,
+    /// Lines past the job's size limit, not stored.
+    #[serde(skip_serializing_if = "is_zero")]
+    dropped: usize,
     first_id: Option<EntryId>,
     last_id: Option<EntryId>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -508,25 +580,29 @@ async fn post_logs(
         BodyKind::Json => BodyFormat::Json,
     };
     let LineBatch { lines, seq } = parse_body(&body, format)?;
-    let (outcome, stored) = state.append_lines(&job, settings, seq, &lines).await?;
+    let (outcome, batch) = state.append_lines(&job, settings, seq, &lines).await?;
     match outcome {
-        AppendOutcome::Appended {
-            first,
-            last,
-            connections,
-        } => {
-            state
-                .push(&job, &connections, first, last, stored, None)
-                .await;
+        AppendOutcome::Appended(appended) => {
+            if appended.segment_due {
+                state.segment_due(&job).await;
+            }
+            if let Some(stored) = Stored::of(&appended, &batch) {
+                state.push(&job, &appended.connections, stored, None).await;
+            }
+            if appended.notice {
+                tracing::warn!(dropped = appended.dropped, "job reached its size limit");
+            }
             Ok(Json(Accepted {
-                accepted: lines.len(),
-                first_id: Some(first),
-                last_id: Some(last),
+                accepted: appended.accepted,
+                dropped: appended.dropped,
+                first_id: appended.ids.map(|(first, _)| first),
+                last_id: appended.ids.map(|(_, last)| last),
                 duplicate: false,
             }))
         }
         AppendOutcome::Duplicate => Ok(Json(Accepted {
             accepted: 0,
+            dropped: 0,
             first_id: None,
             last_id: None,
             duplicate: true,
@@ -539,6 +615,10 @@ async fn post_logs(
             Err(ApiError::job_not_found())
         }
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// How a `POST …/logs` body is encoded, by its `Content-Type`.
@@ -638,12 +718,17 @@ async fn post_event(
         )
         .await?
     {
-        AppendOutcome::Appended {
-            first, connections, ..
-        } => {
-            state
-                .push(&job, &connections, first, first, vec![entry], None)
-                .await;
+        AppendOutcome::Appended(appended) => {
+            let Some((first, _)) = appended.ids else {
+                return Err(ApiError::unavailable("the event was not stored"));
+            };
+            let stored = Stored {
+                first,
+                last: first,
+                count: 1,
+                json: Some(vec![numbered_json(&entry, appended.first_n)]),
+            };
+            state.push(&job, &appended.connections, stored, None).await;
             Ok(Json(EventStored { id: first }))
         }
         AppendOutcome::Terminal(status) => Err(finished(status)),
@@ -693,7 +778,7 @@ async fn put_status(
         state.jobs.forget(&job);
     }
     match outcome {
-        StatusOutcome::Changed { id, connections } => {
+        StatusOutcome::Changed { id, n, connections } => {
             tracing::info!(%status, "job status changed");
             let entry = NewEntry {
                 ts,
@@ -701,9 +786,18 @@ async fn put_status(
             }
             .to_stored_json();
             let done = status.is_terminal().then_some(status);
-            state
-                .push(&job, &connections, id, id, vec![entry], done)
-                .await;
+            let stored = Stored {
+                first: id,
+                last: id,
+                count: 1,
+                json: Some(vec![numbered_json(&entry, n)]),
+            };
+            if status.is_terminal()
+                && let Some(wake) = &state.wake_archiver
+            {
+                wake.notify_one();
+            }
+            state.push(&job, &connections, stored, done).await;
             Ok(Json(StatusOut { status }))
         }
         // A repeated terminal status: the store has queued the job for archival again

@@ -45,16 +45,18 @@ use tokio::time::Instant;
 
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::{JobStatus, StoredEntry, now_ms};
+use logstream_shared::archive::Archive;
 use logstream_shared::auth::jwt::{Viewer, ViewerAuth};
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
-use logstream_shared::store::{LogStore, StoreError};
+use logstream_shared::log::{JobLog, LogError};
+use logstream_shared::store::LogStore;
 use logstream_shared::web::error::ApiError;
 use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer, finish};
 
 use hub::{FeedMsg, Hub};
 
-/// Entries read from Redis per replay round trip.
+/// Entries read per replay round trip.
 const REPLAY_PAGE: usize = 500;
 /// Most bytes waiting for one viewer (written, not yet taken by the connection).
 pub const VIEWER_BUFFER_BYTES: usize = 1024 * 1024;
@@ -66,7 +68,7 @@ const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
 
 /// Everything the stream route shares, built once per process.
 pub struct SseState {
-    store: LogStore,
+    log: JobLog,
     viewers: ViewerAuth,
     hub: Arc<Hub>,
     heartbeat: Duration,
@@ -83,7 +85,7 @@ impl SseState {
     ) -> Arc<Self> {
         Arc::new(Self {
             hub: Hub::new(store.clone()),
-            store,
+            log: JobLog::new(store, None),
             viewers,
             heartbeat,
             handoff,
@@ -91,15 +93,25 @@ impl SseState {
         })
     }
 
-    /// The sse function's state from the process's [`Clients`]; connects lazily.
-    pub fn build(clients: &Clients) -> Result<Arc<Self>, ConfigError> {
+    /// Replays read older entries from `archive` too ([`JobLog`]).
+    pub fn with_archive(mut self: Arc<Self>, archive: Option<Archive>) -> Arc<Self> {
+        if let Some(state) = Arc::get_mut(&mut self) {
+            state.log = JobLog::new(state.log.store().clone(), archive);
+        }
+        self
+    }
+
+    /// The sse function's state from the process's [`Clients`], with the archive for
+    /// replays older than Redis's tail; connects lazily.
+    pub async fn build(clients: &Clients) -> Result<Arc<Self>, ConfigError> {
         let config = clients.config();
         Ok(Self::new(
             clients.store()?,
             clients.viewers()?,
             Duration::from_secs(config.heartbeat_secs),
             Duration::from_secs(config.handoff_secs),
-        ))
+        )
+        .with_archive(clients.archive().await))
     }
 
     /// Ends every open stream (without `done`, so clients reconnect elsewhere): what a
@@ -209,9 +221,21 @@ async fn stream(
 ) -> Result<Response, ApiError> {
     let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
     let start = start_point(&headers, &query)?;
-    let (meta, newest) = match state.store.job_head(&job).await? {
-        Some((meta, newest)) if viewer.can_read(&meta) => (meta, newest),
-        _ => return Err(ApiError::job_not_found()),
+    let (status, newest, in_redis) = match state.log.store().job_head(&job).await? {
+        Some((meta, newest)) if viewer.can_read(&meta) => (meta.status, newest, true),
+        Some(_) => return Err(ApiError::job_not_found()),
+        // Redis has forgotten the job: the archive's copy, replayed and closed.
+        None => match state.log.info(&job).await? {
+            Some((info, _)) if viewer.can_read(&info) => {
+                let last = state
+                    .log
+                    .page(&job, logstream_shared::store::Cursor::Latest, 1)
+                    .await?
+                    .and_then(|(_, _, page)| page.entries.last().map(|e| e.id));
+                (info.status, last, false)
+            }
+            _ => return Err(ApiError::job_not_found()),
+        },
     };
     let head = newest.unwrap_or(ZERO);
     let cursor = match start {
@@ -221,16 +245,21 @@ async fn stream(
         Start::Live => head,
     };
     // Subscribe before the replay reads Redis: see `hub`.
-    let feed = state.hub.subscribe(&job, head).await?;
+    let feed = if in_redis {
+        Some(state.hub.subscribe(&job, head).await?)
+    } else {
+        None
+    };
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let budget = Arc::new(Semaphore::new(VIEWER_BUFFER_BYTES));
     let follower = Follower {
-        store: state.store.clone(),
+        log: state.log.clone(),
         hub: state.hub.clone(),
         job,
         cursor,
-        ended: meta.status.is_terminal().then_some(meta.status),
-        feed: Some(feed),
+        ended: status.is_terminal().then_some(status),
+        archived_only: !in_redis,
+        feed,
         out: Out {
             tx,
             budget: budget.clone(),
@@ -307,13 +336,16 @@ impl Out {
 
 /// One viewer's stream: replay, then live entries from the feed.
 struct Follower {
-    store: LogStore,
+    log: JobLog,
     hub: Arc<Hub>,
     job: JobId,
     /// The id of the last entry sent (or the start point).
     cursor: EntryId,
     /// The job's final status when it had already ended at connect.
     ended: Option<JobStatus>,
+    /// Redis had forgotten the job at connect: after the replay from the archive,
+    /// nothing more can come (a job that never ended closes without `done`).
+    archived_only: bool,
     /// The job's feed; `None` while the viewer is too far behind to hold it.
     feed: Option<broadcast::Receiver<FeedMsg>>,
     out: Out,
@@ -342,6 +374,9 @@ impl Follower {
         }
         if let Some(status) = self.ended {
             return self.finish(status).await;
+        }
+        if self.archived_only {
+            return Stop::HandOff;
         }
         let handoff_at = self.handoff;
         let handoff = async move {
@@ -398,18 +433,20 @@ impl Follower {
 
     /// Subscribes to the job's feed again, then sends what Redis holds after the
     /// cursor: the same join as at connect, so nothing is missed or doubled.
-    async fn rejoin(&mut self) -> Result<Option<Stop>, StoreError> {
+    async fn rejoin(&mut self) -> Result<Option<Stop>, LogError> {
         self.feed = Some(self.hub.subscribe(&self.job, self.cursor).await?);
         self.replay().await
     }
 
-    /// Sends everything in Redis after the cursor. `Some` when the stream is over.
-    async fn replay(&mut self) -> Result<Option<Stop>, StoreError> {
+    /// Sends everything after the cursor, from the archive where Redis no longer has
+    /// it ([`JobLog`]). `Some` when the stream is over.
+    async fn replay(&mut self) -> Result<Option<Stop>, LogError> {
         loop {
             let page = self
-                .store
+                .log
                 .entries_after(&self.job, self.cursor, REPLAY_PAGE)
-                .await?;
+                .await?
+                .unwrap_or_default();
             let full = page.len() == REPLAY_PAGE;
             if let Some(stop) = self.send(&page).await {
                 return Ok(Some(stop));

@@ -9,7 +9,10 @@ use logstream_shared::config::{Config, exit_on_error};
 async fn main() -> Result<(), lambda_http::Error> {
     logstream_shared::telemetry::init();
     let clients = Clients::lambda(exit_on_error("logstream-sse", Config::from_env()));
-    let state = exit_on_error("logstream-sse", logstream_sse::SseState::build(&clients));
+    let state = exit_on_error(
+        "logstream-sse",
+        logstream_sse::SseState::build(&clients).await,
+    );
     lambda_http::run_with_streaming_response(logstream_sse::router(
         state,
         &clients.config().cors_origins,

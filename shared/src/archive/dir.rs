@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::fs;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 
-use super::{ArchiveError, LOG_FILE, MANIFEST_FILE, PREFIX, Uploaded};
+use super::{ArchiveError, MANIFEST_FILE, PREFIX, Uploaded};
 use logstream_core::ids::JobId;
 
 /// Archives kept as files under one folder.
@@ -46,7 +46,8 @@ impl DirArchive {
         &self.root
     }
 
-    /// The folder of one job's archive.
+    /// The folder of one job's archive. (A file name inside it is always this code's
+    /// own: the log, the manifest, or `segments/` and a number.)
     pub fn job_dir(&self, job: &JobId) -> PathBuf {
         // A job id is [A-Za-z0-9_-]+: always one plain path component.
         self.root.join(PREFIX).join(job.as_str())
@@ -74,10 +75,10 @@ impl DirArchive {
         fs::rename(&tmp, &dest).await.map_err(io(&dest))
     }
 
-    pub(super) async fn upload(&self, job: &JobId) -> Result<DirUpload, ArchiveError> {
-        let dir = self.job_dir(job);
+    pub(super) async fn upload(&self, job: &JobId, file: &str) -> Result<DirUpload, ArchiveError> {
+        let dest = self.job_dir(job).join(file);
+        let dir = dest.parent().unwrap_or(&self.root).to_owned();
         fs::create_dir_all(&dir).await.map_err(io(&dir))?;
-        let dest = dir.join(LOG_FILE);
         let tmp = partial(&dest);
         let file = fs::File::create(&tmp).await.map_err(io(&tmp))?;
         Ok(DirUpload {
@@ -87,13 +88,26 @@ impl DirArchive {
         })
     }
 
+    pub(super) async fn remove(&self, job: &JobId, files: &[String]) -> Result<(), ArchiveError> {
+        for file in files {
+            let path = self.job_dir(job).join(file);
+            match fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
     pub(super) async fn read_log(
         &self,
         job: &JobId,
+        file: &str,
         start: u64,
         end: u64,
     ) -> Result<Bytes, ArchiveError> {
-        let path = self.job_dir(job).join(LOG_FILE);
+        let path = self.job_dir(job).join(file);
         let mut file = fs::File::open(&path).await.map_err(io(&path))?;
         file.seek(SeekFrom::Start(start)).await.map_err(io(&path))?;
         let len = usize::try_from(end - start)

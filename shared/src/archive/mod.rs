@@ -1,21 +1,26 @@
-//! The archive: where a finished job's log lives once Redis has forgotten it.
+//! The archive: the durable copy of every job's log, written while the job runs.
 //!
 //! | object (S3 key, or path under the local folder) | holds |
 //! |---|---|
-//! | `build-logs/{ID}/build.jsonl` | every entry, chronological, one JSON object per line (the API's entry JSON, `id` included) |
-//! | `build-logs/{ID}/manifest.json` | the job (owner, status, times), entry and byte counts, and a sparse index into the log |
+//! | `build-logs/{ID}/segments/{N}.jsonl` | a running job's entries from number `N` on (zero-padded to 12 digits), one JSON object per line (the API's entry JSON, `id` and `n` included) |
+//! | `build-logs/{ID}/build.jsonl` | once the job has ended: every entry, chronological, same format |
+//! | `build-logs/{ID}/manifest.json` | the job (owner, status, times, counts), and the parts of its log with a sparse index into each |
 //!
-//! The manifest is written after the log and is the archive's commit mark: a log
-//! without a manifest is an interrupted attempt, which readers ignore and the next
-//! attempt overwrites. The manifest keeps the job's owner, so the history function still
-//! enforces ownership once Redis has forgotten the job (the S3 log object also carries it
-//! as `x-amz-meta-owner`). It holds no timestamp of its own: archiving the same finished
-//! job twice writes the same bytes.
+//! A log in the archive is a list of **parts**: the segments written while the job
+//! runs, then, once it has ended, `build.jsonl` alone (the segments merged, then
+//! removed). The manifest is the commit mark: a part is written first, then the
+//! manifest that lists it, so a reader never sees a part that is not whole, and a part
+//! no manifest lists (an interrupted attempt) is overwritten by the next one, which
+//! writes the same bytes under the same name (a segment's name is its first entry's
+//! number, its contents are immutable entries). The manifest keeps the job's owner and
+//! counts, so the job is still served, with the same ownership rules, once Redis has
+//! forgotten it (the S3 objects also carry the owner as `x-amz-meta-owner`).
 //!
-//! The index records the id and byte offset of every [`BLOCK_ENTRIES`]th entry, so a
-//! history page (at most 500 entries, `before`/`after` cursors, answered exactly as
-//! Redis answers it, see [`Archive::page`]) is one ranged read of a few blocks rather
-//! than a download of the whole log.
+//! Every part's index records the id and byte offset of every [`BLOCK_ENTRIES`]th
+//! entry, so a history page (at most 500 entries: `before`/`after` ids, or `at` an entry
+//! number, answered exactly as Redis answers it, see [`Archive::page`]) is a ranged read
+//! of a few blocks rather than a download of the whole log. Entry numbers are dense, so
+//! `at=N` finds its part and block by arithmetic alone.
 //!
 //! Two backends sit behind the [`Archive`] enum: S3 ([`s3`], feature `s3`, what the
 //! Lambdas use) and a local folder ([`dir`], what `logstream dev` uses). Everything above
@@ -39,14 +44,16 @@ use logstream_core::model::{JobStatus, StoredEntry};
 
 /// Folder (key prefix) of every job's archive.
 pub const PREFIX: &str = "build-logs";
-/// The log's file name inside a job's folder.
+/// The whole log's file name inside a job's folder.
 pub const LOG_FILE: &str = "build.jsonl";
+/// The folder of a running job's segments inside its folder.
+pub const SEGMENTS_DIR: &str = "segments";
 /// The manifest's file name inside a job's folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Entries per index block: a 500-entry page reads at most four blocks.
 pub const BLOCK_ENTRIES: u64 = 256;
-/// The manifest format this code writes and reads.
-pub const FORMAT: u32 = 1;
+/// The manifest format this code writes and reads (1 had `build.jsonl` only).
+pub const FORMAT: u32 = 2;
 
 /// What went wrong reading or writing the archive.
 #[derive(Debug, thiserror::Error)]
@@ -69,58 +76,35 @@ pub enum ArchiveError {
     Corrupt(String),
 }
 
-/// One index point: the id of entry number `k * block_entries` and where its line starts.
+/// One index point: the id of entry number `k * block_entries` of a part and where
+/// its line starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub first: EntryId,
     pub offset: u64,
 }
 
-/// `manifest.json`: the job as it ended, and the index into its log.
+/// One object of a job's log: consecutive entries `first_n ..` of the job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// [`FORMAT`].
-    pub format: u32,
-    pub job_id: JobId,
-    pub owner: String,
-    pub status: JobStatus,
-    pub created_at: u64,
-    pub finished_at: Option<u64>,
-    /// Lines in `build.jsonl`.
+pub struct Part {
+    /// The object's name in the job's folder: [`LOG_FILE`] or a [`segment_file`].
+    pub file: String,
+    /// The number of its first entry.
+    pub first_n: u64,
+    /// Lines in the object.
     pub entries: u64,
-    /// Size of `build.jsonl`.
+    /// Size of the object.
     pub bytes: u64,
-    /// Entries per index block ([`BLOCK_ENTRIES`] when written).
-    pub block_entries: u64,
+    /// The id of its last entry.
+    pub last_id: EntryId,
     /// One checkpoint per block, in order.
     pub index: Vec<Checkpoint>,
 }
 
-impl Manifest {
-    /// Checks what a reader relies on, so a damaged manifest is an error, not a panic.
-    fn validate(&self) -> Result<(), ArchiveError> {
-        let bad = |what: &str| {
-            Err(ArchiveError::Corrupt(format!(
-                "manifest of {}: {what}",
-                self.job_id
-            )))
-        };
-        if self.format != FORMAT {
-            return bad("unknown format");
-        }
-        if self.block_entries == 0
-            || self.index.len() as u64 != self.entries.div_ceil(self.block_entries)
-        {
-            return bad("index does not match the entry count");
-        }
-        let ordered = self
-            .index
-            .windows(2)
-            .all(|w| w[0].first < w[1].first && w[0].offset < w[1].offset);
-        if !ordered || self.index.last().is_some_and(|c| c.offset >= self.bytes) {
-            return bad("index out of order");
-        }
-        Ok(())
+impl Part {
+    /// One past the number of its last entry.
+    pub fn end_n(&self) -> u64 {
+        self.first_n + self.entries
     }
 
     /// Byte range `[start, end)` of blocks `first..=last`.
@@ -134,21 +118,176 @@ impl Manifest {
     }
 }
 
-/// Turns entries into the log's bytes, building the manifest's index on the way.
-#[derive(Debug, Default)]
-pub struct LogEncoder {
+/// The file name of the segment that starts at entry `first_n`.
+pub fn segment_file(first_n: u64) -> String {
+    format!("{SEGMENTS_DIR}/{first_n:012}.jsonl")
+}
+
+/// `manifest.json`: the job as last seen, and the parts of its log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    pub job_id: JobId,
+    /// The job's generation (random per creation): segments of an earlier job under
+    /// the same id are not this one's.
+    pub generation: String,
+    pub owner: String,
+    pub status: JobStatus,
+    pub created_at: u64,
+    pub finished_at: Option<u64>,
+    /// The number of the last archived entry.
+    pub entries: u64,
+    /// Stored text bytes of the job's lines, as of the last archived entry.
+    pub bytes: u64,
+    /// The job hit its size limit.
+    pub truncated: bool,
+    /// Stored JSON bytes of the archived entries (as Redis counts them for segments).
+    pub stored: u64,
+    /// The job has ended and `build.jsonl` (the only part) holds all of it.
+    pub complete: bool,
+    /// Entries per index block ([`BLOCK_ENTRIES`] when written).
+    pub block_entries: u64,
+    /// The log, in order.
+    pub parts: Vec<Part>,
+}
+
+impl Manifest {
+    /// A manifest of `job` as `meta` describes it, with no parts yet.
+    pub fn new(job: &JobId, meta: &JobMeta) -> Self {
+        let mut manifest = Self {
+            format: FORMAT,
+            job_id: job.clone(),
+            generation: meta.generation.clone(),
+            owner: meta.owner.clone(),
+            status: meta.status,
+            created_at: meta.created_at,
+            finished_at: None,
+            entries: 0,
+            bytes: 0,
+            truncated: false,
+            stored: 0,
+            complete: false,
+            block_entries: BLOCK_ENTRIES,
+            parts: Vec::new(),
+        };
+        manifest.describe(meta);
+        manifest
+    }
+
+    /// Takes the job's status, times and counts from `meta`.
+    pub fn describe(&mut self, meta: &JobMeta) {
+        self.owner.clone_from(&meta.owner);
+        self.status = meta.status;
+        self.created_at = meta.created_at;
+        self.finished_at = meta.finished_at;
+        self.bytes = meta.bytes;
+        self.truncated = meta.truncated;
+    }
+
+    /// One past the number of the last archived entry (1 for an empty log).
+    pub fn end_n(&self) -> u64 {
+        self.parts.last().map_or(1, Part::end_n)
+    }
+
+    /// The number of the first archived entry (1 unless the log lost its head).
+    pub fn first_n(&self) -> u64 {
+        self.parts.first().map_or(1, |p| p.first_n)
+    }
+
+    /// The id of the last archived entry.
+    pub fn last_id(&self) -> Option<EntryId> {
+        self.parts.last().map(|p| p.last_id)
+    }
+
+    /// Checks what a reader relies on, so a damaged manifest is an error, not a panic.
+    fn validate(&self) -> Result<(), ArchiveError> {
+        let bad = |what: &str| {
+            Err(ArchiveError::Corrupt(format!(
+                "manifest of {}: {what}",
+                self.job_id
+            )))
+        };
+        if self.format != FORMAT {
+            return bad("unknown format");
+        }
+        if self.block_entries == 0 {
+            return bad("no block size");
+        }
+        for part in &self.parts {
+            if part.first_n == 0
+                || part.entries == 0
+                || part.index.len() as u64 != part.entries.div_ceil(self.block_entries)
+            {
+                return bad("index does not match the entry count");
+            }
+            let ordered = part
+                .index
+                .windows(2)
+                .all(|w| w[0].first < w[1].first && w[0].offset < w[1].offset);
+            if !ordered
+                || part.index.first().is_some_and(|c| c.offset != 0)
+                || part
+                    .index
+                    .last()
+                    .is_some_and(|c| c.offset >= part.bytes || c.first > part.last_id)
+            {
+                return bad("index out of order");
+            }
+        }
+        let in_order = self
+            .parts
+            .windows(2)
+            .all(|w| w[0].end_n() <= w[1].first_n && w[0].last_id < w[1].index[0].first);
+        if !in_order
+            || self
+                .parts
+                .last()
+                .is_some_and(|p| p.end_n() - 1 != self.entries)
+        {
+            return bad("parts out of order");
+        }
+        Ok(())
+    }
+
+    /// Every checkpoint of every part, in order: (entry number, id, part, block).
+    fn checkpoints(&self) -> impl Iterator<Item = (u64, EntryId, usize, u64)> + '_ {
+        self.parts.iter().enumerate().flat_map(move |(p, part)| {
+            part.index.iter().enumerate().map(move |(k, c)| {
+                (
+                    part.first_n + k as u64 * self.block_entries,
+                    c.first,
+                    p,
+                    k as u64,
+                )
+            })
+        })
+    }
+}
+
+/// Turns entries into one part's bytes, building its index on the way.
+#[derive(Debug)]
+pub struct PartEncoder {
+    first_n: u64,
     entries: u64,
     bytes: u64,
+    last_id: Option<EntryId>,
     index: Vec<Checkpoint>,
 }
 
-impl LogEncoder {
-    /// An empty log.
-    pub fn new() -> Self {
-        Self::default()
+impl PartEncoder {
+    /// An empty part whose first entry will be number `first_n`.
+    pub fn new(first_n: u64) -> Self {
+        Self {
+            first_n,
+            entries: 0,
+            bytes: 0,
+            last_id: None,
+            index: Vec::new(),
+        }
     }
 
-    /// Appends `entry`'s line to `out`. Entries must come in id order.
+    /// Appends `entry`'s line to `out`. Entries must come in order, without a gap.
     pub fn push(&mut self, entry: &StoredEntry, out: &mut Vec<u8>) {
         if self.entries.is_multiple_of(BLOCK_ENTRIES) {
             self.index.push(Checkpoint {
@@ -161,6 +300,7 @@ impl LogEncoder {
         out.push(b'\n');
         self.bytes += (out.len() - before) as u64;
         self.entries += 1;
+        self.last_id = Some(entry.id);
     }
 
     /// Entries pushed so far.
@@ -173,20 +313,21 @@ impl LogEncoder {
         self.bytes
     }
 
-    /// The manifest of the log pushed so far, for `job` as `meta` describes it.
-    pub fn manifest(self, job: &JobId, meta: &JobMeta) -> Manifest {
-        Manifest {
-            format: FORMAT,
-            job_id: job.clone(),
-            owner: meta.owner.clone(),
-            status: meta.status,
-            created_at: meta.created_at,
-            finished_at: meta.finished_at,
+    /// The number the next entry must have.
+    pub fn next_n(&self) -> u64 {
+        self.first_n + self.entries
+    }
+
+    /// The part, stored as `file`; `None` when nothing was pushed.
+    pub fn finish(self, file: String) -> Option<Part> {
+        Some(Part {
+            file,
+            first_n: self.first_n,
             entries: self.entries,
             bytes: self.bytes,
-            block_entries: BLOCK_ENTRIES,
+            last_id: self.last_id?,
             index: self.index,
-        }
+        })
     }
 }
 
@@ -262,7 +403,7 @@ impl Archive {
         Self::Dir(dir::DirArchive::new(root))
     }
 
-    /// The job's manifest; `None` when the job was never (completely) archived.
+    /// The job's manifest; `None` when nothing of the job was archived.
     pub async fn manifest(&self, job: &JobId) -> Result<Option<Manifest>, ArchiveError> {
         let raw = match self {
             Self::Dir(d) => d.read_manifest(job).await?,
@@ -282,7 +423,7 @@ impl Archive {
         Ok(Some(manifest))
     }
 
-    /// Writes the manifest: the last step of archiving a job.
+    /// Writes the manifest: what makes the parts it lists part of the log.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<(), ArchiveError> {
         let body = serde_json::to_vec(manifest)
             .map_err(|e| ArchiveError::Corrupt(format!("manifest not serializable: {e}")))?;
@@ -296,34 +437,58 @@ impl Archive {
         }
     }
 
-    /// Starts writing the job's log (replacing any earlier one when finished).
-    pub async fn upload(&self, job: &JobId, owner: &str) -> Result<Upload, ArchiveError> {
+    /// Starts writing `file` of the job's log (replacing any earlier one when finished).
+    pub async fn upload(
+        &self,
+        job: &JobId,
+        file: &str,
+        owner: &str,
+    ) -> Result<Upload, ArchiveError> {
         // The folder keeps the owner in the manifest only.
         #[cfg(not(feature = "s3"))]
         let _ = owner;
         match self {
-            Self::Dir(d) => Ok(Upload::Dir(d.upload(job).await?)),
+            Self::Dir(d) => Ok(Upload::Dir(d.upload(job, file).await?)),
             #[cfg(feature = "s3")]
-            Self::S3(s) => Ok(Upload::S3(s.upload(job, owner).await)),
+            Self::S3(s) => Ok(Upload::S3(s.upload(job, file, owner).await)),
         }
     }
 
-    /// Bytes `[start, end)` of the job's log.
-    pub async fn read_log(&self, job: &JobId, start: u64, end: u64) -> Result<Bytes, ArchiveError> {
+    /// Bytes `[start, end)` of `file` of the job's log.
+    pub async fn read_part(
+        &self,
+        job: &JobId,
+        file: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, ArchiveError> {
         if start >= end {
             return Ok(Bytes::new());
         }
         match self {
-            Self::Dir(d) => d.read_log(job, start, end).await,
+            Self::Dir(d) => d.read_log(job, file, start, end).await,
             #[cfg(feature = "s3")]
-            Self::S3(s) => s.read_log(job, start, end).await,
+            Self::S3(s) => s.read_log(job, file, start, end).await,
         }
     }
 
-    /// One history page of an archived job, with exactly the semantics of
-    /// [`crate::store::LogStore::page`]: the newest `limit` entries, the `limit` just
-    /// older than a `before` id, or the `limit` just newer than an `after` id,
-    /// chronological. One ranged read: the index narrows the page down to a few blocks.
+    /// Removes `files` of the job's log (best effort for files already gone).
+    pub async fn remove(&self, job: &JobId, files: &[String]) -> Result<(), ArchiveError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Dir(d) => d.remove(job, files).await,
+            #[cfg(feature = "s3")]
+            Self::S3(s) => s.remove(job, files).await,
+        }
+    }
+
+    /// One history page of an archived log, with exactly the semantics of a Redis page
+    /// ([`crate::store::LogStore::page`]): the newest `limit` entries, the `limit` just
+    /// older than a `before` id, the `limit` just newer than an `after` id, or the
+    /// `limit` from entry number `at` on; chronological. A few ranged reads: an id is
+    /// placed through the index (one block read), a number by arithmetic.
     pub async fn page(
         &self,
         manifest: &Manifest,
@@ -331,76 +496,106 @@ impl Archive {
         limit: usize,
     ) -> Result<Page, ArchiveError> {
         let limit = limit.max(1) as u64;
-        let n = manifest.entries;
-        let block = manifest.block_entries;
-        let last_block = manifest.index.len() as u64;
-        let empty = Page {
-            entries: Vec::new(),
-            has_more: false,
-            has_older: false,
-        };
-        if n == 0 {
-            return Ok(empty);
-        }
-        match cursor {
-            Cursor::Latest => {
-                let lo = n.saturating_sub(limit);
-                let (start, entries) = self.blocks(manifest, lo / block, (n - 1) / block).await?;
-                Ok(Page {
-                    entries: slice(entries, start, lo, n),
-                    has_more: lo > 0,
-                    has_older: lo > 0,
-                })
-            }
+        let (first, end) = (manifest.first_n(), manifest.end_n());
+        let (lo, hi) = match cursor {
+            Cursor::Latest => (end.saturating_sub(limit).max(first), end),
             Cursor::Before(id) => {
-                // Blocks starting below the cursor; the last of them holds its position.
-                let k = manifest.index.partition_point(|c| c.first < id) as u64;
-                if k == 0 {
-                    return Ok(empty);
-                }
-                let first = ((k - 1) * block).saturating_sub(limit) / block;
-                let (start, entries) = self.blocks(manifest, first, k - 1).await?;
-                let older = start + entries.iter().take_while(|e| e.id < id).count() as u64;
-                let lo = older.saturating_sub(limit);
-                Ok(Page {
-                    entries: slice(entries, start, lo, older),
-                    has_more: lo > 0,
-                    has_older: lo > 0,
-                })
+                let hi = self.position(manifest, id, false).await?;
+                (hi.saturating_sub(limit).max(first), hi)
             }
             Cursor::After(id) => {
-                let k = manifest.index.partition_point(|c| c.first <= id) as u64;
-                let first = k.saturating_sub(1);
-                let last = ((first + 1) * block + limit - 1) / block;
-                let (start, entries) = self
-                    .blocks(manifest, first, last.min(last_block - 1))
-                    .await?;
-                let upto = start + entries.iter().take_while(|e| e.id <= id).count() as u64;
-                let hi = (upto + limit).min(n);
-                Ok(Page {
-                    entries: slice(entries, start, upto, hi),
-                    has_more: hi < n,
-                    has_older: upto > 0,
-                })
+                let lo = self.position(manifest, id, true).await?;
+                (lo, lo.saturating_add(limit).min(end))
             }
-        }
+            Cursor::At(n) => {
+                let lo = n.max(first);
+                (lo, lo.saturating_add(limit).min(end))
+            }
+        };
+        let entries = self.range(manifest, lo, hi).await?;
+        let has_older = lo > first;
+        let has_more = match cursor {
+            Cursor::Latest | Cursor::Before(_) => has_older,
+            Cursor::After(_) | Cursor::At(_) => hi < end,
+        };
+        Ok(Page {
+            entries,
+            has_more,
+            has_older,
+        })
     }
 
-    /// The entries of blocks `first..=last`, and the number of the first one.
+    /// The number of the first archived entry whose id is above `id` (`after`) or not
+    /// below it; one past the last entry when there is none.
+    pub async fn position(
+        &self,
+        manifest: &Manifest,
+        id: EntryId,
+        after: bool,
+    ) -> Result<u64, ArchiveError> {
+        let beyond = |e: EntryId| if after { e > id } else { e >= id };
+        // The last checkpoint that is not beyond `id`: its block holds the position.
+        let Some((n, _, part, block)) = manifest
+            .checkpoints()
+            .take_while(|&(_, first, _, _)| !beyond(first))
+            .last()
+        else {
+            return Ok(manifest.first_n());
+        };
+        let entries = self.blocks(manifest, part, block, block).await?;
+        let inside = entries.iter().take_while(|e| !beyond(e.id)).count() as u64;
+        Ok(n + inside)
+    }
+
+    /// The archived entries numbered `lo..hi`, in order.
+    pub async fn range(
+        &self,
+        manifest: &Manifest,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<StoredEntry>, ArchiveError> {
+        let block = manifest.block_entries;
+        let mut out = Vec::new();
+        for (p, part) in manifest.parts.iter().enumerate() {
+            let (from, to) = (lo.max(part.first_n), hi.min(part.end_n()));
+            if from >= to {
+                continue;
+            }
+            let (b0, b1) = (
+                (from - part.first_n) / block,
+                (to - 1 - part.first_n) / block,
+            );
+            let entries = self.blocks(manifest, p, b0, b1).await?;
+            let start = part.first_n + b0 * block;
+            out.extend(
+                entries
+                    .into_iter()
+                    .skip((from - start) as usize)
+                    .take((to - from) as usize),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The entries of blocks `first..=last` of part `p`.
     async fn blocks(
         &self,
         manifest: &Manifest,
+        p: usize,
         first: u64,
         last: u64,
-    ) -> Result<(u64, Vec<StoredEntry>), ArchiveError> {
-        let (start, end) = manifest.block_range(first, last);
-        let raw = self.read_log(&manifest.job_id, start, end).await?;
-        let expected = ((last + 1) * manifest.block_entries).min(manifest.entries)
+    ) -> Result<Vec<StoredEntry>, ArchiveError> {
+        let part = &manifest.parts[p];
+        let (start, end) = part.block_range(first, last);
+        let raw = self
+            .read_part(&manifest.job_id, &part.file, start, end)
+            .await?;
+        let expected = ((last + 1) * manifest.block_entries).min(part.entries)
             - first * manifest.block_entries;
         let corrupt = || {
             ArchiveError::Corrupt(format!(
-                "log of {} does not match its index",
-                manifest.job_id
+                "{} of {} does not match its index",
+                part.file, manifest.job_id
             ))
         };
         let text = std::str::from_utf8(&raw).map_err(|_| corrupt())?;
@@ -411,19 +606,12 @@ impl Archive {
             .map(|line| StoredEntry::from_json_line(line).ok_or_else(corrupt))
             .collect::<Result<Vec<_>, _>>()?;
         if entries.len() as u64 != expected
-            || entries.first().map(|e| e.id) != Some(manifest.index[first as usize].first)
+            || entries.first().map(|e| e.id) != Some(part.index[first as usize].first)
         {
             return Err(corrupt());
         }
-        Ok((first * manifest.block_entries, entries))
+        Ok(entries)
     }
-}
-
-/// Entries number `lo..hi` out of `entries`, which start at number `start`.
-fn slice(mut entries: Vec<StoredEntry>, start: u64, lo: u64, hi: u64) -> Vec<StoredEntry> {
-    entries.truncate((hi - start) as usize);
-    entries.drain(..(lo - start) as usize);
-    entries
 }
 
 /// The archive the settings name: `LOGSTREAM_ARCHIVE_BUCKET` (S3, credentials and

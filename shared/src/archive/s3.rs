@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
-use super::{ArchiveError, LOG_FILE, MANIFEST_FILE, PREFIX, Uploaded};
+use super::{ArchiveError, MANIFEST_FILE, PREFIX, Uploaded};
 use logstream_core::ids::JobId;
 
 /// S3's smallest part (except the last).
@@ -181,6 +181,7 @@ impl S3Archive {
     pub(super) async fn read_log(
         &self,
         job: &JobId,
+        file: &str,
         start: u64,
         end: u64,
     ) -> Result<Bytes, ArchiveError> {
@@ -189,7 +190,7 @@ impl S3Archive {
             .await
             .get_object()
             .bucket(&self.bucket)
-            .key(Self::key(job, LOG_FILE))
+            .key(Self::key(job, file))
             .range(format!("bytes={start}-{}", end - 1))
             .send()
             .await
@@ -213,11 +214,48 @@ impl S3Archive {
         Ok(bytes)
     }
 
-    pub(super) async fn upload(&self, job: &JobId, owner: &str) -> S3Upload {
+    pub(super) async fn remove(&self, job: &JobId, files: &[String]) -> Result<(), ArchiveError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        // DeleteObjects takes up to 1 000 keys per request.
+        for chunk in files.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|f| ObjectIdentifier::builder().key(Self::key(job, f)).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ArchiveError::Corrupt(format!("delete request: {e}")))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| ArchiveError::Corrupt(format!("delete request: {e}")))?;
+            let out = self
+                .client()
+                .await
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| s3_error("DeleteObjects", e))?;
+            if let Some(failed) = out.errors().first() {
+                return Err(ArchiveError::Refused {
+                    op: "DeleteObjects",
+                    message: format!(
+                        "{}: {}",
+                        failed.key().unwrap_or("?"),
+                        failed.message().unwrap_or("refused")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn upload(&self, job: &JobId, file: &str, owner: &str) -> S3Upload {
         S3Upload {
             client: self.client().await.clone(),
             bucket: self.bucket.clone(),
-            key: Self::key(job, LOG_FILE),
+            key: Self::key(job, file),
             owner: owner.to_owned(),
             part_size: self.part_size,
             buf: Vec::new(),

@@ -1,14 +1,16 @@
 //! Job writes and the archive queue: creating a job, appending a batch, moving its
 //! status, and the queue of finished jobs waiting for the archiver.
 
-use logstream_core::ids::JobId;
-use logstream_core::model::{EntryBody, JobStatus, NewEntry};
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::{EntryBody, JobStatus, LineStream, NewEntry, now_ms};
 
 use super::keys::{ARCHIVE_QUEUE, JobKeys};
 use super::reads::parse_id;
-use super::scripts::{APPEND, CREATE, MARK_ARCHIVED, SET_STATUS};
+use super::scripts::{APPEND, ARCHIVED_UPTO, CREATE, LEASE, MARK_ARCHIVED, RELEASE, SET_STATUS};
 use super::sockets::Socket;
-use super::{AppendOutcome, JobMeta, LogStore, NewJob, Retention, StatusOutcome, StoreError};
+use super::{
+    AppendOutcome, Appended, JobMeta, LogStore, NewJob, StatusOutcome, StoreError, ToAppend,
+};
 
 impl LogStore {
     /// Creates a job; `false` if the id is taken.
@@ -31,6 +33,13 @@ impl LogStore {
             new.generation,
         ];
         let ttl = self.retention.ttl_secs;
+        if self.retention.archived {
+            // Queued before it exists, so no job with an archive is ever left out of
+            // the queue (a failure here creates nothing; a queued id that then turns
+            // out to be taken is the existing job's visit, which is harmless).
+            let first_visit = new.created_at + self.retention.segment_secs * 1000;
+            self.zadd(job, "NX", first_visit).await?;
+        }
         let created: i64 = self
             .run(|mut c| {
                 let mut inv = CREATE.key(&keys.meta);
@@ -60,7 +69,9 @@ impl LogStore {
     }
 
     /// Appends a batch of entries (each the JSON of a [`NewEntry`]) in one round trip,
-    /// all or nothing. `gen` guards against a recreated job id ('' skips the check).
+    /// all or nothing (but for lines past the job's size limit). `gen` guards against a
+    /// recreated job id ('' skips the check). Decodes each entry for its size: the
+    /// ingest path, which built them, uses [`append_carrying`](Self::append_carrying).
     pub async fn append(
         &self,
         job: &JobId,
@@ -68,7 +79,18 @@ impl LogStore {
         seq: Option<u64>,
         entries: &[String],
     ) -> Result<AppendOutcome, StoreError> {
-        self.append_carrying(job, generation, seq, None, entries)
+        let entries: Vec<ToAppend> = entries
+            .iter()
+            .map(|json| {
+                let entry: NewEntry = serde_json::from_str(json)
+                    .map_err(|e| StoreError::Corrupt(format!("entry to append: {e}")))?;
+                Ok(ToAppend {
+                    json: json.clone(),
+                    text_bytes: text_bytes(&entry),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        self.append_carrying(job, generation, seq, None, &entries)
             .await
     }
 
@@ -82,38 +104,75 @@ impl LogStore {
         generation: &str,
         seq: Option<u64>,
         carry: Option<(u32, u32)>,
-        entries: &[String],
+        entries: &[ToAppend],
     ) -> Result<AppendOutcome, StoreError> {
         if entries.is_empty() {
             return Err(StoreError::Corrupt("append called with no entries".into()));
         }
         let keys = JobKeys::new(job);
         let seq = seq.map(|s| s.to_string()).unwrap_or_default();
-        let Retention { ttl_secs, maxlen } = self.retention;
+        let r = self.retention;
         let (from, to) = carry.map_or((String::new(), String::new()), |(from, to)| {
             (from.to_string(), to.to_string())
         });
+        let notice = size_notice(r.max_job_bytes);
         let reply: Vec<String> = self
             .run(|mut c| {
                 let mut inv = APPEND.key(&keys.meta);
                 inv.key(&keys.logs)
                     .key(&keys.ws)
+                    .key(&keys.idx)
                     .arg(generation)
                     .arg(&seq)
-                    .arg(ttl_secs)
-                    .arg(maxlen)
+                    .arg(r.ttl_secs)
+                    .arg(r.cap())
                     .arg(&from)
                     .arg(&to)
-                    .arg(entries);
+                    .arg(r.max_job_bytes)
+                    .arg(&notice)
+                    .arg(r.segment_lines.max(1))
+                    .arg(r.segment_bytes.max(1));
+                for entry in entries {
+                    inv.arg(entry.text_bytes).arg(&entry.json);
+                }
                 async move { inv.invoke(&mut c).await }
             })
             .await?;
         match reply.as_slice() {
-            [tag, first, last, connections @ ..] if tag == "ok" => Ok(AppendOutcome::Appended {
-                first: parse_id(first)?,
-                last: parse_id(last)?,
-                connections: Socket::from_pairs(connections)?,
-            }),
+            [
+                tag,
+                first,
+                last,
+                first_n,
+                accepted,
+                dropped,
+                notice,
+                due,
+                connections @ ..,
+            ] if tag == "ok" => {
+                let ids = if first.is_empty() {
+                    None
+                } else {
+                    Some((parse_id(first)?, parse_id(last)?))
+                };
+                let number = |raw: &str| -> Result<u64, StoreError> {
+                    raw.parse()
+                        .map_err(|_| StoreError::Corrupt(format!("append answered {raw:?}")))
+                };
+                Ok(AppendOutcome::Appended(Appended {
+                    ids,
+                    first_n: if first_n.is_empty() {
+                        0
+                    } else {
+                        number(first_n)?
+                    },
+                    accepted: number(accepted)? as usize,
+                    dropped: number(dropped)? as usize,
+                    notice: notice == "1",
+                    segment_due: due == "1",
+                    connections: Socket::from_pairs(connections)?,
+                }))
+            }
             [tag] if tag == "duplicate" => Ok(AppendOutcome::Duplicate),
             [tag] if tag == "missing" => Ok(AppendOutcome::NotFound),
             [tag] if tag == "stale" => Ok(AppendOutcome::Stale),
@@ -132,10 +191,10 @@ impl LogStore {
     }
 
     /// Moves the job to `to`, appending a `status` entry stamped `ts`. A terminal status
-    /// also queues the job for archival.
+    /// also makes the job due for the archiver at once.
     ///
     /// The status change is one script on the job's keys; queueing is a second command
-    /// (`ZADD NX`), because the queue lives in another cluster slot. If that second
+    /// (`ZADD LT`), because the queue lives in another cluster slot. If that second
     /// step fails the caller gets an error (503) and retries, and the retry, answered
     /// [`StatusOutcome::Same`], queues the job then: a terminal job that is neither
     /// archived nor queued cannot come out of a request that succeeded. Only terminal
@@ -152,35 +211,38 @@ impl LogStore {
             body: EntryBody::Status { status: to },
         }
         .to_stored_json();
-        let Retention { ttl_secs, maxlen } = self.retention;
+        let r = self.retention;
         let reply: Vec<String> = self
             .run(|mut c| {
                 let mut inv = SET_STATUS.key(&keys.meta);
                 inv.key(&keys.logs)
                     .key(&keys.ws)
+                    .key(&keys.idx)
                     .arg(to.as_str())
                     .arg(&entry)
-                    .arg(ttl_secs)
-                    .arg(maxlen)
+                    .arg(r.ttl_secs)
+                    .arg(r.cap())
                     .arg(ts);
                 async move { inv.invoke(&mut c).await }
             })
             .await?;
         match reply.as_slice() {
-            [tag, id, connections @ ..] if tag == "ok" => {
+            [tag, id, n, connections @ ..] if tag == "ok" => {
                 let id = parse_id(id)?;
                 if to.is_terminal() {
-                    self.queue_archive(job, ts).await?;
+                    self.schedule_archive(job, ts).await?;
                 }
                 Ok(StatusOutcome::Changed {
                     id,
+                    n: n.parse()
+                        .map_err(|_| StoreError::Corrupt(format!("status answered n {n:?}")))?,
                     connections: Socket::from_pairs(connections)?,
                 })
             }
             [tag, finished_at, archived] if tag == "same" => {
                 if to.is_terminal() && archived != "1" {
                     let finished_at = finished_at.parse().unwrap_or(ts);
-                    self.queue_archive(job, finished_at).await?;
+                    self.schedule_archive(job, finished_at).await?;
                 }
                 Ok(StatusOutcome::Same)
             }
@@ -194,20 +256,113 @@ impl LogStore {
         }
     }
 
-    /// Queues a finished job for archival, scored by its finish time (ms); a job already
-    /// queued keeps its place (`NX`).
-    async fn queue_archive(&self, job: &JobId, finished_at: u64) -> Result<(), StoreError> {
+    /// Makes the job due for the archiver at `at` (ms) or earlier: queued if it was
+    /// not, moved forward if it was queued for later (`ZADD LT`), left alone if it is
+    /// due sooner already.
+    pub async fn schedule_archive(&self, job: &JobId, at: u64) -> Result<(), StoreError> {
+        self.zadd(job, "LT", at).await
+    }
+
+    /// Queues the job for its next visit at `at` (ms), whatever it was queued for, but
+    /// only if it is still queued (`ZADD XX`): what the archiver does after a visit
+    /// that leaves the job running.
+    pub async fn reschedule_archive(&self, job: &JobId, at: u64) -> Result<(), StoreError> {
+        self.zadd(job, "XX", at).await
+    }
+
+    async fn zadd(&self, job: &JobId, flag: &'static str, at: u64) -> Result<(), StoreError> {
         self.run(|mut c| async move {
             redis::cmd("ZADD")
                 .arg(ARCHIVE_QUEUE)
-                .arg("NX")
-                .arg(finished_at)
+                .arg(flag)
+                .arg(at)
                 .arg(job.as_str())
                 .query_async::<()>(&mut c)
                 .await
         })
         .await
     }
+
+    /// Takes the job's flush lease for `lease_ms` under `token`; `false` when another
+    /// archiver holds it. Two archivers never write one job's segments at once.
+    pub async fn take_flush_lease(
+        &self,
+        job: &JobId,
+        token: &str,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let key = JobKeys::new(job).flush;
+        let taken: i64 = self
+            .run(|mut c| {
+                let mut inv = LEASE.key(&key);
+                inv.arg(token).arg(lease_ms);
+                async move { inv.invoke(&mut c).await }
+            })
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// Gives the lease back if it is still `token`'s.
+    pub async fn release_flush_lease(&self, job: &JobId, token: &str) -> Result<(), StoreError> {
+        let key = JobKeys::new(job).flush;
+        self.run(|mut c| {
+            let mut inv = RELEASE.key(&key);
+            inv.arg(token);
+            async move { inv.invoke::<i64>(&mut c).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Records that the archive's segments hold the job's entries up to number `n`
+    /// (id `id`, `stored_bytes` of JSON up to there) and trims what Redis no longer needs
+    /// (see [`ARCHIVED_UPTO`]). Answers the entries removed from the stream, or `None`
+    /// when the job is gone, was recreated, or was recorded that far already.
+    pub async fn archived_upto(
+        &self,
+        job: &JobId,
+        generation: &str,
+        n: u64,
+        id: EntryId,
+        stored_bytes: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let keys = JobKeys::new(job);
+        let keep = self.retention.maxlen;
+        let removed: i64 = self
+            .run(|mut c| {
+                let mut inv = ARCHIVED_UPTO.key(&keys.meta);
+                inv.key(&keys.logs)
+                    .key(&keys.idx)
+                    .arg(generation)
+                    .arg(n)
+                    .arg(id.to_string())
+                    .arg(stored_bytes)
+                    .arg(keep);
+                async move { inv.invoke(&mut c).await }
+            })
+            .await?;
+        Ok(u64::try_from(removed).ok())
+    }
+}
+
+/// What a line counts against its job's size limit: its text bytes (other entries: 0).
+pub fn text_bytes(entry: &NewEntry) -> u64 {
+    match &entry.body {
+        EntryBody::Line { text, .. } => text.len() as u64,
+        _ => 0,
+    }
+}
+
+/// The `system` line stored once, where a job passes its size limit.
+fn size_notice(limit: u64) -> String {
+    NewEntry {
+        ts: now_ms(),
+        body: EntryBody::Line {
+            stream: LineStream::System,
+            text: format!("log exceeded the limit of {limit} bytes; further output is discarded"),
+        },
+    }
+    .to_stored_json()
 }
 
 /// The archive queue (see [`super::keys`]): finished jobs waiting for the archiver.
@@ -225,6 +380,37 @@ impl LogStore {
                     .arg(ARCHIVE_QUEUE)
                     .arg(0)
                     .arg(count - 1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(members
+            .into_iter()
+            .map(|(member, score)| (member, score.max(0.0) as u64))
+            .collect())
+    }
+
+    /// Up to `count` jobs due for the archiver at `now` (ms), soonest first, with the
+    /// time each was due. Members come back raw, like [`archive_queue`](Self::archive_queue).
+    pub async fn due_for_archive(
+        &self,
+        now: u64,
+        count: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let members: Vec<(String, f64)> = self
+            .run(|mut c| async move {
+                redis::cmd("ZRANGE")
+                    .arg(ARCHIVE_QUEUE)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(count)
                     .arg("WITHSCORES")
                     .query_async(&mut c)
                     .await
@@ -287,7 +473,7 @@ impl LogStore {
     }
 }
 
-pub(super) const META_FIELDS: [&str; 8] = [
+pub(super) const META_FIELDS: [&str; 15] = [
     "owner",
     "status",
     "created_at",
@@ -296,6 +482,13 @@ pub(super) const META_FIELDS: [&str; 8] = [
     "token",
     "secrets",
     "gen",
+    "n",
+    "bytes",
+    "trunc",
+    "stored",
+    "arch_n",
+    "arch_id",
+    "arch_b",
 ];
 
 fn parse_status(raw: &str) -> Result<JobStatus, StoreError> {
@@ -313,7 +506,14 @@ pub(super) fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>,
         token,
         secrets,
         generation,
-    ]: [Option<String>; 8] = values
+        entries,
+        bytes,
+        truncated,
+        stored_bytes,
+        archived_n,
+        archived_id,
+        archived_bytes,
+    ]: [Option<String>; 15] = values
         .try_into()
         .map_err(|v: Vec<_>| StoreError::Corrupt(format!("HMGET answered {} fields", v.len())))?;
     let (Some(owner), Some(status)) = (owner, status) else {
@@ -339,5 +539,14 @@ pub(super) fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>,
             None => Vec::new(),
         },
         generation: generation.unwrap_or_default(),
+        entries: number("n", entries)?.unwrap_or(0),
+        bytes: number("bytes", bytes)?.unwrap_or(0),
+        truncated: truncated.as_deref() == Some("1"),
+        stored_bytes: number("stored", stored_bytes)?.unwrap_or(0),
+        archived_upto: match (number("arch_n", archived_n)?, archived_id) {
+            (Some(n), Some(id)) => Some((n, parse_id(&id)?)),
+            _ => None,
+        },
+        archived_bytes: number("arch_b", archived_bytes)?.unwrap_or(0),
     }))
 }

@@ -3,10 +3,12 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `job:{ID}:logs` | stream | the job's entries, field `e` = entry JSON without its id; `XADD MAXLEN ~ $LOGSTREAM_MAXLEN` |
-//! | `job:{ID}:meta` | hash | `owner`, `status`, `created_at`, `finished_at`, `token` (SHA-256 of the ingest token), `secrets` (JSON array), `seq` (last accepted batch seq), `gen`, `archived` |
+//! | `job:{ID}:meta` | hash | `owner`, `status`, `created_at`, `finished_at`, `token` (SHA-256 of the ingest token), `secrets` (JSON array), `seq` (last accepted batch seq), `gen`, `archived` (the whole job is in `build.jsonl`), `pem` (private-key carry), `n` (the last entry's number), `bytes` (stored text bytes), `trunc` (the size limit was hit), `stored` (stored JSON bytes), `arch_n`/`arch_id`/`arch_b` (number, id and JSON bytes archived so far in segments), `idx_lo` (the lowest block left in `idx`) |
+//! | `job:{ID}:idx` | hash | block `b` → the id of entry `n = 256·b + 1`: where entry numbers are found in the stream (`?at=N`) |
+//! | `job:{ID}:flush` | string | the lease of the archiver flushing the job's segments (a random token, with an expiry) |
 //! | `job:{ID}:ws` | hash | WebSocket connection id → its token's expiry (ms, 0 for none), for every connection following the job |
 //! | `logstream:ws-conn:{CONNECTION}` | string | the job a WebSocket connection follows, for `$disconnect` (which only knows the connection id); 2 h TTL, API Gateway's longest connection |
-//! | `logstream:archive-queue` | sorted set | finished jobs waiting for the archiver, scored by finish time (ms) |
+//! | `logstream:archive-queue` | sorted set | jobs the archiver must visit, scored by when (ms): every job from its creation while there is an archive, due at once when a segment is full or the job ends, else one segment period after the last visit |
 //!
 //! The `{ID}` braces are a Redis Cluster hash tag: all of one job's keys live in one
 //! slot, so the Lua scripts and pipelines that touch them together stay legal in
@@ -37,12 +39,14 @@ pub fn ws_connection_key(connection: &str) -> String {
     format!("logstream:ws-conn:{connection}")
 }
 
-/// The three keys of one job.
+/// The keys of one job.
 #[derive(Debug, Clone)]
 pub struct JobKeys {
     pub logs: String,
     pub meta: String,
     pub ws: String,
+    pub idx: String,
+    pub flush: String,
 }
 
 impl JobKeys {
@@ -51,9 +55,15 @@ impl JobKeys {
             logs: format!("job:{{{job}}}:logs"),
             meta: format!("job:{{{job}}}:meta"),
             ws: format!("job:{{{job}}}:ws"),
+            idx: format!("job:{{{job}}}:idx"),
+            flush: format!("job:{{{job}}}:flush"),
         }
     }
 }
+
+/// Entries per block of the `idx` hash: entry `n` is found by reading from the id of
+/// block `(n - 1) / IDX_BLOCK` at most this many entries ahead.
+pub const IDX_BLOCK: u64 = 256;
 
 #[cfg(test)]
 mod tests {
@@ -65,5 +75,7 @@ mod tests {
         assert_eq!(keys.logs, "job:{build-7}:logs");
         assert_eq!(keys.meta, "job:{build-7}:meta");
         assert_eq!(keys.ws, "job:{build-7}:ws");
+        assert_eq!(keys.idx, "job:{build-7}:idx");
+        assert_eq!(keys.flush, "job:{build-7}:flush");
     }
 }

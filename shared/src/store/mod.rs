@@ -61,11 +61,12 @@ use redis::{ErrorKind, RedisError};
 use tokio::sync::OnceCell;
 
 use logstream_core::ids::EntryId;
-use logstream_core::model::{JobStatus, StoredEntry};
+use logstream_core::model::{JobStatus, NewEntry, StoredEntry};
 
 pub use conn::{RedisTarget, install_tls_provider};
 pub use error::StoreError;
-pub use reads::{BlockingReader, parse_entries};
+pub use jobs::text_bytes;
+pub use reads::{BlockingReader, Head, parse_entries};
 pub use sockets::Socket;
 
 use conn::{Backend, ClusterBackend, Conn, cluster_client, connect_cluster};
@@ -80,8 +81,41 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Retention {
     /// TTL of every job key, refreshed on each write.
     pub ttl_secs: u64,
-    /// Approximate cap of a job's stream (`XADD MAXLEN ~`).
+    /// Entries of a job kept in Redis: with an archive, the live tail left once older
+    /// entries are archived; without one, the approximate cap of the stream (`XADD
+    /// MAXLEN ~`, version 1's behaviour).
     pub maxlen: u64,
+    /// Whether the job's entries go to an archive. Without one the stream is capped at
+    /// `maxlen`; with one nothing is trimmed before it is archived.
+    pub archived: bool,
+    /// Stored text bytes per job (`LOGSTREAM_MAX_JOB_BYTES`); later lines are dropped.
+    pub max_job_bytes: u64,
+    /// A segment is due once this many entries are not archived.
+    pub segment_lines: u64,
+    /// … or this many bytes of stored JSON.
+    pub segment_bytes: u64,
+    /// … or, for any job with unarchived entries, this long after the last segment.
+    pub segment_secs: u64,
+}
+
+impl Retention {
+    /// The SPEC's defaults, with or without an archive.
+    pub const fn defaults(archived: bool) -> Self {
+        Self {
+            ttl_secs: 86_400,
+            maxlen: 50_000,
+            archived,
+            max_job_bytes: 1 << 30,
+            segment_lines: 10_000,
+            segment_bytes: 4 << 20,
+            segment_secs: 30,
+        }
+    }
+
+    /// The `XADD` cap the scripts apply: `maxlen` without an archive, none with one.
+    pub(crate) fn cap(&self) -> u64 {
+        if self.archived { 0 } else { self.maxlen }
+    }
 }
 
 /// A job as stored in its meta hash.
@@ -98,6 +132,18 @@ pub struct JobMeta {
     pub secrets: Vec<String>,
     /// Random per creation; see [`keys`].
     pub generation: String,
+    /// The number of the job's last entry (its entry count).
+    pub entries: u64,
+    /// Stored text bytes of its lines.
+    pub bytes: u64,
+    /// The size limit was hit: later lines were dropped.
+    pub truncated: bool,
+    /// Stored JSON bytes of its entries (what segments are sized by).
+    pub stored_bytes: u64,
+    /// How far the archive's segments reach: the last archived entry's number and id,
+    /// and the stored JSON bytes up to it.
+    pub archived_upto: Option<(u64, EntryId)>,
+    pub archived_bytes: u64,
 }
 
 /// A job to create.
@@ -113,13 +159,7 @@ pub struct NewJob<'a> {
 /// The result of appending a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
-    Appended {
-        first: EntryId,
-        last: EntryId,
-        /// The job's WebSocket connections at the time of the append, read in the same
-        /// round trip, so a batch with no one watching costs nothing more.
-        connections: Vec<Socket>,
-    },
+    Appended(Appended),
     /// The batch's `seq` was not above the last accepted one: nothing appended.
     Duplicate,
     NotFound,
@@ -132,11 +172,50 @@ pub enum AppendOutcome {
     Carry(u32),
 }
 
+/// An entry to append: its stored JSON ([`NewEntry::to_stored_json`]) and the text
+/// bytes it counts against the job's size limit ([`jobs::text_bytes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToAppend {
+    pub json: String,
+    pub text_bytes: u64,
+}
+
+impl ToAppend {
+    pub fn new(entry: &NewEntry) -> Self {
+        Self {
+            json: entry.to_stored_json(),
+            text_bytes: jobs::text_bytes(entry),
+        }
+    }
+}
+
+/// A batch that went in (maybe only in part, past the job's size limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Ids of the first and last entries stored; `None` when every line was dropped.
+    pub ids: Option<(EntryId, EntryId)>,
+    /// The first stored entry's number; the others follow without a gap.
+    pub first_n: u64,
+    /// Lines stored: the first `accepted` of the batch.
+    pub accepted: usize,
+    /// Lines dropped by the size limit: the rest of the batch.
+    pub dropped: usize,
+    /// This batch hit the limit: its notice is stored after the accepted lines.
+    pub notice: bool,
+    /// The job's unarchived entries just filled a segment: wake the archiver.
+    pub segment_due: bool,
+    /// The job's WebSocket connections at the time of the append, read in the same
+    /// round trip, so a batch with no one watching costs nothing more.
+    pub connections: Vec<Socket>,
+}
+
 /// The result of a status change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusOutcome {
     Changed {
         id: EntryId,
+        /// The status entry's number.
+        n: u64,
         /// The job's WebSocket connections, read in the same round trip.
         connections: Vec<Socket>,
     },
@@ -158,6 +237,8 @@ pub enum Cursor {
     Before(EntryId),
     /// The entries just newer than this id.
     After(EntryId),
+    /// The entries from entry number `n` on (`n` ≥ 1).
+    At(u64),
 }
 
 /// A page of entries, chronological.

@@ -13,19 +13,31 @@ use logstream_core::model::StoredEntry;
 
 use super::conn::{Backend, cluster_client, connect_cluster};
 use super::jobs::{META_FIELDS, parse_meta};
-use super::keys::JobKeys;
+use super::keys::{IDX_BLOCK, JobKeys};
 use super::resp::{DecodeError, Replies};
 use super::{CONNECT_TIMEOUT, Cursor, JobMeta, LogStore, Page, RESPONSE_TIMEOUT, StoreError};
 
+/// The oldest entry still in a job's stream: where Redis's part of the log begins
+/// (older entries, if any, are in the archive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub id: EntryId,
+    /// Its number; `None` for an entry stored before entries were numbered.
+    pub n: Option<u64>,
+}
+
 impl LogStore {
-    /// The job's metadata and one page of its entries, in one round trip. `None` if the
-    /// job does not exist. `limit` must be at least 1.
+    /// The job's metadata, one page of the entries Redis holds, and the stream's
+    /// [`Head`], in one round trip. `None` if the job does not exist. `limit` must be at
+    /// least 1. [`Cursor::At`] pages take a second round trip (see
+    /// [`entries_from`](Self::entries_from)), and are empty when entry `n` has left
+    /// Redis. Which tier answers a page is the caller's business (`crate::log`).
     pub async fn page(
         &self,
         job: &JobId,
         cursor: Cursor,
         limit: usize,
-    ) -> Result<Option<(JobMeta, Page)>, StoreError> {
+    ) -> Result<Option<(JobMeta, Page, Option<Head>)>, StoreError> {
         let keys = JobKeys::new(job);
         let count = limit.max(1) + 1;
         // The extreme ids have nothing beyond them, and Redis refuses to step past them.
@@ -37,14 +49,14 @@ impl LogStore {
                     seq: u64::MAX,
                 }
             }
-            Cursor::Latest => false,
+            Cursor::Latest | Cursor::At(_) => false,
         };
         let mut meta = redis::cmd("HMGET");
         meta.arg(&keys.meta).arg(&META_FIELDS[..]);
         let logs = keys.logs.as_str();
         let range = match (empty_beyond, cursor) {
             // Keep the reply shape: a range that is always empty.
-            (true, _) => range_cmd("XRANGE", logs, "+", "-", None),
+            (true, _) | (false, Cursor::At(_)) => range_cmd("XRANGE", logs, "+", "-", None),
             (false, Cursor::Latest) => range_cmd("XREVRANGE", logs, "+", "-", Some(count)),
             (false, Cursor::Before(id)) => {
                 range_cmd("XREVRANGE", logs, &format!("({id}"), "-", Some(count))
@@ -53,13 +65,9 @@ impl LogStore {
                 range_cmd("XRANGE", logs, &format!("({id}"), "+", Some(count))
             }
         };
-        // Whether anything precedes an `after` page: the cursor entry itself or older.
-        let older = match cursor {
-            Cursor::After(id) => range_cmd("XREVRANGE", logs, &id.to_string(), "-", Some(1)),
-            _ => range_cmd("XRANGE", logs, "+", "-", None),
-        };
-        let cmds = [meta, range, older];
-        let (meta, mut entries, older) = self
+        let head = range_cmd("XRANGE", logs, "-", "+", Some(1));
+        let cmds = [meta, range, head];
+        let (meta, mut entries, head) = self
             .direct
             .query(keys.meta.as_bytes(), &cmds, |replies| {
                 replies.next_reply()?;
@@ -67,17 +75,29 @@ impl LogStore {
                 replies.next_reply()?;
                 let entries = decode_entries(replies)?;
                 replies.next_reply()?;
-                let older = decode_entries(replies)?;
-                Ok((meta, entries, older))
+                let head = decode_entries(replies)?;
+                Ok((meta, entries, head))
             })
             .await?;
         let Some(meta) = parse_meta(meta)? else {
             return Ok(None);
         };
+        let head = head.first().map(|e| Head { id: e.id, n: e.n() });
+        if let Cursor::At(n) = cursor {
+            let entries = match head {
+                Some(Head { n: Some(first), .. }) if n >= first => {
+                    self.entries_from(job, n, count).await?
+                }
+                _ => Vec::new(),
+            };
+            return Ok(Some((meta, at_page(entries, limit), head)));
+        }
         let has_more = entries.len() > limit;
         entries.truncate(limit);
-        let has_older = match cursor {
-            Cursor::After(_) => !older.is_empty(),
+        let has_older = match (cursor, entries.first(), head) {
+            (Cursor::After(_), Some(first), Some(head)) => first.id > head.id,
+            (Cursor::After(id), None, Some(head)) => id >= head.id,
+            (Cursor::After(_), _, None) => false,
             _ => has_more,
         };
         if !matches!(cursor, Cursor::After(_)) {
@@ -90,7 +110,75 @@ impl LogStore {
                 has_more,
                 has_older,
             },
+            head,
         )))
+    }
+
+    /// Up to `count` entries from entry number `n` on, found through the job's `idx`
+    /// hash (the id of every 256th entry): two round trips, and at most 255 entries
+    /// read in vain. Empty when entry `n` is not in Redis (trimmed, or not written yet).
+    pub async fn entries_from(
+        &self,
+        job: &JobId,
+        n: u64,
+        count: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let keys = JobKeys::new(job);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let block = (n - 1) / IDX_BLOCK;
+        let start: Option<String> = self
+            .run(|mut c| {
+                let mut cmd = redis::cmd("HGET");
+                cmd.arg(&keys.idx).arg(block);
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        let Some(start) = start else {
+            return Ok(Vec::new());
+        };
+        let skip = (n - 1) % IDX_BLOCK;
+        let cmd = range_cmd(
+            "XRANGE",
+            &keys.logs,
+            &start,
+            "+",
+            Some(skip as usize + count),
+        );
+        let mut entries = self
+            .direct
+            .query(keys.logs.as_bytes(), &[cmd], |replies| {
+                replies.next_reply()?;
+                decode_entries(replies)
+            })
+            .await?;
+        // The block's first entry may have been trimmed (a capped stream): then `n` is
+        // not where the block says, and the answer is only right from an entry with
+        // its number on.
+        match entries.iter().position(|e| e.n() == Some(n)) {
+            Some(at) => {
+                entries.drain(..at);
+                entries.truncate(count);
+                Ok(entries)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A page from `entries` (up to `limit + 1`, from entry `n` on).
+fn at_page(mut entries: Vec<StoredEntry>, limit: usize) -> Page {
+    let has_more = entries.len() > limit;
+    entries.truncate(limit);
+    let has_older = entries
+        .first()
+        .and_then(StoredEntry::n)
+        .is_some_and(|n| n > 1);
+    Page {
+        entries,
+        has_more,
+        has_older,
     }
 }
 

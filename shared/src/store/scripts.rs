@@ -20,18 +20,58 @@ return 1
     )
 });
 
+/// The Lua that numbers and stores one entry: `add(json)` gives it the job's next `n`
+/// (spliced in front of its fields, as `logstream_core::model::numbered_json` does),
+/// `XADD`s it (capped at `cap` entries when there is no archive, `'0'` otherwise) and
+/// records every `IDX_BLOCK`th entry's id in the `idx` hash. Shared by the scripts that
+/// append; expects `KEYS[2]` = logs, `KEYS[4]` = idx and the locals `n`, `stored`, `cap`.
+macro_rules! add_entry_lua {
+    () => {
+        r#"
+local first, last, first_n
+local function add(json)
+  n = n + 1
+  local e = '{"n":' .. n .. ',' .. string.sub(json, 2)
+  local id
+  if cap ~= '0' then
+    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', 'e', e)
+  else
+    id = redis.call('XADD', KEYS[2], '*', 'e', e)
+  end
+  if (n - 1) % 256 == 0 then redis.call('HSET', KEYS[4], (n - 1) / 256, id) end
+  stored = stored + #e
+  first = first or id
+  first_n = first_n or n
+  last = id
+end
+"#
+    };
+}
+
 /// Appends a batch if the job exists, is not terminal, has the caller's `gen` and the
 /// batch's `seq` is new, and the batch was sanitized from the job's stored private-key
 /// carry (`pem`, see `logstream_core::sanitize::Batch::carry`; `carry` with the stored
-/// one otherwise, so the caller sanitizes again). KEYS: meta, logs, ws. ARGV: gen, seq
-/// or '', ttl, maxlen, carry sanitized from or '' (no check), carry after or '',
-/// entries…. Answers `ok`, the first and last ids, then the job's WebSocket connection
-/// ids, each followed by its token's expiry (so the caller can push the batch without another round trip). The seq check comes before the terminal check so that a retry of a batch
-/// that was accepted just before the job ended is still answered as a duplicate.
+/// one otherwise, so the caller sanitizes again). Every entry gets the job's next `n`.
+///
+/// Lines count against the job's size limit by their text bytes: the first line that
+/// would pass it is replaced by the `notice` entry (a `system` line), and it and every
+/// later line of the job are dropped (stage and status entries, size 0, still go in).
+///
+/// KEYS: meta, logs, ws, idx. ARGV: gen, seq or '', ttl, cap ('0': none), carry
+/// sanitized from or '' (no check), carry after or '', size limit, notice, segment
+/// lines, segment bytes, then each entry as its text bytes and its JSON. Answers `ok`,
+/// the first and last ids and the first `n` ('' when nothing was stored), the lines
+/// accepted and dropped, whether the notice went in, whether a segment became due (the
+/// entries or bytes not yet archived crossed a multiple of the segment size), then the
+/// job's WebSocket connection ids, each followed by its token's expiry (so the caller can
+/// push the batch without another round trip). The seq check comes before the terminal
+/// check so that a retry of a batch that was accepted just before the job ended is still
+/// answered as a duplicate.
 pub(super) static APPEND: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    Lua::new(concat!(
         r"
-local m = redis.call('HMGET', KEYS[1], 'status', 'gen', 'seq', 'pem')
+local m = redis.call('HMGET', KEYS[1], 'status', 'gen', 'seq', 'pem', 'n', 'bytes', 'trunc',
+  'stored', 'arch_n', 'arch_b')
 if not m[1] then return {'missing'} end
 if ARGV[1] ~= '' and m[2] ~= ARGV[1] then return {'stale'} end
 if ARGV[2] ~= '' then
@@ -42,31 +82,61 @@ local pem = m[4] or '0'
 if ARGV[5] ~= '' and pem ~= ARGV[5] then return {'carry', pem} end
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'seq', ARGV[2]) end
 if ARGV[6] ~= '' and ARGV[6] ~= pem then redis.call('HSET', KEYS[1], 'pem', ARGV[6]) end
-local first, last
-for i = 7, #ARGV do
-  last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[i])
-  first = first or last
+local n = tonumber(m[5] or '0')
+local bytes = tonumber(m[6] or '0')
+local trunc = m[7] == '1'
+local stored = tonumber(m[8] or '0')
+local cap = ARGV[4]
+local limit = tonumber(ARGV[7])
+local seg_lines, seg_bytes = tonumber(ARGV[9]), tonumber(ARGV[10])
+local pending_n = n - tonumber(m[9] or '0')
+local pending_b = stored - tonumber(m[10] or '0')
+",
+        add_entry_lua!(),
+        r"
+local accepted, dropped, notice = 0, 0, 0
+for i = 11, #ARGV, 2 do
+  local size = tonumber(ARGV[i])
+  if size > 0 and (trunc or bytes + size > limit) then
+    dropped = dropped + 1
+    if not trunc then
+      trunc = true
+      notice = 1
+      add(ARGV[8])
+    end
+  else
+    bytes = bytes + size
+    accepted = accepted + 1
+    add(ARGV[i + 1])
+  end
 end
+local fields = {'n', n, 'bytes', bytes, 'stored', stored}
+if trunc then fields[#fields + 1] = 'trunc'; fields[#fields + 1] = '1' end
+redis.call('HSET', KEYS[1], unpack(fields))
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-local r = {'ok', first, last}
+local now_n, now_b = n - tonumber(m[9] or '0'), stored - tonumber(m[10] or '0')
+local due = 0
+if math.floor(now_n / seg_lines) > math.floor(pending_n / seg_lines)
+  or math.floor(now_b / seg_bytes) > math.floor(pending_b / seg_bytes) then due = 1 end
+local r = {'ok', first or '', last or '', first_n or '', accepted, dropped, notice, due}
 for _, c in ipairs(redis.call('HGETALL', KEYS[3])) do r[#r + 1] = c end
 return r
 ",
-    )
+    ))
 });
 
-/// Moves a job to a new status, appending its `status` entry; a terminal status also
-/// stamps `finished_at`. The allowed moves mirror [`JobStatus::transition`]. KEYS: meta,
-/// logs, ws (one job's keys only: the archive queue lives in another slot and is
-/// written by [`LogStore::set_status`] after this script). ARGV: status, entry, ttl,
-/// maxlen, now. Answers `ok`, the id, then the job's WebSocket connection ids (each
-/// followed by its token's expiry); or
+/// Moves a job to a new status, appending its `status` entry (numbered like any
+/// other); a terminal status also stamps `finished_at`. The allowed moves mirror
+/// [`JobStatus::transition`]. KEYS: meta, logs, ws, idx (one job's keys only: the
+/// archive queue lives in another slot and is written by [`LogStore::set_status`] after
+/// this script). ARGV: status, entry, ttl, cap ('0': none), now. Answers `ok`, the id,
+/// its `n`, then the job's WebSocket connection ids (each followed by its token's expiry); or
 /// `same` with `finished_at` and `archived`, so a retried terminal update can queue the
 /// job again if the first attempt stopped before it did.
 pub(super) static SET_STATUS: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    Lua::new(concat!(
         r"
-local m = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'archived')
+local m = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'archived', 'n', 'stored')
 local cur = m[1]
 if not cur then return {'missing'} end
 local to = ARGV[1]
@@ -74,15 +144,71 @@ if cur == to then return {'same', m[2] or '', m[3] or ''} end
 local ok = (cur == 'queued' and (to == 'running' or to == 'failed'))
   or (cur == 'running' and (to == 'ready' or to == 'failed'))
 if not ok then return {'forbidden', cur} end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2])
-redis.call('HSET', KEYS[1], 'status', to)
+local n = tonumber(m[4] or '0')
+local stored = tonumber(m[5] or '0')
+local cap = ARGV[4]
+",
+        add_entry_lua!(),
+        r"
+add(ARGV[2])
+redis.call('HSET', KEYS[1], 'status', to, 'n', n, 'stored', stored)
 if to == 'ready' or to == 'failed' then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[5])
 end
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-local r = {'ok', id}
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+local r = {'ok', first, n}
 for _, c in ipairs(redis.call('HGETALL', KEYS[3])) do r[#r + 1] = c end
 return r
+",
+    ))
+});
+
+/// Records that a job's entries up to `n` are safely in the archive's segments, and
+/// trims the stream: it keeps about `keep` of the newest entries (the live tail, whole
+/// `idx` blocks) and never an entry that is not archived. Only ever moves forward, and
+/// only for the job's generation `gen` (a job deleted and created again under the same
+/// id is not trimmed by a flush of the old one). KEYS: meta, logs, idx. ARGV: gen, n,
+/// id of entry n, its stored JSON bytes so far, keep. Answers the entries removed, or -1
+/// when the job is gone, recreated, or already archived that far.
+pub(super) static ARCHIVED_UPTO: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local m = redis.call('HMGET', KEYS[1], 'gen', 'n', 'arch_n', 'idx_lo')
+if not m[1] or m[1] ~= ARGV[1] then return -1 end
+local upto = tonumber(ARGV[2])
+if upto <= tonumber(m[3] or '0') then return -1 end
+redis.call('HSET', KEYS[1], 'arch_n', upto, 'arch_id', ARGV[3], 'arch_b', ARGV[4])
+local keep_from = math.min(tonumber(m[2]) - tonumber(ARGV[5]) + 1, upto + 1)
+local block = math.floor((keep_from - 1) / 256)
+local lo = tonumber(m[4] or '0')
+if block <= lo then return 0 end
+local id = redis.call('HGET', KEYS[3], block)
+if not id then return 0 end
+local removed = redis.call('XTRIM', KEYS[2], 'MINID', id)
+for b = lo, block - 1 do redis.call('HDEL', KEYS[3], b) end
+redis.call('HSET', KEYS[1], 'idx_lo', block)
+return removed
+",
+    )
+});
+
+/// Takes a job's flush lease if it is free. KEYS: flush. ARGV: token, lease (ms).
+/// Answers 1 when taken.
+pub(super) static LEASE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+",
+    )
+});
+
+/// Gives a flush lease back, if it is still the caller's. KEYS: flush. ARGV: token.
+pub(super) static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 ",
     )
 });

@@ -108,6 +108,15 @@ impl From<ArchiveError> for ApiError {
     }
 }
 
+impl From<crate::log::LogError> for ApiError {
+    fn from(e: crate::log::LogError) -> Self {
+        match e {
+            crate::log::LogError::Store(e) => e.into(),
+            crate::log::LogError::Archive(e) => e.into(),
+        }
+    }
+}
+
 impl From<JwtError> for ApiError {
     fn from(e: JwtError) -> Self {
         match e {

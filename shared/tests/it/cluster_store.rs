@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::{JobStatus, now_ms};
-use logstream_shared::store::{AppendOutcome, Cursor, LogStore, Retention, StatusOutcome};
+use logstream_shared::store::{
+    AppendOutcome, Appended, Cursor, LogStore, Retention, StatusOutcome,
+};
 use logstream_testkit::fixtures::{seed_job, stdout_line};
 use logstream_testkit::redis_cluster::{RedisCluster, shared};
 
 const RETENTION: Retention = Retention {
     ttl_secs: 600,
     maxlen: 50_000,
+    ..Retention::defaults(false)
 };
 
 async fn create(store: &LogStore, id: &JobId) {
@@ -62,8 +65,10 @@ async fn scripts_run_on_nodes_that_never_saw_them_and_jobs_work_on_every_master(
     for (id, _) in &jobs {
         create(&store, id).await;
         let lines: Vec<String> = (0..10).map(|i| stdout_line(&format!("{id} {i}"))).collect();
-        let AppendOutcome::Appended { first, last, .. } =
-            store.append(id, "g", Some(1), &lines).await.unwrap()
+        let AppendOutcome::Appended(Appended {
+            ids: Some((first, last)),
+            ..
+        }) = store.append(id, "g", Some(1), &lines).await.unwrap()
         else {
             panic!("not appended");
         };
@@ -72,7 +77,7 @@ async fn scripts_run_on_nodes_that_never_saw_them_and_jobs_work_on_every_master(
             store.append(id, "g", Some(1), &lines).await.unwrap(),
             AppendOutcome::Duplicate
         );
-        let (meta, page) = store.page(id, Cursor::Latest, 100).await.unwrap().unwrap();
+        let (meta, page, _) = store.page(id, Cursor::Latest, 100).await.unwrap().unwrap();
         assert_eq!(meta.owner, "alice");
         assert_eq!(page.entries.len(), 10);
         let (_, head) = store.job_head(id).await.unwrap().unwrap();
@@ -221,7 +226,7 @@ async fn reads_writes_and_a_blocking_reader_follow_a_resharded_slot() {
     let slot = cluster.slot(&format!("job:{{{id}}}:logs")).unwrap();
     // History pages route themselves (`resp.rs`): this one learns the slot's owner
     // (unless the seed it asked owns the slot already).
-    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    let (_, page, _) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!(page.entries.len(), 1);
 
     // Mid-migration: the keys are on the new node and the old one answers ASK for
@@ -230,7 +235,7 @@ async fn reads_writes_and_a_blocking_reader_follow_a_resharded_slot() {
     cluster.move_slot(slot, to, false).unwrap();
     assert_eq!(store.job_meta(&id).await.unwrap().unwrap().owner, "alice");
     // The owner it learnt answers ASK: the page is read on the new node after ASKING.
-    let (meta, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    let (meta, page, _) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!((meta.owner.as_str(), page.entries.len()), ("alice", 1));
     let writer = {
         let (store, id) = (store.clone(), id.clone());
@@ -240,9 +245,9 @@ async fn reads_writes_and_a_blocking_reader_follow_a_resharded_slot() {
     cluster.move_slot(slot, to, true).unwrap();
     assert!(matches!(
         writer.await.unwrap().unwrap(),
-        AppendOutcome::Appended { .. }
+        AppendOutcome::Appended(_)
     ));
-    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    let (_, page, _) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!(page.entries.len(), 2);
 
     // Done: the slot belongs to the new node, the old one answers MOVED.
@@ -259,7 +264,7 @@ async fn reads_writes_and_a_blocking_reader_follow_a_resharded_slot() {
         .unwrap();
     let (_, entries) = waiting.await.unwrap();
     assert_eq!(entries.len(), 3, "the reader found the job on its new node");
-    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    let (_, page, _) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!(page.entries.len(), 3);
 }
 
@@ -291,10 +296,10 @@ async fn a_page_read_waits_while_a_jobs_keys_are_split_between_two_nodes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!reader.is_finished(), "no answer while the job is split");
     cluster.migrate_keys(from, to, &[meta]).unwrap();
-    let (meta, page) = reader.await.unwrap().unwrap().expect("the job exists");
+    let (meta, page, _) = reader.await.unwrap().unwrap().expect("the job exists");
     assert_eq!((meta.owner.as_str(), page.entries.len()), ("alice", 2));
     cluster.finish_slot_move(slot, from, to).unwrap();
-    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    let (_, page, _) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!(page.entries.len(), 2);
 }
 

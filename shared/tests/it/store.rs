@@ -9,6 +9,7 @@ use logstream_testkit::redis_server::{RedisServer, shared};
 const RETENTION: Retention = Retention {
     ttl_secs: 600,
     maxlen: 50_000,
+    ..Retention::defaults(false)
 };
 
 fn job(name: &str) -> JobId {
@@ -66,6 +67,7 @@ async fn streams_are_capped_near_maxlen() {
         Retention {
             ttl_secs: 600,
             maxlen: 1000,
+            ..Retention::defaults(false)
         },
     )
     .unwrap();
@@ -97,7 +99,7 @@ async fn an_outdated_generation_appends_nothing() {
             .unwrap(),
         AppendOutcome::Stale
     );
-    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    let (_, page, _) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert!(page.entries.is_empty());
 }
 
@@ -112,7 +114,7 @@ async fn a_retried_seq_after_the_job_ended_is_still_a_duplicate() {
             .append(&id, "g", Some(7), &[stdout_line("x")])
             .await
             .unwrap(),
-        AppendOutcome::Appended { .. }
+        AppendOutcome::Appended(_)
     ));
     store
         .set_status(&id, JobStatus::Failed, now_ms())
@@ -276,11 +278,11 @@ async fn pages_log_in_and_select_the_database_the_url_names() {
         .append(&id, "g", None, &[stdout_line("one"), stdout_line("two")])
         .await
         .unwrap();
-    let (_, page) = reader.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    let (_, page, _) = reader.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!(page.entries.len(), 2);
 
     let password_only = open(format!("redis://:default-secret@127.0.0.1:{port}/3"));
-    let (_, page) = password_only
+    let (_, page, _) = password_only
         .page(&id, Cursor::Latest, 10)
         .await
         .unwrap()
@@ -313,7 +315,7 @@ async fn page_reads_survive_a_restart_and_report_a_dead_server_as_unavailable() 
         .unwrap();
     assert!(store.page(&id, Cursor::Latest, 10).await.unwrap().is_some());
     redis.restart().unwrap();
-    let (_, page) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
+    let (_, page, _) = store.page(&id, Cursor::Latest, 10).await.unwrap().unwrap();
     assert_eq!(page.entries.len(), 1);
     redis.stop();
     let err = store.page(&id, Cursor::Latest, 10).await.unwrap_err();

@@ -92,7 +92,7 @@ async fn archive_pages_equal_redis_pages_for_every_cursor_and_limit() {
         }
         for cursor in all {
             let from_archive = archive.page(&manifest, cursor, limit).await.unwrap();
-            let (_, from_redis) = store.page(&j, cursor, limit).await.unwrap().unwrap();
+            let (_, from_redis, _) = store.page(&j, cursor, limit).await.unwrap().unwrap();
             assert_eq!(from_archive, from_redis, "{cursor:?} limit {limit}");
             checked += 1;
         }
@@ -115,6 +115,6 @@ async fn a_job_with_only_a_status_entry_archives_and_pages() {
     let manifest = archive.manifest(&j).await.unwrap().unwrap();
     assert_eq!(manifest.entries, 2);
     let page = archive.page(&manifest, Cursor::Latest, 100).await.unwrap();
-    let (_, redis) = store.page(&j, Cursor::Latest, 100).await.unwrap().unwrap();
+    let (_, redis, _) = store.page(&j, Cursor::Latest, 100).await.unwrap().unwrap();
     assert_eq!(page, redis);
 }

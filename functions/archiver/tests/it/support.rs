@@ -12,6 +12,7 @@ use logstream_testkit::fixtures::seed_job;
 pub const RETENTION: Retention = Retention {
     ttl_secs: 600,
     maxlen: 100_000,
+    ..Retention::defaults(true)
 };
 
 pub use logstream_testkit::fixtures::unique;

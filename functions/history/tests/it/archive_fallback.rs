@@ -34,7 +34,7 @@ struct Setup {
 async fn setup(ttl: &str) -> Setup {
     let url = redis_server::shared().unwrap().url();
     let config = test_config(&[("REDIS_URL", &url), ("LOGSTREAM_TTL_SECS", ttl)]);
-    let store = LogStore::open(&url, config.retention()).unwrap();
+    let store = LogStore::open(&url, config.retention(true)).unwrap();
     let client = S3Archive::local_client(&s3_server::shared().unwrap().url());
     let bucket = unique("history");
     client.create_bucket().bucket(&bucket).send().await.unwrap();

@@ -53,7 +53,7 @@ async fn sample_ingest_events_run_through_the_lambda_adapter() {
     assert_eq!(status["status"], "running");
 
     let job = JobId::parse("build-1234").unwrap();
-    let (_, page) = store
+    let (_, page, _) = store
         .page(&job, Cursor::Latest, 100)
         .await
         .unwrap()

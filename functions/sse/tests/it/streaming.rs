@@ -49,7 +49,7 @@ where
 async fn the_function_url_sample_streams_the_replay_and_done() {
     let redis = logstream_testkit::redis_server::RedisServer::start().unwrap();
     let clients = clients(&redis.url(), "5");
-    let state = logstream_sse::SseState::build(&clients).unwrap();
+    let state = logstream_sse::SseState::build(&clients).await.unwrap();
     let store = clients.store().unwrap();
     let job = JobId::parse("build-1234").unwrap();
     seed_job_with_lines(&store, &job, "user_2abc", 3).await;
@@ -92,7 +92,7 @@ async fn the_function_url_sample_streams_the_replay_and_done() {
 async fn the_stream_hands_off_before_the_lambda_deadline_without_done() {
     let redis = logstream_testkit::redis_server::RedisServer::start().unwrap();
     let clients = clients(&redis.url(), "1");
-    let state = logstream_sse::SseState::build(&clients).unwrap();
+    let state = logstream_sse::SseState::build(&clients).await.unwrap();
     let store = clients.store().unwrap();
     let job = JobId::parse("build-1234").unwrap();
     seed_job_with_lines(&store, &job, "user_2abc", 2).await;

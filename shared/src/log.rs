@@ -1,0 +1,332 @@
+//! One log across tiers: what every read of a job goes through (history pages, the SSE
+//! replay, and later the raw log and search).
+//!
+//! A job's entries live in two places. Redis holds the live tail: every entry not yet
+//! archived, and about `LOGSTREAM_MAXLEN` of the newest beyond that. The archive holds
+//! every entry from the first up to the last segment written (`crate::archive`). The
+//! archiver trims Redis only below what the archive holds, so together they always
+//! cover the whole log, overlapping in between. Entries are numbered densely (`n`), so
+//! where Redis's part begins is the number of the stream's oldest entry ([`Head`]), and
+//! a page that reaches below it takes the rest from the archive.
+//!
+//! Redis is read first and answers alone whenever it holds the page, which is every
+//! page of a job shorter than the tail: a live job never costs an archive request
+//! unless a reader goes back past the tail. Reading Redis before the archive also makes
+//! a trim between the two reads harmless: the archive only ever grows, and what it
+//! returns past what Redis returned is skipped by number.
+//!
+//! When a job's keys are gone (its TTL, eviction, a flushed cache) the archive answers
+//! alone, job info included, from the manifest ([`JobInfo`]), with `Source::Archive`.
+
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::{JobStatus, StoredEntry};
+
+use crate::archive::{Archive, ArchiveError, Manifest};
+use crate::auth::ReadableJob;
+use crate::store::{Cursor, Head, JobMeta, LogStore, Page, StoreError};
+
+/// Which tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The job's keys are in Redis (the page may include archived entries).
+    Redis,
+    /// Redis has forgotten the job: the archive alone.
+    Archive,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Archive => "archive",
+        }
+    }
+}
+
+/// A job as a reader sees it, from Redis or, once Redis has forgotten it, from the
+/// archive's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobInfo {
+    pub owner: String,
+    pub status: JobStatus,
+    pub created_at: u64,
+    pub finished_at: Option<u64>,
+    /// The whole job is in `build.jsonl`.
+    pub archived: bool,
+    /// The last entry's number.
+    pub entries: u64,
+    /// Stored text bytes.
+    pub bytes: u64,
+    /// The size limit was hit.
+    pub truncated: bool,
+}
+
+impl From<&JobMeta> for JobInfo {
+    fn from(meta: &JobMeta) -> Self {
+        Self {
+            owner: meta.owner.clone(),
+            status: meta.status,
+            created_at: meta.created_at,
+            finished_at: meta.finished_at,
+            archived: meta.archived,
+            entries: meta.entries,
+            bytes: meta.bytes,
+            truncated: meta.truncated,
+        }
+    }
+}
+
+impl From<&Manifest> for JobInfo {
+    fn from(manifest: &Manifest) -> Self {
+        Self {
+            owner: manifest.owner.clone(),
+            status: manifest.status,
+            created_at: manifest.created_at,
+            finished_at: manifest.finished_at,
+            archived: manifest.complete,
+            entries: manifest.entries,
+            bytes: manifest.bytes,
+            truncated: manifest.truncated,
+        }
+    }
+}
+
+impl ReadableJob for JobInfo {
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+/// A read that failed, by tier.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// Reads jobs across Redis and the archive. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JobLog {
+    store: LogStore,
+    archive: Option<Archive>,
+}
+
+impl JobLog {
+    /// Reads over `store`, and `archive` when there is one.
+    pub fn new(store: LogStore, archive: Option<Archive>) -> Self {
+        Self { store, archive }
+    }
+
+    pub fn store(&self) -> &LogStore {
+        &self.store
+    }
+
+    pub fn archive(&self) -> Option<&Archive> {
+        self.archive.as_ref()
+    }
+
+    /// The job, from Redis or else the archive; `None` when neither knows it.
+    pub async fn info(&self, job: &JobId) -> Result<Option<(JobInfo, Source)>, LogError> {
+        if let Some(meta) = self.store.job_meta(job).await? {
+            return Ok(Some((JobInfo::from(&meta), Source::Redis)));
+        }
+        Ok(self
+            .manifest(job)
+            .await?
+            .map(|m| (JobInfo::from(&m), Source::Archive)))
+    }
+
+    async fn manifest(&self, job: &JobId) -> Result<Option<Manifest>, ArchiveError> {
+        match &self.archive {
+            Some(archive) => archive.manifest(job).await,
+            None => Ok(None),
+        }
+    }
+
+    /// One page of the job's log (see [`Cursor`]), and the job; `None` when neither
+    /// tier knows the job. The caller decides whether the reader may see it.
+    pub async fn page(
+        &self,
+        job: &JobId,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Option<(JobInfo, Source, Page)>, LogError> {
+        let limit = limit.max(1);
+        let Some((meta, page, head)) = self.store.page(job, cursor, limit).await? else {
+            let (Some(archive), Some(manifest)) = (&self.archive, self.manifest(job).await?) else {
+                return Ok(None);
+            };
+            let page = archive.page(&manifest, cursor, limit).await?;
+            return Ok(Some((JobInfo::from(&manifest), Source::Archive, page)));
+        };
+        let info = JobInfo::from(&meta);
+        // Where Redis's part of the log begins: its oldest entry, or past the last
+        // entry when the stream is empty (never written, or lost while the job's
+        // meta survived).
+        let redis_from = match head {
+            Some(Head { n: Some(n), .. }) => n,
+            Some(Head { n: None, .. }) => 1,
+            None => meta.entries + 1,
+        };
+        let Some(archive) = self.archive.as_ref().filter(|_| redis_from > 1) else {
+            return Ok(Some((info, Source::Redis, page)));
+        };
+        let page = Tiers {
+            store: &self.store,
+            archive,
+            job,
+            meta: &meta,
+            head,
+            redis_from,
+        }
+        .page(cursor, limit, page)
+        .await?;
+        Ok(Some((info, Source::Redis, page)))
+    }
+
+    /// Up to `count` entries after `after`, oldest first, across tiers: the SSE replay.
+    /// `None` when neither tier knows the job.
+    pub async fn entries_after(
+        &self,
+        job: &JobId,
+        after: EntryId,
+        count: usize,
+    ) -> Result<Option<Vec<StoredEntry>>, LogError> {
+        Ok(self
+            .page(job, Cursor::After(after), count)
+            .await?
+            .map(|(_, _, page)| page.entries))
+    }
+}
+
+/// A page of a job whose Redis part begins at entry `redis_from` > 1, with an archive
+/// for what comes before.
+struct Tiers<'a> {
+    store: &'a LogStore,
+    archive: &'a Archive,
+    job: &'a JobId,
+    meta: &'a JobMeta,
+    head: Option<Head>,
+    redis_from: u64,
+}
+
+impl Tiers<'_> {
+    /// Completes `redis`, Redis's answer to `cursor`, from the archive where it must.
+    async fn page(&self, cursor: Cursor, limit: usize, redis: Page) -> Result<Page, LogError> {
+        match cursor {
+            Cursor::Latest | Cursor::Before(_) => self.older(cursor, limit, redis).await,
+            Cursor::After(id) => {
+                if self.head.is_some_and(|h| id >= h.id) {
+                    return Ok(self.forward(redis.entries, Vec::new()).into());
+                }
+                let Some(manifest) = self.archive.manifest(self.job).await? else {
+                    return Ok(self.forward(redis.entries, Vec::new()).into());
+                };
+                let archived = self.archive.page(&manifest, cursor, limit).await?;
+                // `redis` starts at the stream's head (the cursor is older): enough to
+                // fill the page from where the archive stops.
+                Ok(self.forward(archived.entries, redis.entries).limited(limit))
+            }
+            Cursor::At(n) => {
+                if n >= self.redis_from {
+                    return Ok(self.forward(redis.entries, Vec::new()).into());
+                }
+                let Some(manifest) = self.archive.manifest(self.job).await? else {
+                    return Ok(self.forward(Vec::new(), Vec::new()).into());
+                };
+                let archived = self.archive.page(&manifest, cursor, limit).await?;
+                let next = archived
+                    .entries
+                    .last()
+                    .and_then(StoredEntry::n)
+                    .map_or(n, |last| last + 1);
+                let want = limit.saturating_sub(archived.entries.len());
+                let newer = if want > 0 {
+                    self.store.entries_from(self.job, next, want + 1).await?
+                } else {
+                    Vec::new()
+                };
+                Ok(self.forward(archived.entries, newer).limited(limit))
+            }
+        }
+    }
+
+    /// A `Latest`/`Before` page: Redis's newest part, then older entries from the
+    /// archive when Redis ran out before the page was full.
+    async fn older(&self, cursor: Cursor, limit: usize, redis: Page) -> Result<Page, LogError> {
+        if redis.has_more {
+            return Ok(redis);
+        }
+        let oldest = redis.entries.first();
+        if oldest.and_then(StoredEntry::n) == Some(1) {
+            return Ok(redis);
+        }
+        let want = limit - redis.entries.len();
+        if want == 0 {
+            // Full, and older entries are in the archive.
+            return Ok(Page {
+                has_more: true,
+                has_older: true,
+                ..redis
+            });
+        }
+        let Some(manifest) = self.archive.manifest(self.job).await? else {
+            return Ok(redis);
+        };
+        let from = match oldest {
+            Some(e) => Cursor::Before(e.id),
+            None => cursor,
+        };
+        let older = self.archive.page(&manifest, from, want).await?;
+        let mut entries = older.entries;
+        entries.extend(redis.entries);
+        Ok(Page {
+            entries,
+            has_more: older.has_more,
+            has_older: older.has_older,
+        })
+    }
+
+    /// A forward page: `first`, then the entries of `then` numbered past `first`'s last.
+    /// Numbers are dense, so what remains newer is known from the job's last number.
+    fn forward(&self, first: Vec<StoredEntry>, then: Vec<StoredEntry>) -> Forward {
+        let last = first.last().and_then(StoredEntry::n);
+        let mut entries = first;
+        entries.extend(
+            then.into_iter()
+                .filter(|e| last.is_none_or(|last| e.n().is_some_and(|n| n > last))),
+        );
+        Forward {
+            entries,
+            total: self.meta.entries,
+        }
+    }
+}
+
+/// Entries of a forward page before it is cut to its limit.
+struct Forward {
+    entries: Vec<StoredEntry>,
+    /// The job's last entry number.
+    total: u64,
+}
+
+impl Forward {
+    fn limited(mut self, limit: usize) -> Page {
+        self.entries.truncate(limit);
+        self.into()
+    }
+}
+
+impl From<Forward> for Page {
+    fn from(f: Forward) -> Self {
+        let first = f.entries.first().and_then(StoredEntry::n);
+        let last = f.entries.last().and_then(StoredEntry::n);
+        Page {
+            has_more: last.is_some_and(|n| n < f.total),
+            has_older: first.is_some_and(|n| n > 1),
+            entries: f.entries,
+        }
+    }
+}
