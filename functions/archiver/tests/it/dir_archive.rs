@@ -8,23 +8,6 @@ use logstream_shared::archive::{Archive, BLOCK_ENTRIES, LOG_FILE, MANIFEST_FILE}
 use logstream_shared::store::{Cursor, LogStore};
 use logstream_testkit::redis_server;
 
-/// A temporary folder, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("logstream-archive-test"));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn archive_pages_equal_redis_pages_for_every_cursor_and_limit() {
     let store = LogStore::open(&redis_server::shared().unwrap().url(), RETENTION).unwrap();

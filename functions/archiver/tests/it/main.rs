@@ -3,4 +3,5 @@
 
 mod dir_archive;
 mod s3_archive;
+mod segments;
 mod support;

@@ -62,9 +62,21 @@ pub async fn write_job(
         .set_status(job, JobStatus::Running, now_ms())
         .await
         .unwrap();
-    let mut i = 0;
-    while i < lines {
-        let batch: Vec<String> = (i..(i + 5_000).min(lines))
+    append_lines(store, job, 0, lines, width).await;
+    if finish {
+        store
+            .set_status(job, JobStatus::Ready, now_ms())
+            .await
+            .unwrap();
+    }
+}
+
+/// Appends lines `from..from + count` (see [`text`]) to a running job, in batches of
+/// 5 000 as ingest would.
+pub async fn append_lines(store: &LogStore, job: &JobId, from: usize, count: usize, width: usize) {
+    let mut i = from;
+    while i < from + count {
+        let batch: Vec<String> = (i..(i + 5_000).min(from + count))
             .map(|k| {
                 NewEntry {
                     ts: now_ms(),
@@ -83,12 +95,12 @@ pub async fn write_job(
         store.append(job, "g", None, &batch).await.unwrap();
         i += batch.len();
     }
-    if finish {
-        store
-            .set_status(job, JobStatus::Ready, now_ms())
-            .await
-            .unwrap();
-    }
+}
+
+/// More lines for a running job written by [`write_job`] (40 characters wide).
+pub async fn write_job_lines(store: &LogStore, job: &JobId, count: usize) {
+    let have = store.job_meta(job).await.unwrap().unwrap().entries as usize;
+    append_lines(store, job, have, count, 40).await;
 }
 
 /// Every entry of the job in Redis, as the archive should hold it (one line each).
@@ -143,6 +155,8 @@ pub async fn expire_now(redis_url: &str, job: &JobId) {
         .arg(format!("job:{{{job}}}:meta"))
         .arg(format!("job:{{{job}}}:logs"))
         .arg(format!("job:{{{job}}}:ws"))
+        .arg(format!("job:{{{job}}}:idx"))
+        .arg(format!("job:{{{job}}}:flush"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -152,6 +166,32 @@ pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A temporary folder, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("logstream-archive-test"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Entries in the job's stream (`XLEN`).
+pub async fn stream_len(redis_url: &str, job: &JobId) -> u64 {
+    redis::cmd("XLEN")
+        .arg(format!("job:{{{job}}}:logs"))
+        .query_async(&mut raw(redis_url).await)
         .await
         .unwrap()
 }

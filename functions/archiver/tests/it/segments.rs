@@ -1,0 +1,321 @@
+//! Segments of running jobs: written once even by racing archivers, Redis trimmed only
+//! below what they hold, nothing lost when the archive cannot be written, and the log
+//! read whole across both tiers, or from the archive alone once Redis forgets the job.
+
+use serde_json::Value;
+
+use crate::support::*;
+use logstream_archiver::{Archiver, Outcome, Settings};
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::{JobStatus, StoredEntry, now_ms};
+use logstream_shared::archive::{Archive, LOG_FILE, SEGMENTS_DIR, segment_file};
+use logstream_shared::log::{JobLog, Source};
+use logstream_shared::store::{Cursor, LogStore, Retention};
+use logstream_testkit::redis_server::RedisServer;
+
+/// Segments of 100 entries, a tail of 200, and no age rule (visits write full segments
+/// only) unless a test says otherwise.
+const SEGMENTED: Retention = Retention {
+    ttl_secs: 600,
+    maxlen: 200,
+    segment_lines: 100,
+    segment_secs: 3_600,
+    ..Retention::defaults(true)
+};
+
+fn archiver(store: &LogStore, archive: &Archive) -> Archiver {
+    Archiver::new(store.clone(), Some(archive.clone()), Settings::default())
+}
+
+/// Every entry of the job, walking history back from the newest with `before`, as a
+/// reader would; asserts the pages join without a gap or a duplicate.
+async fn walk_back(log: &JobLog, job: &JobId) -> Vec<StoredEntry> {
+    let mut all: Vec<StoredEntry> = Vec::new();
+    let mut cursor = Cursor::Latest;
+    loop {
+        let (_, _, page) = log.page(job, cursor, 500).await.unwrap().unwrap();
+        let mut entries = page.entries;
+        entries.append(&mut all);
+        all = entries;
+        if !page.has_more {
+            break;
+        }
+        cursor = Cursor::Before(all[0].id);
+    }
+    all
+}
+
+/// Asserts `entries` are numbered 1, 2, 3 … in id order.
+fn assert_dense(entries: &[StoredEntry]) {
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.n(), Some(i as u64 + 1), "entry {i}: {}", e.json);
+    }
+    assert!(entries.windows(2).all(|w| w[0].id < w[1].id));
+}
+
+fn line_texts(entries: &[StoredEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.json).unwrap())
+        .filter(|v| v["kind"] == "line")
+        .map(|v| v["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn racing_archivers_write_each_segment_once_and_redis_keeps_only_the_tail() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let dir = TempDir::new();
+    let archive = Archive::dir(&dir.0);
+    let j = job("segments");
+    write_job(&store, &j, "alice", 1_000, 40, false).await;
+    let before = redis_lines(&store, &j).await;
+    assert_eq!(before.len(), 1_001, "running status and 1 000 lines");
+
+    let (a, b) = (archiver(&store, &archive), archiver(&store, &archive));
+    let (x, y) = tokio::join!(a.archive_job(&j), b.archive_job(&j));
+    let mut outcomes = [x.unwrap(), y.unwrap()];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(outcomes, [Outcome::Busy, Outcome::Flushed(10)]);
+
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert!(!manifest.complete);
+    assert_eq!(manifest.status, JobStatus::Running);
+    assert_eq!(
+        manifest.entries, 1_000,
+        "ten full segments; one entry waits"
+    );
+    let firsts: Vec<u64> = manifest.parts.iter().map(|p| p.first_n).collect();
+    assert_eq!(firsts, (0..10).map(|k| k * 100 + 1).collect::<Vec<_>>());
+    assert_eq!(manifest.parts[3].file, segment_file(301));
+    let archived = archive.range(&manifest, 1, 1_001).await.unwrap();
+    assert_eq!(
+        archived
+            .iter()
+            .map(StoredEntry::to_json)
+            .collect::<Vec<_>>(),
+        before[..1_000],
+        "the segments hold exactly what Redis held, once"
+    );
+
+    // Redis keeps about LOGSTREAM_MAXLEN of the newest (whole idx blocks), never less.
+    let len = stream_len(&redis.url(), &j).await;
+    assert!((200..=200 + 256).contains(&len), "stream length {len}");
+
+    // Read across tiers: history back to entry 1, pages at any number, the replay.
+    let log = JobLog::new(store.clone(), Some(archive.clone()));
+    let all = walk_back(&log, &j).await;
+    assert_dense(&all);
+    assert_eq!(
+        all.iter().map(StoredEntry::to_json).collect::<Vec<_>>(),
+        before
+    );
+    for at in [1, 99, 100, 101, 700, 790, 1_000, 1_001] {
+        let (_, source, page) = log.page(&j, Cursor::At(at), 50).await.unwrap().unwrap();
+        assert_eq!(source, Source::Redis);
+        let want: Vec<u64> = (at..(at + 50).min(1_002)).collect();
+        let got: Vec<u64> = page.entries.iter().map(|e| e.n().unwrap()).collect();
+        assert_eq!(got, want, "at={at}");
+        assert_eq!(page.has_more, at + 50 <= 1_001, "at={at}");
+    }
+    let mut replayed = Vec::new();
+    let mut after = EntryId { ms: 0, seq: 0 };
+    loop {
+        let page = log.entries_after(&j, after, 333).await.unwrap().unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        replayed.extend(page);
+    }
+    assert_eq!(replayed, all, "the replay from the start crosses the tiers");
+
+    // Nothing more is due (one entry, young); then the job ends and is merged.
+    assert_eq!(a.archive_job(&j).await.unwrap(), Outcome::Flushed(0));
+    store
+        .set_status(&j, JobStatus::Ready, now_ms())
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.archive_job(&j).await.unwrap(),
+        Outcome::Archived(_)
+    ));
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert!(manifest.complete);
+    assert_eq!(manifest.parts.len(), 1);
+    assert_eq!(manifest.parts[0].file, LOG_FILE);
+    let text =
+        std::fs::read_to_string(dir.0.join("build-logs").join(j.as_str()).join(LOG_FILE)).unwrap();
+    let mut expected = before;
+    expected.extend(redis_lines(&store, &j).await.last().cloned());
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        expected,
+        "every entry, once, in order"
+    );
+    let segments = dir.0.join("build-logs").join(j.as_str()).join(SEGMENTS_DIR);
+    assert_eq!(
+        std::fs::read_dir(&segments).map(|d| d.count()).unwrap_or(0),
+        0,
+        "merged segments are removed"
+    );
+    assert_dense(&walk_back(&log, &j).await);
+}
+
+#[tokio::test]
+async fn an_archive_that_cannot_be_written_trims_nothing_and_loses_nothing() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let dir = TempDir::new();
+    // A file where the archive's folder should be: every write fails.
+    let blocker = dir.0.join("build-logs");
+    std::fs::write(&blocker, "not a folder").unwrap();
+    let archive = Archive::dir(&dir.0);
+    let archiver = archiver(&store, &archive);
+    let j = job("blocked");
+    write_job(&store, &j, "alice", 300, 40, false).await;
+    assert!(archiver.archive_job(&j).await.is_err());
+    assert_eq!(stream_len(&redis.url(), &j).await, 301, "nothing trimmed");
+    // Lines keep being accepted meanwhile.
+    write_job_lines(&store, &j, 300).await;
+    assert!(archiver.archive_job(&j).await.is_err());
+    assert_eq!(stream_len(&redis.url(), &j).await, 601);
+
+    // The store comes back: the next visit catches up, and every entry is there once.
+    std::fs::remove_file(&blocker).unwrap();
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(6));
+    let log = JobLog::new(store.clone(), Some(archive.clone()));
+    let all = walk_back(&log, &j).await;
+    assert_eq!(all.len(), 601);
+    assert_dense(&all);
+    assert!(stream_len(&redis.url(), &j).await < 601);
+}
+
+#[tokio::test]
+async fn a_visit_after_redis_forgot_how_far_the_archive_reaches_continues_without_repeating() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let dir = TempDir::new();
+    let archive = Archive::dir(&dir.0);
+    let archiver = archiver(&store, &archive);
+    let j = job("forgot");
+    write_job(&store, &j, "alice", 250, 40, false).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(2));
+    // As if Redis had restarted from a snapshot taken after the segments were written
+    // but before it recorded them: the manifest is ahead of what Redis knows.
+    let _: () = redis::cmd("HDEL")
+        .arg(format!("job:{{{j}}}:meta"))
+        .arg(&["arch_n", "arch_id", "arch_b"][..])
+        .query_async(&mut raw(&redis.url()).await)
+        .await
+        .unwrap();
+    write_job_lines(&store, &j, 100).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(1));
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    let firsts: Vec<u64> = manifest.parts.iter().map(|p| p.first_n).collect();
+    assert_eq!(
+        firsts,
+        [1, 101, 201],
+        "the third segment starts where the second ended"
+    );
+    let all = walk_back(&JobLog::new(store, Some(archive)), &j).await;
+    assert_eq!(all.len(), 351);
+    assert_dense(&all);
+}
+
+#[tokio::test]
+async fn a_running_job_whose_keys_vanish_is_served_and_merged_from_its_segments() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let dir = TempDir::new();
+    let archive = Archive::dir(&dir.0);
+    let archiver = archiver(&store, &archive);
+    let j = job("vanish");
+    write_job(&store, &j, "alice", 500, 40, false).await;
+    let before = redis_lines(&store, &j).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(5));
+    expire_now(&redis.url(), &j).await;
+
+    let log = JobLog::new(store.clone(), Some(archive.clone()));
+    let (info, source) = log.info(&j).await.unwrap().unwrap();
+    assert_eq!(source, Source::Archive);
+    assert_eq!(
+        (info.owner.as_str(), info.status),
+        ("alice", JobStatus::Running)
+    );
+    assert_eq!(info.entries, 500);
+    let all = walk_back(&log, &j).await;
+    assert_eq!(
+        all.iter().map(StoredEntry::to_json).collect::<Vec<_>>(),
+        before[..500]
+    );
+    let (_, _, page) = log.page(&j, Cursor::At(250), 10).await.unwrap().unwrap();
+    assert_eq!(page.entries[0].n(), Some(250));
+    assert_eq!(line_texts(&page.entries)[0], text(248, 40));
+
+    // The sweep finds the job gone from Redis and makes its segments its log.
+    assert!(matches!(
+        archiver.archive_job(&j).await.unwrap(),
+        Outcome::Archived(_)
+    ));
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert!(manifest.complete && manifest.parts[0].file == LOG_FILE);
+    assert_eq!(walk_back(&log, &j).await, all);
+}
+
+#[tokio::test]
+async fn on_s3_segments_are_merged_into_one_log_and_removed() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let s3 = bucket_archive(&logstream_testkit::s3_server::shared().unwrap().url()).await;
+    let archive = Archive::S3(s3.clone());
+    let archiver = archiver(&store, &archive);
+    let j = job("s3-segments");
+    write_job(&store, &j, "alice", 350, 40, false).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(3));
+    let listed = |prefix: String| {
+        let s3 = s3.clone();
+        async move {
+            s3.client()
+                .await
+                .list_objects_v2()
+                .bucket(s3.bucket())
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap()
+                .contents()
+                .len()
+        }
+    };
+    let segments = format!("build-logs/{j}/{SEGMENTS_DIR}/");
+    assert_eq!(listed(segments.clone()).await, 3);
+    let owner = head(&s3, &format!("build-logs/{j}/{}", segment_file(101)))
+        .await
+        .unwrap()
+        .2;
+    assert_eq!(
+        owner.as_deref(),
+        Some("alice"),
+        "segments carry the owner too"
+    );
+
+    store
+        .set_status(&j, JobStatus::Failed, now_ms())
+        .await
+        .unwrap();
+    assert!(matches!(
+        archiver.archive_job(&j).await.unwrap(),
+        Outcome::Archived(_)
+    ));
+    assert_eq!(listed(segments).await, 0, "merged segments are removed");
+    let log = object_text(&s3, &format!("build-logs/{j}/{LOG_FILE}")).await;
+    let numbers: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(numbers, (1..=352).collect::<Vec<_>>());
+}
