@@ -7,6 +7,7 @@ mod archive_s3_dev;
 mod cli_support;
 mod client_upload;
 mod cluster;
+mod dev_limits;
 mod faults;
 mod history_api;
 mod ingest_api;
