@@ -50,7 +50,7 @@ enum Command {
         header_timeout_secs: u64,
     },
     /// Measures the service against the Redis under it: the XADD ceiling, ingest
-    /// lines/s, history pages/s, ingest-to-viewer delivery latency and each function's
+    /// lines/s (and latency again with stalled consumers), history pages/s, ingest-to-viewer delivery latency and each function's
     /// cold start, printed as tables (or JSON). Without --url it starts `logstream dev`
     /// in-process on a private redis-server (build with --release, and build the
     /// function binaries too for the cold-start table: `cargo build --release
@@ -87,6 +87,11 @@ enum Command {
         /// Lines posted during each delivery run.
         #[arg(long, default_value_t = 200)]
         deliveries: usize,
+        /// WebSocket clients, and as many SSE readers, that read their first frames and
+        /// then stop reading, on a second ingest run of each shape measured next to the
+        /// first (0 skips those runs; in-process service only).
+        #[arg(long, default_value_t = 2)]
+        stalled: usize,
         /// Leave out the cold-start table.
         #[arg(long)]
         no_cold_start: bool,
@@ -405,6 +410,7 @@ async fn service(command: Command) -> anyhow::Result<()> {
             page_size,
             viewers,
             deliveries,
+            stalled,
             no_cold_start,
             cold_start,
             json,
@@ -429,6 +435,7 @@ async fn service(command: Command) -> anyhow::Result<()> {
                 page_size,
                 viewers,
                 deliveries,
+                stalled,
                 cold_start: !no_cold_start,
             };
             let report = bench::run(opts).await?;
