@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand};
 
 use logstream_cli::perf::{bench, soak};
@@ -37,9 +38,19 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = dev::DEFAULT_ADDR)]
         addr: String,
+        /// Connections served at once; past it new ones wait in the kernel's backlog
+        /// until one closes.
+        #[arg(long, default_value_t = dev::serve::DEFAULT_MAX_CONNECTIONS,
+              value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+        max_connections: usize,
+        /// Seconds a client may take to send a request head (and stay idle between
+        /// requests) before its connection is closed.
+        #[arg(long, default_value_t = dev::serve::DEFAULT_HEADER_READ_SECS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        header_timeout_secs: u64,
     },
     /// Measures the service against the Redis under it: the XADD ceiling, ingest
-    /// lines/s, history pages/s, ingest-to-viewer delivery latency and each function's
+    /// lines/s (and latency again with stalled consumers), history pages/s, ingest-to-viewer delivery latency and each function's
     /// cold start, printed as tables (or JSON). Without --url it starts `logstream dev`
     /// in-process on a private redis-server (build with --release, and build the
     /// function binaries too for the cold-start table: `cargo build --release
@@ -76,6 +87,11 @@ enum Command {
         /// Lines posted during each delivery run.
         #[arg(long, default_value_t = 200)]
         deliveries: usize,
+        /// WebSocket clients, and as many SSE readers, that read their first frames and
+        /// then stop reading, on a second ingest run of each shape measured next to the
+        /// first (0 skips those runs; in-process service only).
+        #[arg(long, default_value_t = 2)]
+        stalled: usize,
         /// Leave out the cold-start table.
         #[arg(long)]
         no_cold_start: bool,
@@ -355,9 +371,17 @@ async fn service(command: Command) -> anyhow::Result<()> {
         logstream_shared::telemetry::init();
     }
     match command {
-        Command::Dev { addr } => {
+        Command::Dev {
+            addr,
+            max_connections,
+            header_timeout_secs,
+        } => {
             let config = exit_on_error("logstream dev", Config::from_env());
-            let server = dev::start(config, &addr).await?;
+            let limits = dev::serve::Limits {
+                max_connections,
+                header_read: Duration::from_secs(header_timeout_secs),
+            };
+            let server = dev::start_with(config, &addr, limits).await?;
             let mut banner = format!(
                 "logstream dev listening on {}\n  redis:       {}\n  archive:     {}\n  \
                  ingest key:  {}\n  websocket:   ws://{}/ws?job_id=ID&access_token=JWT\n",
@@ -386,6 +410,7 @@ async fn service(command: Command) -> anyhow::Result<()> {
             page_size,
             viewers,
             deliveries,
+            stalled,
             no_cold_start,
             cold_start,
             json,
@@ -410,6 +435,7 @@ async fn service(command: Command) -> anyhow::Result<()> {
                 page_size,
                 viewers,
                 deliveries,
+                stalled,
                 cold_start: !no_cold_start,
             };
             let report = bench::run(opts).await?;

@@ -130,8 +130,22 @@ impl Drop for DevServer {
     }
 }
 
-/// Starts the local service on `addr` with `config` (filled in where unset).
-pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> {
+/// Starts the local service on `addr` with `config` (filled in where unset), within the
+/// default [`serve::Limits`].
+pub async fn start(config: Config, addr: &str) -> anyhow::Result<DevServer> {
+    start_with(config, addr, serve::Limits::default()).await
+}
+
+/// [`start`] within `limits` (`logstream dev --max-connections`, `--header-timeout-secs`).
+pub async fn start_with(
+    mut config: Config,
+    addr: &str,
+    limits: serve::Limits,
+) -> anyhow::Result<DevServer> {
+    anyhow::ensure!(
+        limits.max_connections > 0 && !limits.header_read.is_zero(),
+        "the connection cap and the header-read timeout must be above 0"
+    );
     let redis = match &config.redis_url {
         Some(_) => None,
         None => Some(
@@ -196,7 +210,7 @@ pub async fn start(mut config: Config, addr: &str) -> anyhow::Result<DevServer> 
     let archiver =
         logstream_archiver::spawn_local_sweeper(archiver, ARCHIVE_TICK, clients.archiver_wakeup());
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve::serve(listener, app, serve::Limits::default(), rx));
+    let task = tokio::spawn(serve::serve(listener, app, limits, rx));
     Ok(DevServer {
         addr,
         ingest_key,

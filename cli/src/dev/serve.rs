@@ -40,6 +40,12 @@ use logstream_shared::web::Oversized;
 /// request line alone is that long).
 pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 
+/// [`Limits::max_connections`] unless set (`logstream dev --max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// [`Limits::header_read`] in seconds unless set (`logstream dev --header-timeout-secs`).
+pub const DEFAULT_HEADER_READ_SECS: u64 = 30;
+
 /// The bounds of the local server.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -54,8 +60,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             // Enough for the bench's 1 000 SSE viewers with room to spare.
-            max_connections: 4096,
-            header_read: Duration::from_secs(30),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read: Duration::from_secs(DEFAULT_HEADER_READ_SECS),
         }
     }
 }

@@ -9,6 +9,10 @@
 //!   the same Redis (when `redis-benchmark` is installed);
 //! - ingest lines/s and request p50/p99 for each batch size and concurrency, with the
 //!   ratio to that limit;
+//! - the same ingest runs again, each right after its baseline, with WebSocket clients
+//!   and SSE readers on the job that read their first frames and then stop reading
+//!   while keeping their sockets open ([`StalledRun`]): p50/p99 next to the baseline's
+//!   (in-process service only: its `/ws` is on the same port);
 //! - history pages/s and p50/p99 for 500-entry pages, at each concurrency;
 //! - ingest-to-viewer delivery latency p50/p99/max for each number of SSE viewers of
 //!   one job;
@@ -22,10 +26,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Target;
 use super::coldstart::{self, ColdStart};
-use crate::dev;
+use crate::dev::{self, DevServer};
+use logstream_core::ids::JobId;
 use logstream_shared::config::Config;
 
 /// What to measure.
@@ -52,6 +58,9 @@ pub struct BenchOptions {
     pub viewers: Vec<usize>,
     /// Lines posted, one per request, during each delivery run.
     pub deliveries: usize,
+    /// Stalled WebSocket clients, and as many stalled SSE readers, on each ingest run's
+    /// stalled twin (0 skips those runs).
+    pub stalled: usize,
     /// Cold-start the function binaries too.
     pub cold_start: bool,
 }
@@ -69,6 +78,7 @@ impl Default for BenchOptions {
             page_size: 500,
             viewers: vec![1, 100, 1000],
             deliveries: 200,
+            stalled: 2,
             cold_start: true,
         }
     }
@@ -90,6 +100,10 @@ pub struct BenchReport {
     /// `redis-benchmark -P 1000` XADD/s against the same Redis, when available.
     pub redis_xadd_per_sec: Option<f64>,
     pub ingest: Vec<IngestRun>,
+    /// The ingest runs again with stalled consumers on the job, one per ingest run.
+    pub stalled: Vec<StalledRun>,
+    /// Why `stalled` is empty, when it is.
+    pub stalled_skipped: Option<String>,
     pub history: Vec<HistoryRun>,
     pub delivery: Vec<Delivery>,
     pub cold_start: Vec<ColdStart>,
@@ -107,6 +121,30 @@ pub struct IngestRun {
     pub latency: Latency,
     /// `lines_per_sec` over the Redis XADD ceiling.
     pub of_redis_ceiling: Option<f64>,
+}
+
+/// An ingest run with `websocket` WebSocket clients and `sse` SSE readers on its job
+/// that read their first frames and then stop reading, sockets kept open; measured
+/// right after the ingest run of the same shape, its `baseline`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StalledRun {
+    pub batch: usize,
+    pub concurrency: usize,
+    pub requests: usize,
+    pub websocket: usize,
+    pub sse: usize,
+    pub lines_per_sec: f64,
+    pub latency: Latency,
+    /// The latency of the ingest run of the same shape without them.
+    pub baseline: Latency,
+    /// `latency.p99_ms` over `baseline.p99_ms`.
+    pub p99_ratio: f64,
+    /// Stalled WebSocket clients the service still had connected at the end (it closes
+    /// one that stays tripped long enough).
+    pub websocket_still_connected: usize,
+    /// Stalled SSE readers still holding the job's feed at the end (one that falls too
+    /// far behind lets go of it).
+    pub sse_still_following: usize,
 }
 
 /// One history run: pages walking back through a 50 000-line log.
@@ -161,14 +199,48 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     // The limit first, on a Redis that holds nothing else yet.
     let redis_xadd_per_sec = redis_url.as_deref().and_then(redis_ceiling);
 
+    // Stalled consumers need the viewer token, and the `/ws` route of the in-process
+    // service (a deployed one has its WebSocket API elsewhere).
+    let stalled_skipped = match (&viewer, &target.local) {
+        _ if opts.stalled == 0 => Some("not asked for".to_owned()),
+        (None, _) => Some("no viewer token".to_owned()),
+        (_, None) => Some("in-process service only".to_owned()),
+        _ => None,
+    };
     let mut ingest = Vec::new();
+    let mut stalled = Vec::new();
     for &batch in &opts.batches {
         let body = serde_json::to_vec(&json!({ "lines": sample_lines(batch) }))?;
         for &concurrency in &opts.concurrency {
             let requests = opts.lines.div_ceil(batch).max(concurrency);
+            let job = create_job(&http, &url, &key).await?;
             let mut run =
-                ingest_run(&http, &url, &key, &body, batch, requests, concurrency).await?;
+                ingest_run(&http, &url, &job, &body, batch, requests, concurrency).await?;
             run.of_redis_ceiling = redis_xadd_per_sec.map(|x| run.lines_per_sec / x);
+            if let (None, Some(viewer), Some(local)) = (&stalled_skipped, &viewer, &target.local) {
+                let job = create_job(&http, &url, &key).await?;
+                let clients =
+                    Stalled::open(local, &job, viewer, opts.stalled, &body, &http, &url).await?;
+                let with =
+                    ingest_run(&http, &url, &job, &body, batch, requests, concurrency).await?;
+                let (websocket_still_connected, sse_still_following) = clients.still_held(local);
+                drop(clients);
+                stalled.push(StalledRun {
+                    batch,
+                    concurrency,
+                    requests: with.requests,
+                    websocket: opts.stalled,
+                    sse: opts.stalled,
+                    lines_per_sec: with.lines_per_sec,
+                    p99_ratio: with.latency.p99_ms / run.latency.p99_ms,
+                    latency: with.latency,
+                    baseline: run.latency.clone(),
+                    websocket_still_connected,
+                    sse_still_following,
+                });
+                // Let the service finish with the closed sockets before the next run.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             ingest.push(run);
         }
     }
@@ -217,11 +289,122 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         redis_xadd_per_sec,
         ingest,
+        stalled,
+        stalled_skipped,
         history,
         delivery,
         cold_start,
         cold_start_skipped,
     })
+}
+
+/// Consumers of one job that read their first frames and then stop reading, their
+/// sockets kept open until this is dropped: `n` WebSocket clients at `/ws` and `n` SSE
+/// readers. Each socket has a small receive buffer, so the service's side of it fills
+/// after a few batches, as a frozen browser tab's would after a while.
+struct Stalled {
+    job: JobId,
+    /// Held, never read again: dropping them closes the connections.
+    _sockets: Vec<tokio::net::TcpStream>,
+}
+
+impl Stalled {
+    /// Connects them to `job` of `local` as the `dev` user, posts `body` once (with the
+    /// job's token) and lets each read what has come by then.
+    async fn open(
+        local: &DevServer,
+        (job, token): &(String, String),
+        viewer: &str,
+        n: usize,
+        body: &[u8],
+        http: &reqwest::Client,
+        url: &str,
+    ) -> anyhow::Result<Self> {
+        let addr = local.addr;
+        // The handshake of RFC 6455's example: the key is a nonce the server only echoes
+        // (hashed), and these clients never check the answer's.
+        let websocket = format!(
+            "GET /ws?job_id={job}&access_token={viewer} HTTP/1.1\r\nHost: {addr}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let sse = format!(
+            "GET /jobs/{job}/logs/stream?from=start&access_token={viewer} HTTP/1.1\r\n\
+             Host: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        let mut sockets = Vec::with_capacity(2 * n);
+        for (request, expect) in [(&websocket, "101"), (&sse, "200")] {
+            for _ in 0..n {
+                sockets.push(stalled_socket(addr, request, expect).await?);
+            }
+        }
+        let job = JobId::parse(job)?;
+        // Every reader follows the feed before the first batch.
+        let hub = local.sse().hub();
+        let followed = async {
+            while hub.receivers(&job) < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), followed)
+            .await
+            .context("the stalled SSE readers did not follow the job")?;
+        post(http, url, job.as_str(), token, body).await?;
+        // Their first frames, then never again.
+        for socket in &mut sockets {
+            let mut first = [0u8; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut first))
+                .await
+                .context("a stalled client got no first frame")??;
+            if read == 0 {
+                bail!("a stalled client was closed before its first frame");
+            }
+        }
+        Ok(Self {
+            job,
+            _sockets: sockets,
+        })
+    }
+
+    /// How many of the WebSocket clients `local` still has connected, and how many of
+    /// the SSE readers still hold the job's feed.
+    fn still_held(&self, local: &DevServer) -> (usize, usize) {
+        (
+            local.sockets().len(),
+            local.sse().hub().receivers(&self.job),
+        )
+    }
+}
+
+/// A connection to `addr` with a small receive buffer that sent `request` and read the
+/// head of its answer, whose status must be `expect`.
+async fn stalled_socket(
+    addr: std::net::SocketAddr,
+    request: &str,
+    expect: &str,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte, so nothing after the head is taken here.
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .context("no answer to a stalled client's request")??;
+        if read == 0 || head.len() > 16 * 1024 {
+            bail!("a stalled client's request got no complete answer");
+        }
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head);
+    let status = status.lines().next().unwrap_or_default();
+    if status.split(' ').nth(1) != Some(expect) {
+        bail!("a stalled client's request was answered {status:?}, not {expect}");
+    }
+    Ok(stream)
 }
 
 /// Realistic lines: npm/vite output of ~60-100 bytes, a few with colour codes.
@@ -262,34 +445,31 @@ async fn create_job(
     Ok((job, token))
 }
 
+/// `requests` batches posted to `job` (a job per run, posted to with its own token as a
+/// pipeline would), `concurrency` at a time.
 async fn ingest_run(
     http: &reqwest::Client,
     url: &str,
-    key: &str,
+    (job, token): &(String, String),
     body: &[u8],
     batch: usize,
     requests: usize,
     concurrency: usize,
 ) -> anyhow::Result<IngestRun> {
-    // A job per run, posted to with its own token as a pipeline would.
-    let (job, token) = create_job(http, url, key).await?;
     // Warm-up: connections, script cache, job cache.
     for _ in 0..concurrency.max(3) {
-        post(http, url, &job, &token, body).await?;
+        post(http, url, job, token, body).await?;
     }
     let started = Instant::now();
     let per_worker = requests.div_ceil(concurrency);
-    let workers = (0..concurrency).map(|_| {
-        let (job, token) = (&job, &token);
-        async move {
-            let mut times = Vec::with_capacity(per_worker);
-            for _ in 0..per_worker {
-                let t = Instant::now();
-                post(http, url, job, token, body).await?;
-                times.push(t.elapsed());
-            }
-            anyhow::Ok(times)
+    let workers = (0..concurrency).map(|_| async move {
+        let mut times = Vec::with_capacity(per_worker);
+        for _ in 0..per_worker {
+            let t = Instant::now();
+            post(http, url, job, token, body).await?;
+            times.push(t.elapsed());
         }
+        anyhow::Ok(times)
     });
     let mut times = Vec::new();
     for worker in futures_util::future::join_all(workers).await {
@@ -583,6 +763,31 @@ pub fn table(r: &BenchReport) -> String {
                 i.requests
             );
         }
+    }
+    if let Some(first) = r.stalled.first() {
+        let _ = writeln!(
+            out,
+            "\ningest with {} stalled WebSocket + {} stalled SSE clients, each run right after \
+             its baseline above\n          batch  concurrency  base p50  base p99   p50 ms   \
+             p99 ms  p99 ratio  still held ws/sse",
+            first.websocket, first.sse
+        );
+        for s in &r.stalled {
+            let _ = writeln!(
+                out,
+                "        {:>7}  {:>11}  {:>8.2}  {:>8.2}  {:>7.2}  {:>7.2}  {:>8.2}x  {:>17}",
+                s.batch,
+                s.concurrency,
+                s.baseline.p50_ms,
+                s.baseline.p99_ms,
+                s.latency.p50_ms,
+                s.latency.p99_ms,
+                s.p99_ratio,
+                format!("{}/{}", s.websocket_still_connected, s.sse_still_following)
+            );
+        }
+    } else if let Some(why) = &r.stalled_skipped {
+        let _ = writeln!(out, "\ningest with stalled clients: skipped ({why})");
     }
     if !r.history.is_empty() {
         out.push_str("\nhistory   entries/page  concurrency     pages/s   p50 ms   p99 ms\n");

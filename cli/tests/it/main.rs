@@ -8,6 +8,7 @@ mod cli_support;
 mod client_upload;
 mod cluster;
 mod complete_logs;
+mod dev_limits;
 mod faults;
 mod history_api;
 mod ingest_api;

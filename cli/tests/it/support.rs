@@ -78,6 +78,11 @@ pub async fn env_isolated(
 
 /// A dev server with extra settings (`REDIS_URL` unset: it starts its own Redis).
 pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
+    env_limited(pairs, dev::serve::Limits::default()).await
+}
+
+/// [`env_with`] with the server's connection cap and header-read timeout set.
+pub async fn env_limited(pairs: &[(&str, &str)], limits: dev::serve::Limits) -> Env {
     // Archives go to a folder of this server's own, not into the source tree.
     let (archive_dir, temp) = match pairs.iter().find(|(k, _)| *k == "LOGSTREAM_ARCHIVE_DIR") {
         Some((_, dir)) => (std::path::PathBuf::from(dir), None),
@@ -90,7 +95,9 @@ pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
     let mut all = vec![("LOGSTREAM_ARCHIVE_DIR", dir.as_str())];
     all.extend_from_slice(pairs);
     let config = test_config(&all);
-    let server = dev::start(config, "127.0.0.1:0").await.expect("dev server");
+    let server = dev::start_with(config, "127.0.0.1:0", limits)
+        .await
+        .expect("dev server");
     Env {
         server,
         http: reqwest::Client::new(),
