@@ -92,6 +92,10 @@ enum Command {
         /// first (0 skips those runs; in-process service only).
         #[arg(long, default_value_t = 2)]
         stalled: usize,
+        /// Lines of one big job posted while it is archived in segments, then paged and
+        /// replayed (0 skips it; needs the service's Redis: in-process only).
+        #[arg(long, default_value_t = 1_000_000)]
+        big_job: usize,
         /// Leave out the cold-start table.
         #[arg(long)]
         no_cold_start: bool,
@@ -411,6 +415,7 @@ async fn service(command: Command) -> anyhow::Result<()> {
             viewers,
             deliveries,
             stalled,
+            big_job,
             no_cold_start,
             cold_start,
             json,
@@ -436,6 +441,7 @@ async fn service(command: Command) -> anyhow::Result<()> {
                 viewers,
                 deliveries,
                 stalled,
+                big_job,
                 cold_start: !no_cold_start,
             };
             let report = bench::run(opts).await?;

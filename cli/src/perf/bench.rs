@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Target;
+use super::bigjob::{self, BigJob};
 use super::coldstart::{self, ColdStart};
 use crate::dev::{self, DevServer};
 use logstream_core::ids::JobId;
@@ -61,6 +62,8 @@ pub struct BenchOptions {
     /// Stalled WebSocket clients, and as many stalled SSE readers, on each ingest run's
     /// stalled twin (0 skips those runs).
     pub stalled: usize,
+    /// Lines of the big job ([`super::bigjob`]; 0 skips it).
+    pub big_job: usize,
     /// Cold-start the function binaries too.
     pub cold_start: bool,
 }
@@ -79,6 +82,7 @@ impl Default for BenchOptions {
             viewers: vec![1, 100, 1000],
             deliveries: 200,
             stalled: 2,
+            big_job: 1_000_000,
             cold_start: true,
         }
     }
@@ -106,6 +110,10 @@ pub struct BenchReport {
     pub stalled_skipped: Option<String>,
     pub history: Vec<HistoryRun>,
     pub delivery: Vec<Delivery>,
+    /// One job of `big_job` lines, archived in segments while it is posted.
+    pub big_job: Option<BigJob>,
+    /// Why `big_job` is empty, when it is.
+    pub big_job_skipped: Option<String>,
     pub cold_start: Vec<ColdStart>,
     /// Why the cold-start table is empty, when it is.
     pub cold_start_skipped: Option<String>,
@@ -177,12 +185,22 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     // 1 000 viewers are 2 000 sockets in this process when the service runs here too.
     raise_open_files_limit();
 
+    // The in-process service archives into a folder of this run's own.
+    let archive_dir = std::env::temp_dir().join(format!(
+        "logstream-bench-{}",
+        logstream_core::ids::random_hex(6)
+    ));
+    let _remove = RemoveOnDrop(archive_dir.clone());
+    let dir = archive_dir.to_string_lossy().into_owned();
+    let config =
+        Config::from_lookup(|name| (name == "LOGSTREAM_ARCHIVE_DIR").then(|| dir.clone()))?;
+    let redis_bound = config.maxlen + config.segment_lines;
     let target = Target::choose(
         opts.url.as_deref(),
         opts.ingest_key.as_deref(),
         opts.viewer_token.as_deref(),
         None,
-        || Ok(Config::from_lookup(|_| None)?),
+        || Ok(config),
     )
     .await?;
     let (url, key, viewer, redis_url) = (
@@ -274,6 +292,28 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             delivery.push(delivery_run(&url, &key, viewer, n, opts.deliveries).await?);
         }
     }
+    let (big_job, big_job_skipped) = match (&viewer, &redis_url) {
+        _ if opts.big_job == 0 => (None, Some("not asked for".to_owned())),
+        (Some(viewer), Some(redis_url)) => (
+            Some(
+                bigjob::run(
+                    &http,
+                    &url,
+                    &key,
+                    viewer,
+                    redis_url,
+                    opts.big_job,
+                    redis_bound,
+                )
+                .await?,
+            ),
+            None,
+        ),
+        _ => (
+            None,
+            Some("needs a viewer token and the service's Redis".to_owned()),
+        ),
+    };
     drop(target);
 
     let (cold_start, cold_start_skipped) = if opts.cold_start {
@@ -293,9 +333,20 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         stalled_skipped,
         history,
         delivery,
+        big_job,
+        big_job_skipped,
         cold_start,
         cold_start_skipped,
     })
+}
+
+/// Removes a folder when dropped (the in-process service's archive).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Consumers of one job that read their first frames and then stop reading, their
@@ -408,7 +459,7 @@ async fn stalled_socket(
 }
 
 /// Realistic lines: npm/vite output of ~60-100 bytes, a few with colour codes.
-fn sample_lines(n: usize) -> Vec<Value> {
+pub(super) fn sample_lines(n: usize) -> Vec<Value> {
     (0..n)
         .map(|i| {
             let text = match i % 4 {
@@ -423,7 +474,7 @@ fn sample_lines(n: usize) -> Vec<Value> {
 }
 
 /// Creates a job of the `dev` user; its id and ingest token.
-async fn create_job(
+pub(super) async fn create_job(
     http: &reqwest::Client,
     url: &str,
     key: &str,
@@ -487,7 +538,7 @@ async fn ingest_run(
     })
 }
 
-async fn post(
+pub(super) async fn post(
     http: &reqwest::Client,
     url: &str,
     job: &str,
@@ -706,7 +757,7 @@ fn redis_ceiling(redis_url: &str) -> Option<f64> {
     line.split(',').nth(1)?.trim_matches('"').parse().ok()
 }
 
-fn summarize(mut times: Vec<Duration>) -> Latency {
+pub(super) fn summarize(mut times: Vec<Duration>) -> Latency {
     if times.is_empty() {
         return Latency {
             p50_ms: 0.0,
@@ -808,6 +859,40 @@ pub fn table(r: &BenchReport) -> String {
                 d.viewers, d.latency.p50_ms, d.latency.p99_ms, d.latency.max_ms, d.samples
             );
         }
+    }
+    if let Some(b) = &r.big_job {
+        let _ = writeln!(
+            out,
+            "\nbig job   {} lines posted at {:.0} lines/s (5 000-line batches, one writer)\n\
+             \x20         redis entries: {} after the last batch, {} once archived ({:.1} s later); \
+             bound MAXLEN + one segment = {}\n\
+             \x20         redis used_memory {:.1} MiB (before the job: {:.1} MiB)\n\
+             \x20         500-entry page      newest p50/p99 ms   at n=1 p50/p99 ms\n\
+             \x20         {:>7} lines     {:>8.2} / {:>6.2}    {:>8.2} / {:>6.2}\n\
+             \x20         {:>7} lines     {:>8.2} / {:>6.2}    {:>8.2} / {:>6.2}\n\
+             \x20         SSE replay from the start: {:.0} entries/s",
+            b.lines,
+            b.ingest_lines_per_sec,
+            b.redis_entries_at_end,
+            b.redis_entries_archived,
+            b.catch_up_secs,
+            b.redis_bound,
+            b.redis_used_mib,
+            b.redis_used_mib_before,
+            b.lines,
+            b.newest_page.p50_ms,
+            b.newest_page.p99_ms,
+            b.first_page.p50_ms,
+            b.first_page.p99_ms,
+            1_000,
+            b.small_newest_page.p50_ms,
+            b.small_newest_page.p99_ms,
+            b.small_first_page.p50_ms,
+            b.small_first_page.p99_ms,
+            b.sse_replay_entries_per_sec,
+        );
+    } else if let Some(why) = &r.big_job_skipped {
+        let _ = writeln!(out, "\nbig job: skipped ({why})");
     }
     if !r.cold_start.is_empty() {
         out.push('\n');

@@ -7,6 +7,7 @@
 //! in-process on a private Redis: [`Target`] is that choice, made once.
 
 pub mod bench;
+pub mod bigjob;
 pub mod coldstart;
 pub mod soak;
 
