@@ -68,7 +68,15 @@ async fn a_hundred_thousand_interleaved_lines_arrive_once_and_in_order_per_strea
 #[tokio::test]
 async fn a_server_restarted_mid_run_loses_and_doubles_nothing() {
     let redis = logstream_testkit::redis_server::shared().unwrap();
-    let pairs = [("REDIS_URL", redis.url())];
+    // The server brought back archives where the first one did: a folder of the test's own.
+    let archive = tempdir("restart-archive");
+    let pairs = [
+        ("REDIS_URL", redis.url()),
+        (
+            "LOGSTREAM_ARCHIVE_DIR",
+            archive.to_string_lossy().into_owned(),
+        ),
+    ];
     let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let env = env_with(&pairs).await;
     let addr = env.server.addr.to_string();

@@ -97,6 +97,7 @@ async fn the_service_works_over_rediss() {
         .args(["dev", "--addr", "127.0.0.1:0"])
         .env("REDIS_URL", redis.tls_url().unwrap())
         .env("SSL_CERT_FILE", certs.join("ca.pem"))
+        .env("LOGSTREAM_ARCHIVE_DIR", certs.join("archive"))
         .env("LOGSTREAM_INGEST_KEY", KEY)
         .env("LOGSTREAM_JWT_SECRET", crate::support::JWT_SECRET)
         .env("RUST_LOG", "warn")

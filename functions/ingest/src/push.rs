@@ -752,6 +752,7 @@ mod tests {
             let retention = Retention {
                 ttl_secs: 60,
                 maxlen: 1_000,
+                ..Retention::defaults(false)
             };
             LogStore::open("redis://127.0.0.1:1/", retention).unwrap()
         }

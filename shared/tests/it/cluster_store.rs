@@ -281,7 +281,11 @@ async fn a_page_read_waits_while_a_jobs_keys_are_split_between_two_nodes() {
         .append(&id, "g", None, &[stdout_line("one"), stdout_line("two")])
         .await
         .unwrap();
-    let (logs, meta) = (format!("job:{{{id}}}:logs"), format!("job:{{{id}}}:meta"));
+    let (logs, meta, idx) = (
+        format!("job:{{{id}}}:logs"),
+        format!("job:{{{id}}}:meta"),
+        format!("job:{{{id}}}:idx"),
+    );
     let slot = cluster.slot(&logs).unwrap();
     let from = cluster.start_slot_move(slot, to).unwrap();
 
@@ -295,7 +299,8 @@ async fn a_page_read_waits_while_a_jobs_keys_are_split_between_two_nodes() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!reader.is_finished(), "no answer while the job is split");
-    cluster.migrate_keys(from, to, &[meta]).unwrap();
+    // The rest of the job's keys (the meta hash and the entry-number index) follow.
+    cluster.migrate_keys(from, to, &[meta, idx]).unwrap();
     let (meta, page, _) = reader.await.unwrap().unwrap().expect("the job exists");
     assert_eq!((meta.owner.as_str(), page.entries.len()), ("alice", 2));
     cluster.finish_slot_move(slot, from, to).unwrap();
