@@ -104,6 +104,12 @@ pub enum LogError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// Redis no longer holds the job's entries before `from`, and the archive's
+    /// manifest that lists them is missing or damaged. The archiver makes it again from
+    /// the segments on its next visit; until then such a page is an error, never a log
+    /// that silently starts at `from`.
+    #[error("entries of {job} before {from} are archived, but its manifest is missing or damaged")]
+    Unlisted { job: JobId, from: u64 },
 }
 
 /// Reads jobs across Redis and the archive. Cheap to clone.
@@ -213,6 +219,29 @@ struct Tiers<'a> {
 }
 
 impl Tiers<'_> {
+    /// The archive's manifest of this job. When Redis has recorded that part of the
+    /// log is archived, the manifest must be there and readable: without it a page
+    /// would silently start at Redis's oldest entry ([`LogError::Unlisted`]). `None`
+    /// when nothing was ever archived (the entries below Redis's oldest are lost: the
+    /// stream was evicted or flushed before its first segment).
+    async fn manifest(&self) -> Result<Option<Manifest>, LogError> {
+        let read = match self.archive.manifest(self.job).await {
+            Ok(read) => read.filter(|m| m.generation == self.meta.generation),
+            Err(ArchiveError::Corrupt(why)) => {
+                tracing::warn!(job_id = %self.job, %why, "manifest damaged");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if read.is_none() && self.meta.archived_upto.is_some() {
+            return Err(LogError::Unlisted {
+                job: self.job.clone(),
+                from: self.redis_from,
+            });
+        }
+        Ok(read)
+    }
+
     /// Completes `redis`, Redis's answer to `cursor`, from the archive where it must.
     async fn page(&self, cursor: Cursor, limit: usize, redis: Page) -> Result<Page, LogError> {
         match cursor {
@@ -221,7 +250,7 @@ impl Tiers<'_> {
                 if self.head.is_some_and(|h| id >= h.id) {
                     return Ok(self.forward(redis.entries, Vec::new()).into());
                 }
-                let Some(manifest) = self.archive.manifest(self.job).await? else {
+                let Some(manifest) = self.manifest().await? else {
                     return Ok(self.forward(redis.entries, Vec::new()).into());
                 };
                 let archived = self.archive.page(&manifest, cursor, limit).await?;
@@ -233,7 +262,7 @@ impl Tiers<'_> {
                 if n >= self.redis_from {
                     return Ok(self.forward(redis.entries, Vec::new()).into());
                 }
-                let Some(manifest) = self.archive.manifest(self.job).await? else {
+                let Some(manifest) = self.manifest().await? else {
                     return Ok(self.forward(Vec::new(), Vec::new()).into());
                 };
                 let archived = self.archive.page(&manifest, cursor, limit).await?;
@@ -272,7 +301,7 @@ impl Tiers<'_> {
                 ..redis
             });
         }
-        let Some(manifest) = self.archive.manifest(self.job).await? else {
+        let Some(manifest) = self.manifest().await? else {
             return Ok(redis);
         };
         let from = match oldest {

@@ -8,12 +8,14 @@
 //! | [`redis_server`] | a private `redis-server` on a free loopback port (one per test binary, or one of a test's own) |
 //! | [`redis_cluster`] | a private six-node Redis Cluster |
 //! | [`s3_server`] | a private S3-compatible server (moto) |
+//! | [`fault_proxy`] | an HTTP proxy that fails chosen requests to it (500s, timeouts, held answers) |
 //! | [`lambda`] | the `events/` samples through lambda_http's own types |
 //! | [`fixtures`] | settings from pairs, unique job ids, viewer tokens, a job seeded in the store |
 //! | [`sse`] | a Server-Sent Events client that parses frames as a browser does |
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fault_proxy;
 pub mod fixtures;
 pub mod lambda;
 pub mod process;

@@ -321,3 +321,74 @@ async fn a_running_logs_segments_keep_it_whole_across_tiers_and_after_its_keys_a
         );
     }
 }
+
+#[tokio::test]
+async fn a_lost_manifest_makes_early_pages_503_until_the_archiver_restores_it() {
+    // A Redis of its own; the tail is short, so the head is in segments only.
+    let env = env_with(&[
+        ("LOGSTREAM_SEGMENT_LINES", "100"),
+        ("LOGSTREAM_SEGMENT_SECS", "1"),
+        ("LOGSTREAM_MAXLEN", "100"),
+    ])
+    .await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    env.post_lines(&job, "line", 1_000).await;
+    let started = Instant::now();
+    while manifest(&env, &job).map(|m| m["entries"].clone()) != Some(json!(1_001)) {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = manifest(&env, &job).unwrap();
+    let path = env
+        .archive_dir
+        .join("build-logs")
+        .join(&job)
+        .join("manifest.json");
+
+    // Lost: the head is in neither the stream nor any manifest, and the page says so
+    // instead of starting at Redis's oldest entry.
+    std::fs::remove_file(&path).unwrap();
+    let (code, body) = env
+        .get_as("alice", &format!("/jobs/{job}/logs?at=1&limit=5"))
+        .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("retry"),
+        "{body}"
+    );
+    let (code, _) = env
+        .get_as("alice", &format!("/jobs/{job}/logs?limit=50"))
+        .await;
+    assert_eq!(code, StatusCode::OK, "the newest page is in Redis");
+
+    // The archiver's next visit (within the segment period, the job is running)
+    // writes it again from the segments: the same manifest.
+    let started = Instant::now();
+    while manifest(&env, &job).is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(manifest(&env, &job).unwrap(), before);
+    let all = walk_back(&env, &job).await;
+    assert_eq!(all.len(), 1_001);
+    assert_dense(&all);
+
+    // Half-written (as a store without atomic writes could leave it): the same.
+    let raw = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &raw[..raw.len() / 2]).unwrap();
+    let (code, _) = env
+        .get_as("alice", &format!("/jobs/{job}/logs?at=1&limit=5"))
+        .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    env.post_lines(&job, "more", 100).await;
+    let started = Instant::now();
+    while manifest(&env, &job).map(|m| m["entries"].clone()) != Some(json!(1_101)) {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = walk_back(&env, &job).await;
+    assert_eq!(all.len(), 1_101);
+    assert_dense(&all);
+    assert_eq!(all[1_100]["text"], "more 99");
+}

@@ -31,11 +31,16 @@
 //!   are archived: they are merged into `build.jsonl` as they are, and the job is served
 //!   from the archive from then on. With nothing archived, it is reported `expired`.
 //!
+//! - a job whose manifest is missing or damaged: made again from its segments first
+//!   (`Archive::recover_manifest`), so the log never restarts at the stream's oldest
+//!   entry; entries in neither tier stop the visit with an error.
+//!
 //! A sweep ([`Archiver::sweep`]) takes at most [`Settings::sweep_limit`] jobs and starts
 //! no new one within [`Settings::deadline_margin`] of the invocation's deadline, so it
 //! ends well inside the Lambda timeout; what is left waits for the next schedule. It
 //! stops early after [`Settings::max_failures`] storage failures in a row (S3 is down:
-//! no point hammering it; Redis keeps everything meanwhile).
+//! no point hammering it; Redis keeps everything meanwhile). A job that failed is due
+//! again [`Settings::retry_after`] later, behind the others.
 //!
 //! Without an archive (no `LOGSTREAM_ARCHIVE_BUCKET`) archiving is skipped, said once
 //! when the [`Archiver`] is made; Redis then caps each stream as in version 1, and
@@ -87,6 +92,9 @@ pub struct Settings {
     /// How long a visit holds a job's flush lease at most: longer than an invocation
     /// can run, so a lease only expires under an archiver that died.
     pub lease: Duration,
+    /// A job whose visit failed on the archive storage is due again this much later,
+    /// so one that keeps failing does not hold the head of the queue.
+    pub retry_after: Duration,
 }
 
 impl Default for Settings {
@@ -97,6 +105,7 @@ impl Default for Settings {
             deadline_margin: Duration::from_secs(20),
             max_failures: 3,
             lease: Duration::from_secs(180),
+            retry_after: Duration::from_secs(30),
         }
     }
 }
@@ -310,6 +319,8 @@ impl Archiver {
                 Err(ArchiverError::Archive { job, source }) => {
                     failures += 1;
                     tracing::error!(job_id = %job, error = %source, "archiving failed; the job stays queued");
+                    let retry = now_ms() + self.settings.retry_after.as_millis() as u64;
+                    self.store.reschedule_archive(&job, retry).await?;
                     report.failed.push(job.to_string());
                 }
                 Err(e) => return Err(e),
@@ -352,8 +363,9 @@ impl Archiver {
             source,
         };
         let meta = self.store.job_meta(job).await?;
-        let manifest = archive.manifest(job).await.map_err(archive_error)?;
+        let read = archive.manifest(job).await;
         let Some(meta) = meta else {
+            let manifest = read.map_err(archive_error)?;
             // Redis has forgotten the job.
             let queued = self.store.is_queued_for_archive(job.as_str()).await?;
             let outcome = match manifest {
@@ -387,11 +399,11 @@ impl Archiver {
             self.store.unqueue_archive(job.as_str()).await?;
             return Ok(Outcome::AlreadyArchived);
         }
-        // A manifest of an earlier job under the same id is not this job's.
-        let manifest = manifest.filter(|m| m.generation == meta.generation);
+        let manifest = manifest_for(archive, job, &meta, read)
+            .await
+            .map_err(archive_error)?;
         if meta.status.is_terminal() {
             let started = Instant::now();
-            let manifest = manifest.unwrap_or_else(|| Manifest::new(job, &meta));
             let done = self
                 .merge(archive, job, manifest, Some(&meta))
                 .await
@@ -407,7 +419,6 @@ impl Archiver {
             );
             return Ok(Outcome::Archived(done));
         }
-        let manifest = manifest.unwrap_or_else(|| Manifest::new(job, &meta));
         let (segments, next_visit) = self
             .segments(archive, job, &meta, manifest)
             .await
@@ -428,6 +439,20 @@ impl Archiver {
         let r = self.store.retention();
         let period = r.segment_secs * 1000;
         let mut written = 0;
+        // Redis may know less than the manifest says (it restarted between a segment
+        // and its trim, or lost the record): tell it, so it can trim.
+        let recorded = meta.archived_upto.map_or(0, |(n, _)| n);
+        if let Some(last_id) = manifest.last_id().filter(|_| recorded < manifest.entries) {
+            self.store
+                .archived_upto(
+                    job,
+                    &meta.generation,
+                    manifest.entries,
+                    last_id,
+                    manifest.stored,
+                )
+                .await?;
+        }
         loop {
             let next_n = manifest.end_n();
             if meta.entries < next_n {
@@ -443,6 +468,7 @@ impl Archiver {
                 tracing::warn!(from = next_n, "unarchived entries missing from Redis");
                 return Ok((written, now_ms() + period));
             };
+            continues(next_n, oldest)?;
             let full = pending >= r.segment_lines
                 || meta.stored_bytes.saturating_sub(manifest.stored) >= r.segment_bytes;
             let due_at = oldest.id.ms + period;
@@ -585,6 +611,7 @@ impl Archiver {
                 );
                 break;
             };
+            continues(encoder.next_n(), &page[0])?;
             after = last.id;
             chunk.clear();
             for entry in &page {
@@ -593,6 +620,52 @@ impl Archiver {
             upload.write(&chunk).await?;
         }
         Ok(())
+    }
+}
+
+/// The manifest a visit of a job that Redis still holds continues from: the archive's
+/// when it is this job's; an empty one for a job with nothing archived yet, or when the
+/// manifest is an earlier job's under the same id; and when it is missing or damaged,
+/// the one its segments give ([`Archive::recover_manifest`]: Redis may have trimmed
+/// what they hold, and a log must not restart at the stream's oldest entry).
+async fn manifest_for(
+    archive: &Archive,
+    job: &JobId,
+    meta: &JobMeta,
+    read: Result<Option<Manifest>, ArchiveError>,
+) -> Result<Manifest, ArchiveError> {
+    match read {
+        Ok(Some(manifest)) if manifest.generation == meta.generation => return Ok(manifest),
+        Ok(Some(_)) => return Ok(Manifest::new(job, meta)),
+        Ok(None) => {}
+        Err(ArchiveError::Corrupt(why)) => {
+            tracing::warn!(%why, "the manifest is damaged; making it again from the segments");
+        }
+        Err(e) => return Err(e),
+    }
+    let manifest = archive.recover_manifest(job, meta).await?;
+    if !manifest.parts.is_empty() {
+        archive.put_manifest(&manifest).await?;
+        tracing::warn!(
+            segments = manifest.parts.len(),
+            entries = manifest.entries,
+            "manifest made again from the segments"
+        );
+    }
+    Ok(manifest)
+}
+
+/// Checks that `entry`, the oldest one Redis gives past the archive, is entry `next_n`:
+/// a later one means the entries between are in neither tier (a segment lost or
+/// damaged after Redis was trimmed below it). The visit stops with an error rather
+/// than write a log with a hole; Redis keeps everything it has meanwhile.
+fn continues(next_n: u64, entry: &StoredEntry) -> Result<(), VisitError> {
+    match entry.n() {
+        Some(n) if n > next_n => Err(VisitError::Archive(ArchiveError::Corrupt(format!(
+            "entries {next_n} to {} are neither archived nor in Redis",
+            n - 1
+        )))),
+        _ => Ok(()),
     }
 }
 

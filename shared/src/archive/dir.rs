@@ -100,6 +100,42 @@ impl DirArchive {
         Ok(())
     }
 
+    /// The whole of `file`; `None` when there is no such file.
+    pub(super) async fn read_whole(
+        &self,
+        job: &JobId,
+        file: &str,
+    ) -> Result<Option<Bytes>, ArchiveError> {
+        let path = self.job_dir(job).join(file);
+        match fs::read(&path).await {
+            Ok(raw) => Ok(Some(Bytes::from(raw))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// The names (relative to the job's folder) of the files in `folder`, temporary
+    /// files of unfinished writes included (the caller keeps the names it knows).
+    pub(super) async fn list(
+        &self,
+        job: &JobId,
+        folder: &str,
+    ) -> Result<Vec<String>, ArchiveError> {
+        let path = self.job_dir(job).join(folder);
+        let mut dir = match fs::read_dir(&path).await {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut names = Vec::new();
+        while let Some(entry) = dir.next_entry().await.map_err(io(&path))? {
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(format!("{folder}/{name}"));
+            }
+        }
+        Ok(names)
+    }
+
     pub(super) async fn read_log(
         &self,
         job: &JobId,

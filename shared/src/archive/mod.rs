@@ -14,7 +14,9 @@
 //! writes the same bytes under the same name (a segment's name is its first entry's
 //! number, its contents are immutable entries). The manifest keeps the job's owner and
 //! counts, so the job is still served, with the same ownership rules, once Redis has
-//! forgotten it (the S3 objects also carry the owner as `x-amz-meta-owner`).
+//! forgotten it (the S3 objects also carry the owner as `x-amz-meta-owner`). A manifest
+//! lost or damaged can be made again from the segments ([`Archive::recover_manifest`]),
+//! which is what the archiver does before it goes on with such a job.
 //!
 //! Every part's index records the id and byte offset of every [`BLOCK_ENTRIES`]th
 //! entry, so a history page (at most 500 entries: `before`/`after` ids, or `at` an entry
@@ -331,6 +333,30 @@ impl PartEncoder {
     }
 }
 
+/// `raw`, a segment's bytes, read as entries `first_n ..` following `after` and encoded
+/// again: its [`Part`] (named `file`) and stored JSON bytes when that gives back exactly
+/// `raw`; `None` when it does not (a torn or foreign object).
+fn reencode(raw: &[u8], first_n: u64, after: Option<EntryId>, file: String) -> Option<(Part, u64)> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let mut encoder = PartEncoder::new(first_n);
+    let mut again = Vec::with_capacity(raw.len());
+    let mut stored = 0;
+    let mut last = after;
+    for line in text.strip_suffix('\n')?.split('\n') {
+        let entry = StoredEntry::from_json_line(line)?;
+        if entry.n() != Some(encoder.next_n()) || last.is_some_and(|id| id >= entry.id) {
+            return None;
+        }
+        last = Some(entry.id);
+        stored += entry.json.len() as u64;
+        encoder.push(&entry, &mut again);
+    }
+    (again == raw)
+        .then(|| encoder.finish(file))
+        .flatten()
+        .map(|p| (p, stored))
+}
+
 /// Where archives are kept. Cheap to clone.
 #[derive(Debug, Clone)]
 pub enum Archive {
@@ -482,6 +508,69 @@ impl Archive {
             #[cfg(feature = "s3")]
             Self::S3(s) => s.remove(job, files).await,
         }
+    }
+
+    /// The first entry numbers of the job's segments in the archive, ascending, whether
+    /// or not a manifest lists them.
+    pub async fn segment_numbers(&self, job: &JobId) -> Result<Vec<u64>, ArchiveError> {
+        let names = match self {
+            Self::Dir(d) => d.list(job, SEGMENTS_DIR).await?,
+            #[cfg(feature = "s3")]
+            Self::S3(s) => s.list(job, SEGMENTS_DIR).await?,
+        };
+        let mut numbers: Vec<u64> = names
+            .iter()
+            .filter_map(|name| {
+                let digits = name
+                    .strip_prefix(SEGMENTS_DIR)?
+                    .strip_prefix('/')?
+                    .strip_suffix(".jsonl")?;
+                let n = digits.parse().ok()?;
+                (segment_file(n) == *name).then_some(n)
+            })
+            .collect();
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    /// The whole of `file` of the job's log; `None` when it is not there.
+    pub async fn read_whole(&self, job: &JobId, file: &str) -> Result<Option<Bytes>, ArchiveError> {
+        match self {
+            Self::Dir(d) => d.read_whole(job, file).await,
+            #[cfg(feature = "s3")]
+            Self::S3(s) => s.read_whole(job, file).await,
+        }
+    }
+
+    /// The manifest of a running job made again from its segments, for when the one
+    /// in the archive is missing or damaged while Redis says part of the log is
+    /// archived (the archiver then writes it back). The segments are taken in order
+    /// from entry 1 for as long as each is whole and continues the one before; their
+    /// entries are read and encoded again, and a segment is taken only if that gives
+    /// back its exact bytes. Reads every segment once: a repair, not a read path.
+    pub async fn recover_manifest(
+        &self,
+        job: &JobId,
+        meta: &JobMeta,
+    ) -> Result<Manifest, ArchiveError> {
+        let mut manifest = Manifest::new(job, meta);
+        for first_n in self.segment_numbers(job).await? {
+            if first_n != manifest.end_n() {
+                break;
+            }
+            let file = segment_file(first_n);
+            let Some(raw) = self.read_whole(job, &file).await? else {
+                break;
+            };
+            let Some((part, stored)) = reencode(&raw, first_n, manifest.last_id(), file) else {
+                tracing::warn!(job_id = %job, first_n, "segment not whole; the manifest stops before it");
+                break;
+            };
+            manifest.entries = part.end_n() - 1;
+            manifest.stored += stored;
+            manifest.parts.push(part);
+        }
+        Ok(manifest)
     }
 
     /// One history page of an archived log, with exactly the semantics of a Redis page

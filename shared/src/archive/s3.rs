@@ -30,6 +30,23 @@ pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Object metadata key holding the job's owner (`x-amz-meta-owner`).
 pub const OWNER_METADATA: &str = "owner";
 
+/// How long one S3 request may take before it is abandoned (and retried by the SDK,
+/// within [`OPERATION_TIMEOUT`]): far more than an 8 MiB part needs, far less than a
+/// visit's lease. Without it a request to an S3 that stopped answering would hold a
+/// visit until the Lambda's own timeout.
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long one S3 operation may take, its retries included.
+pub const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// The timeouts every S3 client of the archive gets.
+pub fn timeouts() -> aws_sdk_s3::config::timeout::TimeoutConfig {
+    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
+}
+
 /// Archives in one S3 bucket.
 #[derive(Debug, Clone)]
 pub struct S3Archive {
@@ -88,6 +105,7 @@ impl S3Archive {
             sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
         let config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(custom_endpoint)
+            .timeout_config(timeouts())
             .build();
         Client::from_conf(config)
     }
@@ -103,6 +121,7 @@ impl S3Archive {
                 "test", "test", None, None, "local",
             ))
             .force_path_style(true)
+            .timeout_config(timeouts())
             .build();
         Client::from_conf(config)
     }
@@ -212,6 +231,64 @@ impl S3Archive {
             )));
         }
         Ok(bytes)
+    }
+
+    /// The whole of `file`; `None` when there is no such object.
+    pub(super) async fn read_whole(
+        &self,
+        job: &JobId,
+        file: &str,
+    ) -> Result<Option<Bytes>, ArchiveError> {
+        let got = self
+            .client()
+            .await
+            .get_object()
+            .bucket(&self.bucket)
+            .key(Self::key(job, file))
+            .send()
+            .await;
+        let out = match got {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(s3_error("GetObject", e)),
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| ArchiveError::Unavailable {
+                op: "GetObject",
+                message: e.to_string(),
+            })?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    /// The names (relative to the job's folder) of the objects under `folder/`.
+    pub(super) async fn list(
+        &self,
+        job: &JobId,
+        folder: &str,
+    ) -> Result<Vec<String>, ArchiveError> {
+        let prefix = format!("{}/", Self::key(job, folder));
+        let job_prefix = format!("{}/", Self::key(job, "").trim_end_matches('/'));
+        let mut names = Vec::new();
+        let mut pages = self
+            .client()
+            .await
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| s3_error("ListObjectsV2", e))?;
+            names.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key()?.strip_prefix(&job_prefix).map(str::to_owned)),
+            );
+        }
+        Ok(names)
     }
 
     pub(super) async fn remove(&self, job: &JobId, files: &[String]) -> Result<(), ArchiveError> {

@@ -113,6 +113,12 @@ impl From<crate::log::LogError> for ApiError {
         match e {
             crate::log::LogError::Store(e) => e.into(),
             crate::log::LogError::Archive(e) => e.into(),
+            e @ crate::log::LogError::Unlisted { .. } => {
+                tracing::warn!(error = %e, "archived entries unlisted");
+                Self::unavailable(
+                    "part of this log is being restored from its archive, retry later",
+                )
+            }
         }
     }
 }

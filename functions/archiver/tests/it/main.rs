@@ -2,6 +2,7 @@
 //! redis-server and a private S3-compatible server.
 
 mod dir_archive;
+mod faults;
 mod s3_archive;
 mod segments;
 mod support;

@@ -5,6 +5,8 @@
 //! Tests that sweep get a Redis of their own: the archive queue is one key, and a sweep
 //! takes every finished job it finds there.
 
+use std::time::Duration;
+
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Context, LambdaEvent, Service, service_fn};
 use serde_json::Value;
@@ -12,7 +14,7 @@ use serde_json::Value;
 use crate::support::*;
 use logstream_archiver::{Archived, Archiver, ArchiverError, Outcome, Report, Settings};
 use logstream_core::ids::JobId;
-use logstream_core::model::JobStatus;
+use logstream_core::model::{JobStatus, now_ms};
 use logstream_shared::archive::s3::S3Archive;
 use logstream_shared::archive::{Archive, LOG_FILE, MANIFEST_FILE};
 use logstream_shared::store::{Cursor, LogStore};
@@ -210,13 +212,22 @@ async fn an_s3_outage_keeps_jobs_queued_until_a_later_sweep() {
     let store = LogStore::open(&redis.url(), RETENTION).unwrap();
     let mut s3_server = S3Server::start().unwrap();
     let s3 = bucket_archive(&s3_server.url()).await;
-    let archiver = Archiver::new(store.clone(), Some(Archive::S3(s3.clone())), settings());
+    let retry_after = Duration::from_secs(2);
+    let archiver = Archiver::new(
+        store.clone(),
+        Some(Archive::S3(s3.clone())),
+        Settings {
+            retry_after,
+            ..settings()
+        },
+    );
     let jobs: Vec<JobId> = (0..4).map(|i| job(&format!("outage{i}"))).collect();
     for j in &jobs {
         write_job(&store, j, "alice", 10, 60, true).await;
     }
 
     s3_server.stop();
+    let swept_at = now_ms();
     let down = archiver
         .sweep(None)
         .await
@@ -231,13 +242,29 @@ async fn an_s3_outage_keeps_jobs_queued_until_a_later_sweep() {
     for j in &jobs {
         assert!(!store.job_meta(j).await.unwrap().unwrap().archived);
     }
+    // The failed ones wait their retry time, counted from their failure.
+    let queue = store.archive_queue(10).await.unwrap();
+    let retry_ms = retry_after.as_millis() as u64;
+    let mut latest = 0;
+    for failed in &down.failed {
+        let (_, due) = queue.iter().find(|(job, _)| job == failed).unwrap();
+        assert!(*due >= swept_at + retry_ms, "{failed} due at {due}");
+        latest = latest.max(*due);
+    }
+    tokio::time::sleep(Duration::from_millis(latest.saturating_sub(now_ms()) + 10)).await;
 
     // S3 is back (moto restarts empty: the bucket is made again).
     s3_server.restart().unwrap();
     create_bucket(s3.client().await, s3.bucket()).await;
     let up = archiver.sweep(None).await.unwrap();
-    let names: Vec<String> = jobs.iter().map(ToString::to_string).collect();
-    assert_eq!(up.archived, names);
+    // The job not tried comes first, then the failed ones in the order they failed.
+    let mut order: Vec<String> = jobs
+        .iter()
+        .map(ToString::to_string)
+        .filter(|j| !down.failed.contains(j))
+        .collect();
+    order.extend(down.failed.iter().cloned());
+    assert_eq!(up.archived, order);
     assert!(up.failed.is_empty());
     assert_eq!(store.archive_queue_len().await.unwrap(), 0);
     for j in &jobs {

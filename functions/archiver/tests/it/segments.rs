@@ -9,13 +9,13 @@ use logstream_archiver::{Archiver, Outcome, Settings};
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::{JobStatus, StoredEntry, now_ms};
 use logstream_shared::archive::{Archive, LOG_FILE, SEGMENTS_DIR, segment_file};
-use logstream_shared::log::{JobLog, Source};
+use logstream_shared::log::{JobLog, LogError, Source};
 use logstream_shared::store::{Cursor, LogStore, Retention};
 use logstream_testkit::redis_server::RedisServer;
 
 /// Segments of 100 entries, a tail of 200, and no age rule (visits write full segments
 /// only) unless a test says otherwise.
-const SEGMENTED: Retention = Retention {
+pub const SEGMENTED: Retention = Retention {
     ttl_secs: 600,
     maxlen: 200,
     segment_lines: 100,
@@ -29,7 +29,7 @@ fn archiver(store: &LogStore, archive: &Archive) -> Archiver {
 
 /// Every entry of the job, walking history back from the newest with `before`, as a
 /// reader would; asserts the pages join without a gap or a duplicate.
-async fn walk_back(log: &JobLog, job: &JobId) -> Vec<StoredEntry> {
+pub async fn walk_back(log: &JobLog, job: &JobId) -> Vec<StoredEntry> {
     let mut all: Vec<StoredEntry> = Vec::new();
     let mut cursor = Cursor::Latest;
     loop {
@@ -46,7 +46,7 @@ async fn walk_back(log: &JobLog, job: &JobId) -> Vec<StoredEntry> {
 }
 
 /// Asserts `entries` are numbered 1, 2, 3 … in id order.
-fn assert_dense(entries: &[StoredEntry]) {
+pub fn assert_dense(entries: &[StoredEntry]) {
     for (i, e) in entries.iter().enumerate() {
         assert_eq!(e.n(), Some(i as u64 + 1), "entry {i}: {}", e.json);
     }
@@ -318,4 +318,123 @@ async fn on_s3_segments_are_merged_into_one_log_and_removed() {
         })
         .collect();
     assert_eq!(numbers, (1..=352).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_lost_manifest_is_made_again_from_the_segments_and_the_job_goes_on() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let dir = TempDir::new();
+    let archive = Archive::dir(&dir.0);
+    let archiver = archiver(&store, &archive);
+    let log = JobLog::new(store.clone(), Some(archive.clone()));
+    let j = job("lost-manifest");
+    write_job(&store, &j, "alice", 800, 40, false).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(8));
+    let written = archive.manifest(&j).await.unwrap().unwrap();
+    let manifest_path = dir
+        .0
+        .join("build-logs")
+        .join(j.as_str())
+        .join("manifest.json");
+
+    std::fs::remove_file(&manifest_path).unwrap();
+    // Redis no longer holds the head and no manifest lists it: an error, not a log
+    // that starts at Redis's oldest entry.
+    for cursor in [Cursor::At(1), Cursor::After(EntryId { ms: 0, seq: 0 })] {
+        let err = log.page(&j, cursor, 10).await.unwrap_err();
+        assert!(
+            matches!(err, LogError::Unlisted { from, .. } if from > 1),
+            "{err:?}"
+        );
+    }
+    write_job_lines(&store, &j, 150).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(1));
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert_eq!(
+        manifest.parts[..8],
+        written.parts[..],
+        "the same eight parts"
+    );
+    assert_eq!(manifest.parts[8].first_n, 801);
+    let all = walk_back(&log, &j).await;
+    assert_eq!(all.len(), 951);
+    assert_dense(&all);
+
+    // Damaged: half of it, as a store without atomic writes could leave it.
+    let raw = std::fs::read(&manifest_path).unwrap();
+    std::fs::write(&manifest_path, &raw[..raw.len() / 2]).unwrap();
+    assert!(archive.manifest(&j).await.is_err());
+    assert!(matches!(
+        log.page(&j, Cursor::At(1), 10).await,
+        Err(LogError::Unlisted { .. })
+    ));
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(0));
+    assert_eq!(archive.manifest(&j).await.unwrap().unwrap(), manifest);
+    assert_eq!(walk_back(&log, &j).await, all);
+}
+
+#[tokio::test]
+async fn a_damaged_segment_under_a_lost_manifest_stops_the_archiver_before_a_hole() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let dir = TempDir::new();
+    let archive = Archive::dir(&dir.0);
+    let archiver = archiver(&store, &archive);
+    let j = job("torn-segment");
+    write_job(&store, &j, "alice", 800, 40, false).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(8));
+    let job_dir = dir.0.join("build-logs").join(j.as_str());
+    std::fs::remove_file(job_dir.join("manifest.json")).unwrap();
+    // Segment 3 (entries 201–300) is torn in its last line.
+    let third = job_dir.join(segment_file(201));
+    let text = std::fs::read_to_string(&third).unwrap();
+    std::fs::write(&third, &text[..text.len() - 10]).unwrap();
+    let len = stream_len(&redis.url(), &j).await;
+
+    // Two segments can be listed again; entries 201 on are not in Redis any more.
+    let err = archiver.archive_job(&j).await.unwrap_err();
+    assert!(
+        err.to_string().contains("entries 201 to"),
+        "a hole is refused: {err}"
+    );
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert_eq!(manifest.entries, 200, "the manifest lists what is whole");
+    assert_eq!(stream_len(&redis.url(), &j).await, len, "nothing trimmed");
+    // A sweep retries it later, not at once: other jobs are not held up behind it.
+    store.schedule_archive(&j, 0).await.unwrap();
+    let report = archiver.sweep(None).await.unwrap();
+    assert_eq!(report.failed, [j.to_string()]);
+    let due = store.due_for_archive(now_ms(), 10).await.unwrap();
+    assert!(
+        due.iter().all(|(member, _)| member != j.as_str()),
+        "{due:?}"
+    );
+}
+
+#[tokio::test]
+async fn on_s3_a_lost_manifest_is_made_again_from_the_listed_segments() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let s3 = bucket_archive(&logstream_testkit::s3_server::shared().unwrap().url()).await;
+    let archive = Archive::S3(s3.clone());
+    let archiver = archiver(&store, &archive);
+    let j = job("s3-lost-manifest");
+    write_job(&store, &j, "alice", 650, 40, false).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(6));
+    let written = archive.manifest(&j).await.unwrap().unwrap();
+    s3.client()
+        .await
+        .delete_object()
+        .bucket(s3.bucket())
+        .key(format!("build-logs/{j}/manifest.json"))
+        .send()
+        .await
+        .unwrap();
+    assert!(archive.manifest(&j).await.unwrap().is_none());
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(0));
+    assert_eq!(archive.manifest(&j).await.unwrap().unwrap(), written);
+    let all = walk_back(&JobLog::new(store, Some(archive)), &j).await;
+    assert_eq!(all.len(), 651);
+    assert_dense(&all);
 }

@@ -1,0 +1,191 @@
+//! Faults in the middle of a segment's visit, met for real: an S3 that answers 500
+//! between a segment and its manifest, one that stops answering mid-segment, and a
+//! Redis restart between a segment written and the trim it allows. The S3 faults come
+//! from a proxy in front of the private S3-compatible server (the client speaks the
+//! real protocol to a real server); the restart is a real `redis-server` restarted
+//! from its append-only file.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+
+use crate::segments::{SEGMENTED, assert_dense, walk_back};
+use crate::support::*;
+use logstream_archiver::{Archiver, ArchiverError, Outcome, Settings};
+use logstream_shared::archive::s3::S3Archive;
+use logstream_shared::archive::{Archive, ArchiveError, segment_file};
+use logstream_shared::log::JobLog;
+use logstream_shared::store::LogStore;
+use logstream_testkit::fault_proxy::{Fault, FaultProxy};
+use logstream_testkit::redis_server::RedisServer;
+
+/// A fresh bucket, and an archive in it reached through a fault proxy; the bucket as
+/// reached directly, to look at what is really stored.
+async fn proxied(timeouts: Option<TimeoutConfig>) -> (FaultProxy, Archive, S3Archive) {
+    let server = logstream_testkit::s3_server::shared().unwrap().url();
+    let direct = bucket_archive(&server).await;
+    let proxy = FaultProxy::start(&server).await.unwrap();
+    let mut config = S3Archive::local_client(&proxy.url()).config().to_builder();
+    if let Some(timeouts) = timeouts {
+        config = config.timeout_config(timeouts);
+    }
+    let through = S3Archive::new(Client::from_conf(config.build()), direct.bucket());
+    (proxy, Archive::S3(through), direct)
+}
+
+fn archiver(store: &LogStore, archive: &Archive) -> Archiver {
+    Archiver::new(store.clone(), Some(archive.clone()), Settings::default())
+}
+
+fn segment_firsts(archive: &logstream_shared::archive::Manifest) -> Vec<u64> {
+    archive.parts.iter().map(|p| p.first_n).collect()
+}
+
+#[tokio::test]
+async fn a_500_between_a_segment_and_its_manifest_loses_and_doubles_nothing() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let (proxy, archive, direct) = proxied(None).await;
+    let archiver = archiver(&store, &archive);
+    let j = job("s3-500");
+    write_job(&store, &j, "alice", 250, 40, false).await;
+
+    proxy.add("PUT", "manifest.json", Fault::Status(500));
+    let err = archiver.archive_job(&j).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ArchiverError::Archive {
+                source: ArchiveError::Unavailable { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let first = format!("build-logs/{j}/{}", segment_file(1));
+    let written = head(&direct, &first).await.expect("the segment went up");
+    assert!(archive.manifest(&j).await.unwrap().is_none());
+    assert_eq!(stream_len(&redis.url(), &j).await, 251, "nothing trimmed");
+
+    proxy.clear();
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(1));
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert_eq!(segment_firsts(&manifest), [1, 101]);
+    assert_eq!(
+        head(&direct, &first).await.unwrap().0,
+        written.0,
+        "the segment is the one written before the 500, byte for byte"
+    );
+    let all = walk_back(&JobLog::new(store, Some(archive)), &j).await;
+    assert_eq!(all.len(), 251);
+    assert_dense(&all);
+}
+
+#[tokio::test]
+async fn an_s3_that_stops_answering_mid_segment_times_out_and_the_next_visit_catches_up() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let short = TimeoutConfig::builder()
+        .operation_attempt_timeout(Duration::from_millis(500))
+        .operation_timeout(Duration::from_secs(2))
+        .build();
+    let (proxy, archive, _direct) = proxied(Some(short)).await;
+    let archiver = archiver(&store, &archive);
+    let j = job("s3-hang");
+    write_job(&store, &j, "alice", 350, 40, false).await;
+
+    // The third segment's upload is never answered.
+    proxy.add("PUT", &segment_file(201), Fault::Hang);
+    let started = Instant::now();
+    let err = archiver.archive_job(&j).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the visit ends at the S3 timeout, not the Lambda's"
+    );
+    assert!(
+        matches!(
+            err,
+            ArchiverError::Archive {
+                source: ArchiveError::Unavailable { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!proxy.faulted().is_empty());
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert_eq!(segment_firsts(&manifest), [1, 101], "two whole segments");
+    let len = stream_len(&redis.url(), &j).await;
+    assert!(len >= 151, "entries 201 on stay in Redis: {len}");
+
+    proxy.clear();
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(1));
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert_eq!(segment_firsts(&manifest), [1, 101, 201]);
+    let all = walk_back(&JobLog::new(store, Some(archive)), &j).await;
+    assert_eq!(all.len(), 351);
+    assert_dense(&all);
+}
+
+#[tokio::test]
+async fn a_redis_restart_between_a_segment_and_its_trim_loses_and_repeats_nothing() {
+    let mut redis = RedisServer::start_persistent().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let (proxy, archive, _direct) = proxied(None).await;
+    let lease = Duration::from_secs(1);
+    let archiver = Archiver::new(
+        store.clone(),
+        Some(archive.clone()),
+        Settings {
+            lease,
+            ..Settings::default()
+        },
+    );
+    let j = job("restart-trim");
+    write_job(&store, &j, "alice", 600, 40, false).await;
+
+    // The first manifest reaches S3; its answer is held while Redis goes down.
+    let release = Arc::new(tokio::sync::Notify::new());
+    proxy.add("PUT", "manifest.json", Fault::Hold(release.clone()));
+    let visit = {
+        let (archiver, j) = (archiver.clone(), j.clone());
+        tokio::spawn(async move { archiver.archive_job(&j).await })
+    };
+    proxy.wait_for_fault().await;
+    let started = Instant::now();
+    while archive.manifest(&j).await.unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.stop();
+    release.notify_one();
+    assert!(
+        matches!(visit.await.unwrap(), Err(ArchiverError::Store(_))),
+        "the trim could not be recorded"
+    );
+
+    // Back from its append-only file: every entry, and no record of the segment.
+    redis.restart().unwrap();
+    proxy.clear();
+    assert_eq!(stream_len(&redis.url(), &j).await, 601);
+    let meta = store.job_meta(&j).await.unwrap().unwrap();
+    assert_eq!(meta.archived_upto, None);
+    assert_eq!(
+        segment_firsts(&archive.manifest(&j).await.unwrap().unwrap()),
+        [1]
+    );
+
+    // The cut-off visit could not release its lease: it expires by itself.
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Busy);
+    tokio::time::sleep(lease).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(5));
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert_eq!(segment_firsts(&manifest), [1, 101, 201, 301, 401, 501]);
+    let len = stream_len(&redis.url(), &j).await;
+    assert!(len < 601, "trimmed once recorded: {len}");
+    let all = walk_back(&JobLog::new(store, Some(archive)), &j).await;
+    assert_eq!(all.len(), 601);
+    assert_dense(&all);
+}
