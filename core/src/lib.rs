@@ -5,6 +5,8 @@
 //! |---|---|
 //! | [`ids`] | `JobId`, `EntryId`, random hex |
 //! | [`model`] | entries, line streams, stage and job statuses, the status machine |
+//! | [`search`] | `?q=`: a literal, case-insensitive match on a line's text |
+//! | [`raw`] | the raw log's text: a line entry's text, its time as ISO-8601 UTC |
 //! | [`batch`] | the ingest body: a JSON batch or `text/plain` lines, parsed and checked ([`batch::BatchError`]) |
 //! | [`sanitize`] | escape and control-character stripping, progress collapse, secret redaction (what is and is not: its module doc), line cap |
 //! | `fuzzing` | (feature `fuzzing`) one check per fuzz target, shared with the corpus replay tests |
@@ -16,4 +18,6 @@ pub mod batch;
 pub mod fuzzing;
 pub mod ids;
 pub mod model;
+pub mod raw;
 pub mod sanitize;
+pub mod search;

@@ -207,6 +207,222 @@ impl JobLog {
     }
 }
 
+/// Entries read per step of a search.
+const SEARCH_STEP: usize = 5000;
+
+/// A page of search results ([`JobLog::search`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The matching entries, chronological.
+    pub entries: Vec<StoredEntry>,
+    /// Where the search stopped, when there is more log to search in its direction:
+    /// the next request goes on from there (`before` it walking back, `after` it
+    /// walking forward).
+    pub next: Option<EntryId>,
+}
+
+impl JobLog {
+    /// Up to `limit` `line` entries matching `query` from `cursor` on, in the cursor's
+    /// direction (newest first back from `Latest`/`Before`, oldest first forward from
+    /// `After`/`At`), over the whole job across tiers, reading at most `budget`
+    /// entries; answered chronological. `None` when neither tier knows the job.
+    pub async fn search(
+        &self,
+        job: &JobId,
+        query: &logstream_core::search::Query,
+        cursor: Cursor,
+        limit: usize,
+        budget: usize,
+    ) -> Result<Option<(JobInfo, Source, Found)>, LogError> {
+        let limit = limit.max(1);
+        let backward = matches!(cursor, Cursor::Latest | Cursor::Before(_));
+        let mut cursor = cursor;
+        let mut found: Vec<StoredEntry> = Vec::new();
+        let mut read = 0;
+        loop {
+            let Some((info, source, page)) = self.page(job, cursor, SEARCH_STEP).await? else {
+                return Ok(None);
+            };
+            let more = page.has_more;
+            read += page.entries.len();
+            let (edge, hits): (Option<EntryId>, Vec<StoredEntry>) = if backward {
+                let edge = page.entries.first().map(|e| e.id);
+                let mut hits = Vec::new();
+                for entry in page.entries.into_iter().rev() {
+                    if found.len() + hits.len() == limit {
+                        break;
+                    }
+                    if query.matches(&entry) {
+                        hits.push(entry);
+                    }
+                }
+                (edge, hits)
+            } else {
+                let edge = page.entries.last().map(|e| e.id);
+                let hits = page
+                    .entries
+                    .into_iter()
+                    .filter(|e| query.matches(e))
+                    .take(limit - found.len())
+                    .collect();
+                (edge, hits)
+            };
+            found.extend(hits);
+            let full = found.len() == limit;
+            // Where to go on: after the last match when the page filled up in the
+            // middle of a step, else past what was read.
+            let next = match (full, found.last()) {
+                (true, Some(last)) => Some(last.id),
+                _ => edge,
+            };
+            let Some(next) = next.filter(|_| more || full) else {
+                return Ok(Some((info, source, done(found, backward, None))));
+            };
+            if full || read >= budget {
+                return Ok(Some((info, source, done(found, backward, Some(next)))));
+            }
+            cursor = if backward {
+                Cursor::Before(next)
+            } else {
+                Cursor::After(next)
+            };
+        }
+    }
+
+    /// A forward walk over the job's log from just after `after`, across tiers: what
+    /// the raw log and the SSE replay read ([`LogReader`]).
+    pub fn reader(&self, job: &JobId, after: EntryId) -> LogReader {
+        LogReader {
+            log: self.clone(),
+            job: job.clone(),
+            after,
+            next_n: None,
+            manifest: None,
+            manifest_read: false,
+        }
+    }
+}
+
+/// Search results in reading order, and where to go on.
+fn done(mut entries: Vec<StoredEntry>, backward: bool, next: Option<EntryId>) -> Found {
+    if backward {
+        entries.reverse();
+    }
+    Found { entries, next }
+}
+
+/// A forward walk over one job's log ([`JobLog::reader`]). Unlike a run of `after`
+/// pages it reads the manifest once, not per page, and the archive in ranges of
+/// whatever size the caller asks for; then Redis. Numbers join the tiers: when Redis's
+/// next entry is past the one expected (the archiver trimmed meanwhile), the manifest
+/// is read again and the walk goes on in the archive.
+#[derive(Debug)]
+pub struct LogReader {
+    log: JobLog,
+    job: JobId,
+    /// The last entry returned (or the start point).
+    after: EntryId,
+    /// The number the next entry must have, once known.
+    next_n: Option<u64>,
+    manifest: Option<Manifest>,
+    manifest_read: bool,
+}
+
+impl LogReader {
+    /// The id of the last entry returned (or the start point).
+    pub fn position(&self) -> EntryId {
+        self.after
+    }
+
+    /// Up to `max` of the next entries, oldest first; empty once the walk has reached
+    /// the newest entry (more may come later for a running job: call again).
+    ///
+    /// Redis is asked first, with the number of the entry the walk stands on, so a
+    /// walk inside the live tail (a viewer resuming, following) never touches the
+    /// archive; the manifest is read only when Redis's entries do not join the walk's
+    /// place (it is older than the tail), and once per walk unless Redis moves on past
+    /// it again.
+    pub async fn next(&mut self, max: usize) -> Result<Vec<StoredEntry>, LogError> {
+        let max = max.max(1);
+        if self.manifest_read
+            && let Some(entries) = self.archived(max).await?
+        {
+            return Ok(entries);
+        }
+        let (at, entries) = self
+            .log
+            .store
+            .entries_after_joined(&self.job, self.after, max)
+            .await?;
+        let first = entries.first().and_then(StoredEntry::n);
+        let joined = match (first, self.next_n, at) {
+            // Nothing in Redis at or after the walk's place: the job may be in the
+            // archive alone (Redis forgot it), unless the archive was read already.
+            (None, _, None) if entries.is_empty() => self.manifest_read,
+            // Entries without numbers (stored before numbering), or the walk is at
+            // Redis's newest entry.
+            (None, _, _) => true,
+            (Some(n), Some(want), _) => n <= want,
+            (Some(n), None, Some(at)) => n <= at + 1,
+            (Some(n), None, None) => n == 1,
+        };
+        if joined || self.log.archive.is_none() {
+            return Ok(self.took(entries));
+        }
+        // Redis no longer holds what comes next: the archive does.
+        self.read_manifest().await?;
+        if let Some(entries) = self.archived(max).await? {
+            return Ok(entries);
+        }
+        if !entries.is_empty() && (self.manifest.is_some() || self.next_n.is_some()) {
+            return Err(LogError::Unlisted {
+                job: self.job.clone(),
+                from: first.unwrap_or(1),
+            });
+        }
+        // Never archived: Redis's part is all there is (nothing, or the job's first
+        // entries were lost before its first segment).
+        Ok(self.took(entries))
+    }
+
+    async fn read_manifest(&mut self) -> Result<(), LogError> {
+        self.manifest_read = true;
+        if let Some(archive) = &self.log.archive {
+            self.manifest = archive.manifest(&self.job).await?;
+        }
+        Ok(())
+    }
+
+    /// The next entries from the archive, when the walk is still inside what it holds.
+    async fn archived(&mut self, max: usize) -> Result<Option<Vec<StoredEntry>>, LogError> {
+        let (Some(archive), Some(manifest)) = (&self.log.archive, &self.manifest) else {
+            return Ok(None);
+        };
+        if manifest.last_id().is_none_or(|last| self.after >= last) {
+            return Ok(None);
+        }
+        let lo = match self.next_n {
+            Some(n) => n,
+            None => archive.position(manifest, self.after, true).await?,
+        };
+        let hi = lo.saturating_add(max as u64).min(manifest.end_n());
+        if lo >= hi {
+            return Ok(None);
+        }
+        let entries = archive.range(manifest, lo, hi).await?;
+        Ok(Some(self.took(entries)))
+    }
+
+    /// Moves the walk past `entries`.
+    fn took(&mut self, entries: Vec<StoredEntry>) -> Vec<StoredEntry> {
+        if let Some(last) = entries.last() {
+            self.after = last.id;
+            self.next_n = last.n().map(|n| n + 1);
+        }
+        entries
+    }
+}
+
 /// A page of a job whose Redis part begins at entry `redis_from` > 1, with an archive
 /// for what comes before.
 struct Tiers<'a> {

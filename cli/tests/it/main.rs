@@ -12,6 +12,7 @@ mod dev_limits;
 mod faults;
 mod history_api;
 mod ingest_api;
+mod log_features;
 mod logs_command;
 mod run_command;
 mod sse_api;

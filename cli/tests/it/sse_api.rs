@@ -354,8 +354,17 @@ async fn two_hundred_viewers_of_one_job_share_one_redis_reader() {
         );
         clients.push(c);
         if n == 0 {
+            // The feed connects in a task of its own: give it a moment.
+            let mut connected = 0;
+            for _ in 0..50 {
+                connected = connected_clients(&mut probe).await;
+                if connected >= idle + 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             assert_eq!(
-                connected_clients(&mut probe).await,
+                connected,
                 idle + 2,
                 "the first viewer's feed is one connection; its replay read opened the \
                  store's pool of read connections (one, as the reads came one at a time)"

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /jobs/{id}` | the job's status, times and counts |
 //! | `GET /jobs/{id}/logs?limit&before&after&at` | a page of entries, chronological |
+//! | `GET /jobs/{id}/logs?q=TEXT&…` | a page of the `line` entries containing TEXT (any case), over the whole job |
 //!
 //! Pages walk backwards from the newest entry ("load earlier" with `before`), forwards
 //! from a known id (`after`), or from an entry number (`at`, for permalinks). Both
@@ -27,12 +28,13 @@ use http::{HeaderMap, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 
 use logstream_core::ids::{EntryId, JobId};
-use logstream_core::model::JobStatus;
+use logstream_core::model::{JobStatus, StoredEntry};
+use logstream_core::search::Query;
 use logstream_shared::archive::Archive;
 use logstream_shared::auth::jwt::ViewerAuth;
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
-use logstream_shared::log::JobLog;
+use logstream_shared::log::{Found, JobLog};
 use logstream_shared::store::{Cursor, LogStore, Page};
 use logstream_shared::web::error::ApiError;
 use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer, finish};
@@ -41,6 +43,8 @@ use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer, finish};
 pub const DEFAULT_LIMIT: usize = 100;
 /// Largest page; a larger `limit` is treated as this.
 pub const MAX_LIMIT: usize = 500;
+/// Most entries one search request reads; past it the answer says where to go on.
+pub const SEARCH_BUDGET: usize = 500_000;
 
 /// Everything the history routes share, built once per process.
 pub struct HistoryState {
@@ -134,6 +138,8 @@ pub struct PageQuery {
     pub before: Option<String>,
     pub after: Option<String>,
     pub at: Option<String>,
+    /// Search: only `line` entries whose text contains it ([`Query`]).
+    pub q: Option<String>,
 }
 
 impl PageQuery {
@@ -199,13 +205,45 @@ fn invalid_limit() -> ApiError {
 /// is spliced in as Redis (or the archive) holds it, never parsed or re-encoded, which
 /// is most of what a 500-entry page would otherwise cost.
 fn page_body(job: &JobId, status: JobStatus, source: &str, page: &Page) -> String {
-    use std::fmt::Write;
     let next_before = page
         .entries
         .first()
         .filter(|_| page.has_older)
         .map(|e| e.id);
-    let stored: usize = page.entries.iter().map(|e| e.json.len() + 40).sum();
+    let mut out = lines_body(job, status, source, &page.entries, page.has_more);
+    end_body(&mut out, &[("next_before", next_before)]);
+    out
+}
+
+/// A search's response body: a page's, with where the search goes on, `before` or
+/// `after` an id, since the last match is not where the search stopped reading.
+fn found_body(
+    job: &JobId,
+    status: JobStatus,
+    source: &str,
+    found: &Found,
+    backward: bool,
+) -> String {
+    let mut out = lines_body(job, status, source, &found.entries, found.next.is_some());
+    let (before, after) = if backward {
+        (found.next, None)
+    } else {
+        (None, found.next)
+    };
+    end_body(&mut out, &[("next_before", before), ("next_after", after)]);
+    out
+}
+
+/// The start of a page's body, up to `has_more`.
+fn lines_body(
+    job: &JobId,
+    status: JobStatus,
+    source: &str,
+    entries: &[StoredEntry],
+    has_more: bool,
+) -> String {
+    use std::fmt::Write;
+    let stored: usize = entries.iter().map(|e| e.json.len() + 40).sum();
     let mut out = String::with_capacity(stored + 200);
     // Job ids, statuses and sources are plain ASCII without quotes or backslashes
     // (`JobId` enforces its alphabet), so they need no escaping. Writing to a String
@@ -215,20 +253,30 @@ fn page_body(job: &JobId, status: JobStatus, source: &str, page: &Page) -> Strin
         r#"{{"job_id":"{job}","status":"{}","source":"{source}","lines":["#,
         status.as_str()
     );
-    for (i, entry) in page.entries.iter().enumerate() {
+    for (i, entry) in entries.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         entry.write_json(&mut out);
     }
-    let _ = write!(out, r#"],"has_more":{},"next_before":"#, page.has_more);
-    match next_before {
-        Some(id) => {
-            let _ = write!(out, r#""{id}"}}"#);
-        }
-        None => out.push_str("null}"),
-    }
+    let _ = write!(out, r#"],"has_more":{has_more}"#);
     out
+}
+
+/// Ends a body begun by [`lines_body`] with cursor fields.
+fn end_body(out: &mut String, cursors: &[(&str, Option<EntryId>)]) {
+    use std::fmt::Write;
+    for (name, id) in cursors {
+        match id {
+            Some(id) => {
+                let _ = write!(out, r#","{name}":"{id}""#);
+            }
+            None => {
+                let _ = write!(out, r#","{name}":null"#);
+            }
+        }
+    }
+    out.push('}');
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %job))]
@@ -242,6 +290,23 @@ async fn get_logs(
     let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
     let limit = query.limit()?;
     let cursor = query.cursor()?;
+    if let Some(q) = query.q.as_deref() {
+        let search =
+            Query::new(q).map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+        let found = state
+            .log
+            .search(&job, &search, cursor, limit, SEARCH_BUDGET)
+            .await?;
+        let (info, source, found) = match found {
+            Some((info, source, found)) if viewer.can_read(&info) => (info, source, found),
+            _ => return Err(ApiError::job_not_found()),
+        };
+        let backward = matches!(cursor, Cursor::Latest | Cursor::Before(_));
+        return Ok((
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            found_body(&job, info.status, source.as_str(), &found, backward),
+        ));
+    }
     let (info, source, page) = match state.log.page(&job, cursor, limit).await? {
         Some((info, source, page)) if viewer.can_read(&info) => (info, source, page),
         _ => return Err(ApiError::job_not_found()),

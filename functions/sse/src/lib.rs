@@ -1,4 +1,5 @@
-//! The sse function: `GET /jobs/{id}/logs/stream`, live logs as Server-Sent Events.
+//! The sse function, the streaming one: `GET /jobs/{id}/logs/stream`, live logs as
+//! Server-Sent Events, and `GET /jobs/{id}/logs/raw`, the whole log as text (module `raw`).
 //!
 //! Everything that can fail is checked before the stream starts, so a bad token is a
 //! plain 401, someone else's job a 404, a bad cursor a 400. Then the response streams:
@@ -27,6 +28,7 @@
 
 pub mod frame;
 pub mod hub;
+mod raw;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -57,7 +59,7 @@ use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer, finish};
 use hub::{FeedMsg, Hub};
 
 /// Entries read per replay round trip.
-const REPLAY_PAGE: usize = 500;
+const REPLAY_PAGE: usize = 2000;
 /// Most bytes waiting for one viewer (written, not yet taken by the connection).
 pub const VIEWER_BUFFER_BYTES: usize = 1024 * 1024;
 /// Frames are written in chunks of about this size (a chunk ends after the frame that
@@ -130,6 +132,7 @@ impl SseState {
 pub fn routes(state: Arc<SseState>) -> Router {
     Router::new()
         .route("/jobs/{id}/logs/stream", get(stream))
+        .route("/jobs/{id}/logs/raw", get(raw::raw))
         .with_state(state)
 }
 
@@ -441,18 +444,14 @@ impl Follower {
     /// Sends everything after the cursor, from the archive where Redis no longer has
     /// it ([`JobLog`]). `Some` when the stream is over.
     async fn replay(&mut self) -> Result<Option<Stop>, LogError> {
+        let mut reader = self.log.reader(&self.job, self.cursor);
         loop {
-            let page = self
-                .log
-                .entries_after(&self.job, self.cursor, REPLAY_PAGE)
-                .await?
-                .unwrap_or_default();
-            let full = page.len() == REPLAY_PAGE;
-            if let Some(stop) = self.send(&page).await {
-                return Ok(Some(stop));
-            }
-            if !full {
+            let entries = reader.next(REPLAY_PAGE).await?;
+            if entries.is_empty() {
                 return Ok(None);
+            }
+            if let Some(stop) = self.send(&entries).await {
+                return Ok(Some(stop));
             }
         }
     }

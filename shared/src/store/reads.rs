@@ -235,6 +235,39 @@ impl LogStore {
             .await
     }
 
+    /// [`entries_after`](Self::entries_after), with the number of the newest entry
+    /// Redis holds at or before `after` (`None` when it holds none: `after` is older
+    /// than the stream, or the stream is empty), in one round trip: the entries follow
+    /// `after` without a gap exactly when the first one's number is one more.
+    pub async fn entries_after_joined(
+        &self,
+        job: &JobId,
+        after: EntryId,
+        count: usize,
+    ) -> Result<(Option<u64>, Vec<StoredEntry>), StoreError> {
+        let logs = JobKeys::new(job).logs;
+        let at = range_cmd("XREVRANGE", &logs, &after.to_string(), "-", Some(1));
+        let next = if after
+            == (EntryId {
+                ms: u64::MAX,
+                seq: u64::MAX,
+            }) {
+            // Keep the reply shape: a range that is always empty.
+            range_cmd("XRANGE", &logs, "+", "-", None)
+        } else {
+            range_cmd("XRANGE", &logs, &format!("({after}"), "+", Some(count))
+        };
+        self.direct
+            .query(logs.as_bytes(), &[at, next], |replies| {
+                replies.next_reply()?;
+                let at = decode_entries(replies)?;
+                replies.next_reply()?;
+                let entries = decode_entries(replies)?;
+                Ok((at.first().and_then(StoredEntry::n), entries))
+            })
+            .await
+    }
+
     /// A connection of its own for blocking reads (`XREAD BLOCK`): the shared one
     /// times out a response long before a block ends, and a blocked command would hold
     /// up every other command queued behind it. In a cluster it is a cluster connection

@@ -438,3 +438,75 @@ async fn on_s3_a_lost_manifest_is_made_again_from_the_listed_segments() {
     assert_eq!(all.len(), 651);
     assert_dense(&all);
 }
+
+#[tokio::test]
+async fn a_forward_reader_keeps_its_place_while_the_archiver_trims_under_it() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let dir = TempDir::new();
+    let archive = Archive::dir(&dir.0);
+    let archiver = archiver(&store, &archive);
+    let log = JobLog::new(store.clone(), Some(archive.clone()));
+    let j = job("reader");
+    write_job(&store, &j, "alice", 300, 40, false).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(3));
+
+    let mut reader = log.reader(&j, EntryId { ms: 0, seq: 0 });
+    let mut all = reader.next(150).await.unwrap();
+    assert_eq!(all.len(), 150, "from the archive");
+    // Redis moves on under the reader: 1 000 more entries, archived and trimmed, so
+    // what comes next for the reader is no longer in Redis.
+    write_job_lines(&store, &j, 1_000).await;
+    assert_eq!(
+        archiver.archive_job(&j).await.unwrap(),
+        Outcome::Flushed(10)
+    );
+    loop {
+        let entries = reader.next(400).await.unwrap();
+        if entries.is_empty() {
+            break;
+        }
+        all.extend(entries);
+    }
+    assert_eq!(all.len(), 1_301);
+    assert_dense(&all);
+    assert_eq!(all, walk_back(&log, &j).await);
+}
+
+#[tokio::test]
+async fn a_search_reads_at_most_its_budget_and_says_where_to_go_on() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let dir = TempDir::new();
+    let archive = Archive::dir(&dir.0);
+    let log = JobLog::new(store.clone(), Some(archive.clone()));
+    let j = job("search-budget");
+    write_job(&store, &j, "alice", 30_000, 40, false).await;
+    assert_eq!(
+        archiver(&store, &archive).archive_job(&j).await.unwrap(),
+        Outcome::Flushed(300)
+    );
+    let query = logstream_core::search::Query::new("[000007]").unwrap();
+    // The one match is near the start: a search from the end with a budget of 10 000
+    // entries stops empty-handed and says where it stopped.
+    let (_, _, found) = log
+        .search(&j, &query, Cursor::Latest, 10, 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(found.entries.is_empty());
+    let next = found.next.expect("more to search");
+    let (_, _, page) = log
+        .page(&j, Cursor::At(30_001 - 10_000 + 1), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next, page.entries[0].id, "the oldest entry read");
+    let (_, _, found) = log
+        .search(&j, &query, Cursor::Before(next), 10, 1_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line_texts(&found.entries), [text(7, 40)]);
+    assert_eq!(found.next, None);
+}

@@ -30,7 +30,7 @@ fn check(limit: Option<&str>, before: Option<&str>, after: Option<&str>) {
         limit: limit.map(str::to_owned),
         before: before.map(str::to_owned),
         after: after.map(str::to_owned),
-        at: None,
+        ..PageQuery::default()
     };
     match (query.limit(), limit) {
         (Ok(n), None) => assert_eq!(n, DEFAULT_LIMIT),

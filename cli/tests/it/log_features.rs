@@ -1,0 +1,285 @@
+//! The log features over HTTP through `logstream dev`: the raw log (a download of the
+//! whole job, with or without times) and search (`?q=`) over the whole job, both across
+//! Redis and the archive.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// GETs `path` as `user`: status, headers and text.
+async fn get_text(
+    env: &Env,
+    user: &str,
+    path: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let res = env
+        .http
+        .get(env.url(path))
+        .bearer_auth(viewer_token(user, 300))
+        .send()
+        .await
+        .expect("GET");
+    let (code, headers) = (res.status(), res.headers().clone());
+    (code, headers, res.text().await.expect("text"))
+}
+
+/// A job with lines on both streams, a stage and statuses.
+async fn mixed_job(env: &Env) -> String {
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    let batch = json!({
+        "lines": [
+            {"stream": "stdout", "text": "npm ci", "ts": 1_796_230_800_123_u64},
+            {"stream": "stderr", "text": "warn \"deprecated\"\ttab", "ts": 1_796_230_800_200_u64},
+        ]
+    });
+    assert_eq!(env.post_json(&job, &batch).await.status(), StatusCode::OK);
+    let stage = json!({"stage": {"name": "build", "status": "started"}});
+    env.post_json(&job, &stage).await;
+    let batch =
+        json!({"lines": [{"stream": "stdout", "text": "done é", "ts": 1_796_230_801_000_u64}]});
+    env.post_json(&job, &batch).await;
+    env.set_status(&job, "ready").await;
+    job
+}
+
+#[tokio::test]
+async fn the_raw_log_is_every_lines_text_as_a_text_download() {
+    let env = env().await;
+    let job = mixed_job(&env).await;
+    let (code, headers, text) = get_text(&env, "alice", &format!("/jobs/{job}/logs/raw")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(
+        headers["content-disposition"],
+        format!("attachment; filename=\"{job}.log\"")
+    );
+    assert_eq!(text, "npm ci\nwarn \"deprecated\"\ttab\ndone é\n");
+
+    let (code, _, text) = get_text(
+        &env,
+        "alice",
+        &format!("/jobs/{job}/logs/raw?timestamps=true"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        text,
+        "2026-12-02T17:00:00.123Z npm ci\n\
+         2026-12-02T17:00:00.200Z warn \"deprecated\"\ttab\n\
+         2026-12-02T17:00:01.000Z done é\n"
+    );
+
+    // The rules of every read route.
+    let (code, _, _) = get_text(&env, "mallory", &format!("/jobs/{job}/logs/raw")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, _, body) = get_text(
+        &env,
+        "alice",
+        &format!("/jobs/{job}/logs/raw?timestamps=yes"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    let res = env
+        .http
+        .get(env.url(&format!("/jobs/{job}/logs/raw")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let (code, _, _) = get_text(&env, "alice", "/jobs/no-such-job/logs/raw").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+/// A running job of `batches` × 250 lines in segments of 100 with a tail of 100, once
+/// all of it is archived; every 97th line says `NEEDLE`.
+async fn archived_job(env: &Env, batches: usize) -> String {
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    for b in 0..batches {
+        let lines: Vec<Value> = (0..250)
+            .map(|i| {
+                let k = b * 250 + i;
+                let text = if k % 97 == 0 {
+                    format!("line {k} NEEDLE here")
+                } else {
+                    format!("line {k}")
+                };
+                json!({"stream": "stdout", "text": text})
+            })
+            .collect();
+        let res = env.post_json(&job, &json!({ "lines": lines })).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let want = json!(batches as u64 * 250 + 1);
+    let path = env
+        .archive_dir
+        .join("build-logs")
+        .join(&job)
+        .join("manifest.json");
+    let started = Instant::now();
+    loop {
+        let entries = std::fs::read(&path)
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+            .map(|m| m["entries"].clone());
+        if entries.as_ref() == Some(&want) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{entries:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    job
+}
+
+fn segmented() -> [(&'static str, &'static str); 3] {
+    [
+        ("LOGSTREAM_SEGMENT_LINES", "100"),
+        ("LOGSTREAM_SEGMENT_SECS", "1"),
+        ("LOGSTREAM_MAXLEN", "100"),
+    ]
+}
+
+#[tokio::test]
+async fn the_raw_log_of_a_job_in_segments_is_whole_before_and_after_its_keys_are_gone() {
+    let env = env_with(&segmented()).await;
+    let job = archived_job(&env, 12).await;
+    let expected: String = (0..3_000)
+        .map(|k| {
+            if k % 97 == 0 {
+                format!("line {k} NEEDLE here\n")
+            } else {
+                format!("line {k}\n")
+            }
+        })
+        .collect();
+    let (code, _, text) = get_text(&env, "alice", &format!("/jobs/{job}/logs/raw")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        text == expected,
+        "{} bytes, not {}",
+        text.len(),
+        expected.len()
+    );
+
+    let mut redis = redis::Client::open(env.server.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("job:{{{job}}}:logs"))
+        .arg(format!("job:{{{job}}}:meta"))
+        .arg(format!("job:{{{job}}}:idx"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (code, _, text) = get_text(&env, "alice", &format!("/jobs/{job}/logs/raw")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        text == expected,
+        "from the archive alone: {} bytes",
+        text.len()
+    );
+    let (code, _, _) = get_text(&env, "mallory", &format!("/jobs/{job}/logs/raw")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+fn texts_of(page: &Value) -> Vec<String> {
+    page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn search_finds_lines_over_the_whole_job_in_both_directions() {
+    let env = env_with(&segmented()).await;
+    let job = archived_job(&env, 12).await;
+    let needles: Vec<String> = (0..3_000)
+        .filter(|k| k % 97 == 0)
+        .map(|k| format!("line {k} NEEDLE here"))
+        .collect();
+    assert_eq!(needles.len(), 31);
+
+    // The newest matches, any case, then back page by page to the first.
+    let (code, page) = env
+        .get_as("alice", &format!("/jobs/{job}/logs?q=needle&limit=7"))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{page}");
+    assert_eq!(texts_of(&page), needles[24..]);
+    assert_eq!(page["has_more"], true);
+    let mut walked = texts_of(&page);
+    let mut before = page["next_before"].as_str().unwrap().to_owned();
+    loop {
+        let (_, page) = env
+            .get_as(
+                "alice",
+                &format!("/jobs/{job}/logs?q=NeEdLe&limit=7&before={before}"),
+            )
+            .await;
+        let mut texts = texts_of(&page);
+        texts.append(&mut walked);
+        walked = texts;
+        match page["next_before"].as_str() {
+            Some(next) => before = next.to_owned(),
+            None => {
+                assert_eq!(page["has_more"], false);
+                break;
+            }
+        }
+    }
+    assert_eq!(walked, needles, "every match once, in order");
+
+    // Forward from the start, and from an entry number.
+    let (_, page) = env
+        .get_as(
+            "alice",
+            &format!("/jobs/{job}/logs?q=NEEDLE&after=0-0&limit=3"),
+        )
+        .await;
+    assert_eq!(texts_of(&page), needles[..3]);
+    let after = page["next_after"].as_str().unwrap().to_owned();
+    let (_, page) = env
+        .get_as(
+            "alice",
+            &format!("/jobs/{job}/logs?q=NEEDLE&after={after}&limit=3"),
+        )
+        .await;
+    assert_eq!(texts_of(&page), needles[3..6]);
+    let (_, page) = env
+        .get_as(
+            "alice",
+            &format!("/jobs/{job}/logs?q=NEEDLE&at=1000&limit=2"),
+        )
+        .await;
+    // Entry 1000 is line 998 (entry 1 is the running status).
+    assert_eq!(
+        texts_of(&page),
+        ["line 1067 NEEDLE here", "line 1164 NEEDLE here"]
+    );
+    let (_, page) = env
+        .get_as("alice", &format!("/jobs/{job}/logs?q=no%20such%20text"))
+        .await;
+    assert_eq!(
+        (texts_of(&page).len(), &page["has_more"]),
+        (0, &json!(false))
+    );
+
+    // Bad queries; someone else's job.
+    for q in ["", &"x".repeat(257)] {
+        let (code, body) = env
+            .get_as("alice", &format!("/jobs/{job}/logs?q={q}"))
+            .await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_query");
+    }
+    let (code, _) = env
+        .get_as("mallory", &format!("/jobs/{job}/logs?q=needle"))
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
