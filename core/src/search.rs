@@ -6,10 +6,7 @@
 //! line; a query with other characters lowers both sides with Unicode's full case
 //! mapping.
 
-use std::borrow::Cow;
-
 use aho_corasick::AhoCorasick;
-use serde::Deserialize;
 
 use crate::model::StoredEntry;
 
@@ -35,13 +32,6 @@ pub struct Query {
 enum How {
     Ascii(AhoCorasick),
     Unicode(String),
-}
-
-#[derive(Deserialize)]
-struct LineFields<'a> {
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
 }
 
 impl Query {
@@ -77,13 +67,7 @@ impl Query {
 
     /// Whether `entry` is a `line` whose text contains the query.
     pub fn matches(&self, entry: &StoredEntry) -> bool {
-        match serde_json::from_str::<LineFields>(&entry.json) {
-            Ok(LineFields {
-                kind,
-                text: Some(text),
-            }) if kind == "line" => self.matches_text(&text),
-            _ => false,
-        }
+        crate::raw::line_text(&entry.json).is_some_and(|(text, _)| self.matches_text(&text))
     }
 }
 

@@ -870,7 +870,9 @@ pub fn table(r: &BenchReport) -> String {
              \x20         500-entry page      newest p50/p99 ms   at n=1 p50/p99 ms\n\
              \x20         {:>7} lines     {:>8.2} / {:>6.2}    {:>8.2} / {:>6.2}\n\
              \x20         {:>7} lines     {:>8.2} / {:>6.2}    {:>8.2} / {:>6.2}\n\
-             \x20         SSE replay from the start: {:.0} entries/s",
+             \x20         SSE replay from the start: {:.0} entries/s\n\
+             \x20         raw log: {:.1} MB at {:.0} MB/s; a search matching nothing: {:.0} ms, \
+             {:.0} entries read/s",
             b.lines,
             b.ingest_lines_per_sec,
             b.redis_entries_at_end,
@@ -890,6 +892,10 @@ pub fn table(r: &BenchReport) -> String {
             b.small_first_page.p50_ms,
             b.small_first_page.p99_ms,
             b.sse_replay_entries_per_sec,
+            b.raw_bytes as f64 / 1e6,
+            b.raw_mb_per_sec,
+            b.search_ms,
+            b.search_entries_per_sec,
         );
     } else if let Some(why) = &r.big_job_skipped {
         let _ = writeln!(out, "\nbig job: skipped ({why})");

@@ -8,7 +8,9 @@
 //!   up (`XLEN`), against `LOGSTREAM_MAXLEN` plus one segment, and Redis's memory;
 //! - history: the newest page and the page at `n = 1` (500 entries), p50/p99, on the
 //!   big job and on a 1 000-line job;
-//! - the SSE replay of the whole job from the start, entries/s.
+//! - the SSE replay of the whole job from the start, entries/s;
+//! - the raw log of the whole job, MB/s, and a search for a word no line holds (one
+//!   request reads its whole budget of entries), entries read/s.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +41,13 @@ pub struct BigJob {
     pub small_newest_page: Latency,
     pub small_first_page: Latency,
     pub sse_replay_entries_per_sec: f64,
+    /// The raw log's size and download rate.
+    pub raw_bytes: u64,
+    pub raw_mb_per_sec: f64,
+    /// A search that matches nothing: how long one request took, and the entries it
+    /// read per second.
+    pub search_ms: f64,
+    pub search_entries_per_sec: f64,
 }
 
 /// Runs it against the service at `url` (with its Redis at `redis_url`).
@@ -101,6 +110,25 @@ pub async fn run(
     let small_first_page = pages(http, &first(&small.0), viewer).await?;
 
     let sse_replay_entries_per_sec = replay(http, url, &big.0, viewer, entries).await?;
+    let (raw_bytes, raw_mb_per_sec) = raw(http, url, &big.0, viewer).await?;
+    let started = Instant::now();
+    let found: serde_json::Value = http
+        .get(format!(
+            "{url}/jobs/{}/logs?q=no-line-says-this&limit=10",
+            big.0
+        ))
+        .bearer_auth(viewer)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let search = started.elapsed();
+    if found["lines"].as_array().is_none_or(|l| !l.is_empty()) {
+        bail!("the search found something: {found}");
+    }
+    // One request reads its budget, or the whole job when that is smaller.
+    let read = entries.min(logstream_history::SEARCH_BUDGET as u64);
     Ok(BigJob {
         lines: posted,
         ingest_lines_per_sec,
@@ -115,7 +143,33 @@ pub async fn run(
         small_newest_page,
         small_first_page,
         sse_replay_entries_per_sec,
+        raw_bytes,
+        raw_mb_per_sec,
+        search_ms: search.as_secs_f64() * 1000.0,
+        search_entries_per_sec: read as f64 / search.as_secs_f64(),
     })
+}
+
+/// The raw log of `job`: its size, and MB/s (10^6 bytes) from request to last byte.
+async fn raw(
+    http: &reqwest::Client,
+    url: &str,
+    job: &str,
+    viewer: &str,
+) -> anyhow::Result<(u64, f64)> {
+    let started = Instant::now();
+    let res = http
+        .get(format!("{url}/jobs/{job}/logs/raw"))
+        .bearer_auth(viewer)
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut body = res.bytes_stream();
+    let mut bytes = 0u64;
+    while let Some(chunk) = body.next().await {
+        bytes += chunk?.len() as u64;
+    }
+    Ok((bytes, bytes as f64 / 1e6 / started.elapsed().as_secs_f64()))
 }
 
 async fn job(http: &reqwest::Client, url: &str, key: &str) -> anyhow::Result<(String, String)> {

@@ -127,6 +127,9 @@ pub struct Sample {
     pub delivered_per_sec: f64,
     /// Jobs finished so far.
     pub jobs_done: u64,
+    /// Age of the oldest entry not yet archived, over the jobs being written (the
+    /// segment-age rule's promise); `None` without Redis access.
+    pub oldest_unarchived_secs: Option<f64>,
 }
 
 /// How a figure moved between the start and the end of the measured part.
@@ -156,6 +159,8 @@ pub struct SoakReport {
     pub jobs_followed_wrong: u64,
     /// Failures (requests given up, follows that failed).
     pub errors: u64,
+    /// The oldest unarchived entry's age at its worst over every sample.
+    pub max_oldest_unarchived_secs: Option<f64>,
     pub samples: Vec<Sample>,
     pub trends: Vec<Trend>,
     /// Once the load stopped (in-process only).
@@ -300,6 +305,13 @@ pub async fn run(opts: SoakOptions) -> anyhow::Result<SoakReport> {
             Some(conn) => redis_figures(conn).await,
             None => (None, None),
         };
+        let oldest_unarchived_secs = match redis.as_mut() {
+            Some(conn) => {
+                let jobs: Vec<JobId> = slots.iter().filter_map(|s| s.borrow().clone()).collect();
+                oldest_unarchived(conn, &jobs).await
+            }
+            None => None,
+        };
         let sample = Sample {
             t: now.duration_since(started).as_secs_f64(),
             rss_mb: rss_kb().map(|kb| kb as f64 / 1024.0),
@@ -311,6 +323,7 @@ pub async fn run(opts: SoakOptions) -> anyhow::Result<SoakReport> {
             posted_per_sec: (p - posted) as f64 / secs,
             delivered_per_sec: (d - delivered) as f64 / secs,
             jobs_done: counters.jobs_done.load(Ordering::Relaxed),
+            oldest_unarchived_secs,
         };
         eprintln!("{}", row(&sample));
         samples.push(sample);
@@ -356,6 +369,10 @@ pub async fn run(opts: SoakOptions) -> anyhow::Result<SoakReport> {
         jobs_followed_whole: c.whole.load(Ordering::Relaxed),
         jobs_followed_wrong: wrong,
         errors,
+        max_oldest_unarchived_secs: samples
+            .iter()
+            .filter_map(|s| s.oldest_unarchived_secs)
+            .reduce(f64::max),
         flat: !trends.is_empty()
             && trends.iter().all(|t| t.flat)
             && wrong == 0
@@ -543,7 +560,7 @@ fn row(s: &Sample) -> String {
         |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.prec$}"));
     let int = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     format!(
-        "{:>6.0} {:>8} {:>6} {:>6} {:>7} {:>9} {:>6} {:>9.0} {:>11.0} {:>6}",
+        "{:>6.0} {:>8} {:>6} {:>6} {:>7} {:>9} {:>6} {:>9.0} {:>11.0} {:>6} {:>10}",
         s.t,
         opt(s.rss_mb, 1),
         int(s.fds),
@@ -553,13 +570,13 @@ fn row(s: &Sample) -> String {
         int(s.feeds),
         s.posted_per_sec,
         s.delivered_per_sec,
-        s.jobs_done
+        s.jobs_done,
+        opt(s.oldest_unarchived_secs, 1)
     )
 }
 
 /// The header of the rows printed while the soak runs.
-pub const HEADER: &str =
-    "   t s   rss MB    fds  conns redis c  redis MB  feeds  posted/s delivered/s   jobs";
+pub const HEADER: &str = "   t s   rss MB    fds  conns redis c  redis MB  feeds  posted/s delivered/s   jobs  unarch. s";
 
 /// The report as text: the verdict with its figures.
 pub fn table(r: &SoakReport) -> String {
@@ -585,6 +602,11 @@ pub fn table(r: &SoakReport) -> String {
                 .map_or_else(|| "-".to_owned(), |n| n.to_string())
         ));
     }
+    if let Some(age) = r.max_oldest_unarchived_secs {
+        out.push_str(&format!(
+            "oldest unarchived entry, at its worst: {age:.1} s\n"
+        ));
+    }
     out.push_str("figure          first third  last third  flat\n");
     for t in &r.trends {
         out.push_str(&format!(
@@ -603,6 +625,42 @@ pub fn table(r: &SoakReport) -> String {
         "verdict: NOT flat (see above)\n"
     });
     out
+}
+
+/// The age in seconds of the oldest entry of `jobs` that is not archived yet: the first
+/// entry after the one the job's meta says is archived (`arch_id`). 0 when every
+/// entry is archived.
+async fn oldest_unarchived(
+    conn: &mut redis::aio::MultiplexedConnection,
+    jobs: &[JobId],
+) -> Option<f64> {
+    let mut pipe = redis::pipe();
+    for job in jobs {
+        pipe.cmd("HGET")
+            .arg(format!("job:{{{job}}}:meta"))
+            .arg("arch_id");
+    }
+    let archived: Vec<Option<String>> = pipe.query_async(conn).await.ok()?;
+    let mut pipe = redis::pipe();
+    for (job, upto) in jobs.iter().zip(&archived) {
+        let from = upto
+            .as_deref()
+            .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        pipe.cmd("XRANGE")
+            .arg(format!("job:{{{job}}}:logs"))
+            .arg(from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+    }
+    let firsts: Vec<Vec<(String, HashMap<String, String>)>> = pipe.query_async(conn).await.ok()?;
+    let now = logstream_core::model::now_ms();
+    let oldest = firsts
+        .iter()
+        .filter_map(|entries| entries.first())
+        .filter_map(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+        .min();
+    Some(oldest.map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0))
 }
 
 /// Redis `connected_clients` and `used_memory` (MB).
