@@ -752,6 +752,7 @@ mod tests {
             posted_per_sec: 0.0,
             delivered_per_sec: 0.0,
             jobs_done: 0,
+            oldest_unarchived_secs: None,
         }
     }
 

@@ -283,3 +283,142 @@ async fn search_finds_lines_over_the_whole_job_in_both_directions() {
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
+
+/// POSTs `body` to `/jobs/{job}/secrets` with `token`.
+async fn add_secrets(env: &Env, job: &str, token: &str, body: &Value) -> (StatusCode, Value) {
+    let res = env
+        .http
+        .post(env.url(&format!("/jobs/{job}/secrets")))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("POST secrets");
+    let code = res.status();
+    (code, res.json().await.expect("json"))
+}
+
+/// The `text` of every line of the job, oldest first.
+async fn stored_texts(env: &Env, job: &str) -> Vec<String> {
+    let (_, page) = env
+        .get_as("alice", &format!("/jobs/{job}/logs?after=0-0&limit=500"))
+        .await;
+    page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "line")
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn secrets_added_mid_job_are_redacted_by_every_instance_from_then_on() {
+    // Two service processes over one Redis: two Lambda instances of ingest.
+    let redis = logstream_testkit::redis_server::RedisServer::start().unwrap();
+    let url = redis.url();
+    let a = env_with(&[("REDIS_URL", url.as_str())]).await;
+    let b = env_with(&[("REDIS_URL", url.as_str())]).await;
+    let (job, token) = a.create_job("alice").await;
+    a.set_status(&job, "running").await;
+    let line = |text: &str| json!({"lines": [{"stream": "stdout", "text": text}]});
+    // Instance a has the job's settings cached from here on.
+    assert_eq!(
+        a.post_json(&job, &line("db password is s3cr3t-value"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let (code, body) = add_secrets(&b, &job, &token, &json!({"secrets": ["s3cr3t-value"]})).await;
+    assert_eq!((code, &body), (StatusCode::OK, &json!({"registered": 1})));
+    let (code, body) = add_secrets(&b, &job, &token, &json!({"secrets": ["s3cr3t-value"]})).await;
+    assert_eq!(
+        (code, &body),
+        (StatusCode::OK, &json!({"registered": 0})),
+        "known already"
+    );
+
+    assert_eq!(
+        a.post_json(&job, &line("now: s3cr3t-value, upper S3CR3T-VALUE"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let stage = json!({"type": "stage", "name": "deploy s3cr3t-value", "status": "started"});
+    let res = a
+        .http
+        .post(a.url(&format!("/jobs/{job}/events")))
+        .bearer_auth(&token)
+        .json(&stage)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        stored_texts(&a, &job).await,
+        ["db password is s3cr3t-value", "now: ***, upper ***"],
+        "lines before the registration are not rewritten"
+    );
+    let (_, page) = a
+        .get_as("alice", &format!("/jobs/{job}/logs?limit=1"))
+        .await;
+    assert_eq!(page["lines"][0]["name"], "deploy ***");
+}
+
+#[tokio::test]
+async fn adding_secrets_refuses_bad_input_a_full_list_an_ended_job_and_strangers() {
+    let env = env().await;
+    let (job, token) = env.create_job("alice").await;
+    let (other, other_token) = env.create_job("alice").await;
+
+    for bad in [
+        json!({"secrets": ["abc"]}),
+        json!({"secrets": ["x".repeat(4097)]}),
+        json!({"secrets": "abcd"}),
+        json!({"secrets": [1234]}),
+        json!({}),
+    ] {
+        let (code, body) = add_secrets(&env, &job, &token, &bad).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad} → {body}");
+    }
+    let many: Vec<String> = (0..99).map(|i| format!("secret-{i:03}")).collect();
+    assert_eq!(
+        add_secrets(&env, &job, &token, &json!({ "secrets": many })).await,
+        (StatusCode::OK, json!({"registered": 99}))
+    );
+    let two = json!({"secrets": ["one-more", "and-another"]});
+    let (code, body) = add_secrets(&env, &job, &token, &two).await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_secrets");
+    assert_eq!(
+        add_secrets(&env, &job, &token, &json!({"secrets": ["the-100th"]})).await,
+        (StatusCode::OK, json!({"registered": 1}))
+    );
+
+    // Another job's token, no token, an unknown job.
+    let (code, _) = add_secrets(&env, &job, &other_token, &json!({"secrets": ["abcd"]})).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let res = env
+        .http
+        .post(env.url(&format!("/jobs/{job}/secrets")))
+        .json(&json!({"secrets": ["abcd"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let (code, _) = add_secrets(
+        &env,
+        "no-such-job",
+        INGEST_KEY,
+        &json!({"secrets": ["abcd"]}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    // An ended job takes no more.
+    env.set_status(&other, "running").await;
+    env.set_status(&other, "failed").await;
+    let (code, body) = add_secrets(&env, &other, &other_token, &json!({"secrets": ["abcd"]})).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+}

@@ -6,6 +6,7 @@
 //! | `POST /jobs/{id}/logs` | appends a batch of lines (JSON or `text/plain`) |
 //! | `POST /jobs/{id}/events` | appends a stage event |
 //! | `PUT /jobs/{id}/status` | moves the job through its states |
+//! | `POST /jobs/{id}/secrets` | registers more secrets for the rest of the job |
 //!
 //! A batch is parsed ([`logstream_core::batch`]) and sanitized completely before
 //! Redis is touched, then appended by one script in one round trip: it is stored whole
@@ -49,7 +50,8 @@ use logstream_shared::auth::pipeline::{
 use logstream_shared::clients::{Clients, Host};
 use logstream_shared::config::ConfigError;
 use logstream_shared::store::{
-    AppendOutcome, Appended, LogStore, NewJob, Socket, StatusOutcome, StoreError, ToAppend,
+    AppendOutcome, Appended, LogStore, NewJob, SecretsOutcome, Socket, StatusOutcome, StoreError,
+    ToAppend,
 };
 use logstream_shared::web::error::ApiError;
 use logstream_shared::web::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
@@ -131,6 +133,7 @@ pub fn routes(state: Arc<IngestState>) -> Router {
         .route("/jobs/{id}/logs", post(post_logs))
         .route("/jobs/{id}/events", post(post_event))
         .route("/jobs/{id}/status", put(put_status))
+        .route("/jobs/{id}/secrets", post(post_secrets))
         .with_state(state)
 }
 
@@ -139,10 +142,13 @@ pub fn router(state: Arc<IngestState>, cors_origins: &[HeaderValue]) -> Router {
     finish(routes(state), cors_origins)
 }
 
-/// What a job's writes need to know, fixed at its creation.
+/// What a job's writes need to know: fixed at its creation, but for the secrets that
+/// `POST /jobs/{id}/secrets` adds (the write check then changes, and a batch sanitized
+/// without them is refused by the append script and sanitized again).
 struct JobSettings {
     token_hash: String,
-    generation: String,
+    /// The job's write check (`JobMeta::write_check`) when these settings were read.
+    check: String,
     /// Shared by every job without literal secrets (see [`sanitizer_for`]).
     sanitizer: Arc<Sanitizer>,
 }
@@ -234,8 +240,8 @@ impl IngestState {
             return Ok(None);
         };
         let settings = Arc::new(JobSettings {
+            check: meta.write_check(),
             token_hash: meta.token_hash,
-            generation: meta.generation,
             sanitizer: sanitizer_for(&meta.secrets),
         });
         // An ended job takes no more writes: not worth keeping.
@@ -303,13 +309,7 @@ impl IngestState {
             let ends_at = batch.carry();
             match self
                 .store
-                .append_carrying(
-                    job,
-                    &settings.generation,
-                    seq,
-                    Some((carry, ends_at)),
-                    &entries,
-                )
+                .append_carrying(job, &settings.check, seq, Some((carry, ends_at)), &entries)
                 .await?
             {
                 AppendOutcome::Carry(stored) => carry = stored,
@@ -452,6 +452,79 @@ fn just_before(id: EntryId) -> EntryId {
     }
 }
 
+/// 400 unless every secret is [`MIN_SECRET_LEN`]–[`MAX_SECRET_LEN`] bytes.
+fn check_secrets(secrets: &[String]) -> Result<(), ApiError> {
+    match secrets
+        .iter()
+        .position(|s| s.len() < MIN_SECRET_LEN || s.len() > MAX_SECRET_LEN)
+    {
+        Some(bad) => Err(ApiError::bad_request(
+            "invalid_secrets",
+            format!(
+                "secrets[{bad}] must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} bytes (shorter would redact ordinary text)"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AddSecrets {
+    secrets: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SecretsAdded {
+    /// How many of the request's secrets were new to the job.
+    registered: usize,
+}
+
+/// `POST /jobs/{id}/secrets`: more secrets for the rest of a running job, with the
+/// same credentials as its writes. Every instance's next batch of the job is
+/// sanitized with them (the write check changed; see [`JobSettings`]); lines stored
+/// before are not rewritten.
+#[tracing::instrument(skip_all, fields(job_id = %job))]
+async fn post_secrets(
+    State(state): State<Arc<IngestState>>,
+    JobPath(job): JobPath,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Result<impl IntoResponse, ApiError> {
+    state.authorize(&headers, &job).await?;
+    let req: AddSecrets = parse_json(&body)?;
+    check_secrets(&req.secrets)?;
+    if req.secrets.len() > MAX_SECRETS {
+        return Err(too_many_secrets());
+    }
+    let outcome = state
+        .store
+        .add_secrets(&job, &req.secrets, MAX_SECRETS)
+        .await?;
+    // This instance reads the job again on its next write; others learn it from the
+    // append script.
+    state.jobs.forget(&job);
+    match outcome {
+        SecretsOutcome::Added(registered) => {
+            tracing::info!(registered, "secrets registered");
+            Ok(Json(SecretsAdded { registered }))
+        }
+        SecretsOutcome::Full(_) => Err(too_many_secrets()),
+        SecretsOutcome::NotFound => Err(ApiError::job_not_found()),
+        SecretsOutcome::Terminal => Err(ApiError::conflict(
+            "job_finished",
+            "the job has ended; it takes no more secrets",
+        )),
+    }
+}
+
+fn too_many_secrets() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_secrets",
+        format!("a job has at most {MAX_SECRETS} secrets"),
+    )
+}
+
 #[derive(Debug, Deserialize)]
 struct CreateJob {
     job_id: Option<String>,
@@ -497,18 +570,7 @@ async fn create_job(
             format!("at most {MAX_SECRETS} secrets per job"),
         ));
     }
-    if let Some(bad) = req
-        .secrets
-        .iter()
-        .position(|s| s.len() < MIN_SECRET_LEN || s.len() > MAX_SECRET_LEN)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_secrets",
-            format!(
-                "secrets[{bad}] must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} bytes (shorter would redact ordinary text)"
-            ),
-        ));
-    }
+    check_secrets(&req.secrets)?;
     let ingest_token = new_ingest_token();
     let hash = token_hash(&ingest_token);
     let generation = random_hex(8);
@@ -529,7 +591,7 @@ async fn create_job(
         &job,
         Arc::new(JobSettings {
             token_hash: hash,
-            generation,
+            check: generation,
             sanitizer: sanitizer_for(&req.secrets),
         }),
     );
@@ -699,25 +761,34 @@ async fn post_event(
             format!("name must be 1-{MAX_NAME_LEN} bytes"),
         ));
     }
-    let name = settings.sanitizer.batch().line(name).into_owned();
-    let entry = NewEntry {
-        ts: event.ts.unwrap_or_else(now_ms),
-        body: EntryBody::Stage {
-            name,
-            status: event.status,
-        },
-    }
-    .to_stored_json();
-    match state
-        .store
-        .append(
-            &job,
-            &settings.generation,
-            None,
-            std::slice::from_ref(&entry),
-        )
-        .await?
-    {
+    // Sanitized with the job's secrets; once more if they changed meanwhile.
+    let mut settings = settings;
+    let mut reloaded = false;
+    let (entry, appended) = loop {
+        let entry = NewEntry {
+            ts: event.ts.unwrap_or_else(now_ms),
+            body: EntryBody::Stage {
+                name: settings.sanitizer.batch().line(name).into_owned(),
+                status: event.status,
+            },
+        }
+        .to_stored_json();
+        let outcome = state
+            .store
+            .append(&job, &settings.check, None, std::slice::from_ref(&entry))
+            .await?;
+        match outcome {
+            AppendOutcome::Stale if !reloaded => {
+                reloaded = true;
+                settings = state
+                    .load_settings(&job)
+                    .await?
+                    .ok_or_else(ApiError::job_not_found)?;
+            }
+            outcome => break (entry, outcome),
+        }
+    };
+    match appended {
         AppendOutcome::Appended(appended) => {
             let Some((first, _)) = appended.ids else {
                 return Err(ApiError::unavailable("the event was not stored"));
@@ -831,7 +902,7 @@ mod tests {
     fn settings(secrets: &[String]) -> Arc<JobSettings> {
         Arc::new(JobSettings {
             token_hash: String::new(),
-            generation: String::new(),
+            check: String::new(),
             sanitizer: sanitizer_for(secrets),
         })
     }

@@ -6,10 +6,13 @@ use logstream_core::model::{EntryBody, JobStatus, LineStream, NewEntry, now_ms};
 
 use super::keys::{ARCHIVE_QUEUE, JobKeys};
 use super::reads::parse_id;
-use super::scripts::{APPEND, ARCHIVED_UPTO, CREATE, LEASE, MARK_ARCHIVED, RELEASE, SET_STATUS};
+use super::scripts::{
+    ADD_SECRETS, APPEND, ARCHIVED_UPTO, CREATE, LEASE, MARK_ARCHIVED, RELEASE, SET_STATUS,
+};
 use super::sockets::Socket;
 use super::{
-    AppendOutcome, Appended, JobMeta, LogStore, NewJob, StatusOutcome, StoreError, ToAppend,
+    AppendOutcome, Appended, JobMeta, LogStore, NewJob, SecretsOutcome, StatusOutcome, StoreError,
+    ToAppend,
 };
 
 impl LogStore {
@@ -186,6 +189,40 @@ impl LogStore {
             }
             other => Err(StoreError::Corrupt(format!(
                 "append script answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Registers `secrets` for the rest of the running job (the `ADD_SECRETS` script), at
+    /// most `max` in all.
+    pub async fn add_secrets(
+        &self,
+        job: &JobId,
+        secrets: &[String],
+        max: usize,
+    ) -> Result<SecretsOutcome, StoreError> {
+        let keys = JobKeys::new(job);
+        let reply: Vec<String> = self
+            .run(|mut c| {
+                let mut inv = ADD_SECRETS.key(&keys.meta);
+                inv.arg(max);
+                for secret in secrets {
+                    inv.arg(secret);
+                }
+                async move { inv.invoke(&mut c).await }
+            })
+            .await?;
+        let count = |raw: &str| {
+            raw.parse::<usize>()
+                .map_err(|_| StoreError::Corrupt(format!("add_secrets answered {raw:?}")))
+        };
+        match reply.as_slice() {
+            [tag, added] if tag == "ok" => Ok(SecretsOutcome::Added(count(added)?)),
+            [tag, have] if tag == "full" => Ok(SecretsOutcome::Full(count(have)?)),
+            [tag] if tag == "missing" => Ok(SecretsOutcome::NotFound),
+            [tag] if tag == "terminal" => Ok(SecretsOutcome::Terminal),
+            other => Err(StoreError::Corrupt(format!(
+                "add_secrets answered {other:?}"
             ))),
         }
     }
@@ -473,7 +510,7 @@ impl LogStore {
     }
 }
 
-pub(super) const META_FIELDS: [&str; 15] = [
+pub(super) const META_FIELDS: [&str; 16] = [
     "owner",
     "status",
     "created_at",
@@ -489,6 +526,7 @@ pub(super) const META_FIELDS: [&str; 15] = [
     "arch_n",
     "arch_id",
     "arch_b",
+    "sv",
 ];
 
 fn parse_status(raw: &str) -> Result<JobStatus, StoreError> {
@@ -513,7 +551,8 @@ pub(super) fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>,
         archived_n,
         archived_id,
         archived_bytes,
-    ]: [Option<String>; 15] = values
+        secrets_version,
+    ]: [Option<String>; 16] = values
         .try_into()
         .map_err(|v: Vec<_>| StoreError::Corrupt(format!("HMGET answered {} fields", v.len())))?;
     let (Some(owner), Some(status)) = (owner, status) else {
@@ -548,5 +587,6 @@ pub(super) fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>,
             _ => None,
         },
         archived_bytes: number("arch_b", archived_bytes)?.unwrap_or(0),
+        secrets_version: number("sv", secrets_version)?.unwrap_or(0),
     }))
 }

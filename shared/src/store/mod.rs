@@ -144,6 +144,33 @@ pub struct JobMeta {
     /// and the stored JSON bytes up to it.
     pub archived_upto: Option<(u64, EntryId)>,
     pub archived_bytes: u64,
+    /// How many times secrets were added after creation (`sv`).
+    pub secrets_version: u64,
+}
+
+impl JobMeta {
+    /// What a writer that sanitized with this meta's secrets hands the append script,
+    /// which refuses it (`stale`) once the job was recreated or got more secrets:
+    /// `gen`, or `gen#sv` after secrets were added.
+    pub fn write_check(&self) -> String {
+        if self.secrets_version == 0 {
+            self.generation.clone()
+        } else {
+            format!("{}#{}", self.generation, self.secrets_version)
+        }
+    }
+}
+
+/// What registering more secrets did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretsOutcome {
+    /// Registered; this many were new.
+    Added(usize),
+    /// The job would have more than allowed; it has this many.
+    Full(usize),
+    NotFound,
+    /// The job has ended.
+    Terminal,
 }
 
 /// A job to create.

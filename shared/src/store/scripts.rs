@@ -48,7 +48,8 @@ end
     };
 }
 
-/// Appends a batch if the job exists, is not terminal, has the caller's `gen` and the
+/// Appends a batch if the job exists, is not terminal, has the caller's write check
+/// (`gen`, or `gen#sv` once secrets were added: see [`ADD_SECRETS`]) and the
 /// batch's `seq` is new, and the batch was sanitized from the job's stored private-key
 /// carry (`pem`, see `logstream_core::sanitize::Batch::carry`; `carry` with the stored
 /// one otherwise, so the caller sanitizes again). Every entry gets the job's next `n`.
@@ -71,9 +72,11 @@ pub(super) static APPEND: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(concat!(
         r"
 local m = redis.call('HMGET', KEYS[1], 'status', 'gen', 'seq', 'pem', 'n', 'bytes', 'trunc',
-  'stored', 'arch_n', 'arch_b')
+  'stored', 'arch_n', 'arch_b', 'sv')
 if not m[1] then return {'missing'} end
-if ARGV[1] ~= '' and m[2] ~= ARGV[1] then return {'stale'} end
+local check = m[2]
+if m[11] then check = (m[2] or '') .. '#' .. m[11] end
+if ARGV[1] ~= '' and check ~= ARGV[1] then return {'stale'} end
 if ARGV[2] ~= '' then
   if m[3] and tonumber(ARGV[2]) <= tonumber(m[3]) then return {'duplicate'} end
 end
@@ -123,6 +126,41 @@ for _, c in ipairs(redis.call('HGETALL', KEYS[3])) do r[#r + 1] = c end
 return r
 ",
     ))
+});
+
+/// Registers more literal secrets for the rest of a running job: adds the ones it does
+/// not have to the meta hash's `secrets` (a JSON array), at most `ARGV[1]` in all, and
+/// counts the change in `sv`, which is part of the append script's write check: a
+/// batch sanitized by any instance with the old list is answered `stale`, and that
+/// instance reloads the job and sanitizes it again. KEYS: meta. ARGV: the most secrets
+/// a job may have, then the secrets. Answers `ok` and how many were new; `missing`;
+/// `terminal`; `full` and how many the job has.
+pub(super) static ADD_SECRETS: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local m = redis.call('HMGET', KEYS[1], 'status', 'secrets')
+if not m[1] then return {'missing'} end
+if m[1] == 'ready' or m[1] == 'failed' then return {'terminal'} end
+local have = {}
+if m[2] and m[2] ~= '[]' then have = cjson.decode(m[2]) end
+local seen = {}
+for _, s in ipairs(have) do seen[s] = true end
+local added = 0
+for i = 2, #ARGV do
+  if not seen[ARGV[i]] then
+    seen[ARGV[i]] = true
+    have[#have + 1] = ARGV[i]
+    added = added + 1
+  end
+end
+if #have > tonumber(ARGV[1]) then return {'full', tostring(#have - added)} end
+if added > 0 then
+  redis.call('HSET', KEYS[1], 'secrets', cjson.encode(have))
+  redis.call('HINCRBY', KEYS[1], 'sv', 1)
+end
+return {'ok', tostring(added)}
+",
+    )
 });
 
 /// Moves a job to a new status, appending its `status` entry (numbered like any
