@@ -140,6 +140,7 @@ impl Config {
             jwks,
             issuer: get("LOGSTREAM_JWT_ISSUER"),
             audience: get("LOGSTREAM_JWT_AUDIENCE"),
+            org_claim: get("LOGSTREAM_JWT_ORG_CLAIM"),
         };
 
         let cors_origins = match get("LOGSTREAM_CORS_ORIGINS") {

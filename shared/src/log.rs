@@ -48,6 +48,7 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobInfo {
     pub owner: String,
+    pub org: Option<String>,
     pub status: JobStatus,
     pub created_at: u64,
     pub finished_at: Option<u64>,
@@ -65,6 +66,7 @@ impl From<&JobMeta> for JobInfo {
     fn from(meta: &JobMeta) -> Self {
         Self {
             owner: meta.owner.clone(),
+            org: meta.org.clone(),
             status: meta.status,
             created_at: meta.created_at,
             finished_at: meta.finished_at,
@@ -80,6 +82,7 @@ impl From<&Manifest> for JobInfo {
     fn from(manifest: &Manifest) -> Self {
         Self {
             owner: manifest.owner.clone(),
+            org: manifest.org.clone(),
             status: manifest.status,
             created_at: manifest.created_at,
             finished_at: manifest.finished_at,
@@ -94,6 +97,10 @@ impl From<&Manifest> for JobInfo {
 impl ReadableJob for JobInfo {
     fn owner(&self) -> &str {
         &self.owner
+    }
+
+    fn org(&self) -> Option<&str> {
+        self.org.as_deref()
     }
 }
 

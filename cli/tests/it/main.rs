@@ -18,6 +18,7 @@ mod run_command;
 mod sse_api;
 mod support;
 mod tail_command;
+mod team_access;
 mod tls;
 mod viewer_e2e;
 mod ws_api;

@@ -97,6 +97,7 @@ pub fn router(state: Arc<HistoryState>, cors_origins: &[HeaderValue]) -> Router 
 #[derive(Debug, Serialize)]
 struct JobOut {
     job_id: JobId,
+    org: Option<String>,
     status: JobStatus,
     created_at: u64,
     finished_at: Option<u64>,
@@ -120,6 +121,7 @@ async fn get_job(
     };
     Ok(Json(JobOut {
         job_id: job,
+        org: info.org,
         status: info.status,
         created_at: info.created_at,
         finished_at: info.finished_at,

@@ -64,6 +64,8 @@ pub const MIN_SECRET_LEN: usize = 4;
 pub const MAX_SECRET_LEN: usize = 4096;
 /// Longest owner id and stage name.
 pub const MAX_NAME_LEN: usize = 256;
+/// Longest organisation id.
+pub const MAX_ORG_LEN: usize = 128;
 
 /// Everything the ingest routes share, built once per process.
 pub struct IngestState {
@@ -529,6 +531,9 @@ fn too_many_secrets() -> ApiError {
 struct CreateJob {
     job_id: Option<String>,
     owner: String,
+    /// The organisation whose members read the job too.
+    #[serde(default)]
+    org: Option<String>,
     #[serde(default)]
     secrets: Vec<String>,
 }
@@ -564,6 +569,18 @@ async fn create_job(
             format!("owner must be 1-{MAX_NAME_LEN} characters without control characters"),
         ));
     }
+    if let Some(org) = &req.org
+        && (org.is_empty()
+            || org.len() > MAX_ORG_LEN
+            || !org
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_org",
+            format!("org must be 1-{MAX_ORG_LEN} characters of A-Z, a-z, 0-9, _ and -"),
+        ));
+    }
     if req.secrets.len() > MAX_SECRETS {
         return Err(ApiError::bad_request(
             "invalid_secrets",
@@ -580,6 +597,7 @@ async fn create_job(
         secrets: &req.secrets,
         generation: &generation,
         created_at: now_ms(),
+        org: req.org.as_deref(),
     };
     if !state.store.create_job(&job, &new).await? {
         return Err(ApiError::conflict(

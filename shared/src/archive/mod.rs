@@ -135,6 +135,10 @@ pub struct Manifest {
     /// the same id are not this one's.
     pub generation: String,
     pub owner: String,
+    /// The organisation whose members read the job too (absent in manifests written
+    /// before orgs existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
     pub status: JobStatus,
     pub created_at: u64,
     pub finished_at: Option<u64>,
@@ -162,6 +166,7 @@ impl Manifest {
             job_id: job.clone(),
             generation: meta.generation.clone(),
             owner: meta.owner.clone(),
+            org: meta.org.clone(),
             status: meta.status,
             created_at: meta.created_at,
             finished_at: None,
@@ -180,6 +185,7 @@ impl Manifest {
     /// Takes the job's status, times and counts from `meta`.
     pub fn describe(&mut self, meta: &JobMeta) {
         self.owner.clone_from(&meta.owner);
+        self.org.clone_from(&meta.org);
         self.status = meta.status;
         self.created_at = meta.created_at;
         self.finished_at = meta.finished_at;

@@ -85,7 +85,14 @@ pub struct JwtSettings {
     /// When set, `aud` (a string or an array) must contain it, or `azp` must equal it. Clerk
     /// session tokens carry `azp`, not `aud`.
     pub audience: Option<String>,
+    /// The claim holding the viewer's organisation (`LOGSTREAM_JWT_ORG_CLAIM`): a name,
+    /// or a dotted path into nested objects (`o.id`, Clerk's v2 session tokens).
+    /// `None` means [`DEFAULT_ORG_CLAIM`].
+    pub org_claim: Option<String>,
 }
+
+/// The claim read for the viewer's organisation without `LOGSTREAM_JWT_ORG_CLAIM`.
+pub const DEFAULT_ORG_CLAIM: &str = "org_id";
 
 impl fmt::Debug for JwtSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -97,6 +104,7 @@ impl fmt::Debug for JwtSettings {
             .field("jwks", &self.jwks.as_ref().map(JwksSummary))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("org_claim", &self.org_claim)
             .finish()
     }
 }
@@ -121,6 +129,9 @@ pub struct Viewer {
     /// When the token expires (its `exp`), in milliseconds since the epoch: open
     /// streams end then, and the client comes back with a fresh token.
     pub expires_at_ms: Option<u64>,
+    /// The viewer's organisation (the org claim, when it is a non-empty string): it
+    /// reads the jobs of that org as their owners do.
+    pub org: Option<String>,
 }
 
 /// Why [`ViewerAuth::new`] refused the settings. Each message names the variable to fix.
@@ -141,6 +152,9 @@ pub enum JwtSetupError {
     /// The inline JWKS is not a JSON object with a `keys` array.
     #[error("LOGSTREAM_JWKS_JSON is not a JWKS document: {0}")]
     BadInlineJwks(String),
+    /// The org claim's path has an empty part.
+    #[error("LOGSTREAM_JWT_ORG_CLAIM {0:?} is not a claim name or a dotted path of names")]
+    BadOrgClaim(String),
     /// The inline JWKS parsed, but none of its keys can verify RS256 signatures.
     #[error(
         "LOGSTREAM_JWKS_JSON has no usable RSA signing key (needs kty \"RSA\", use \"sig\" or absent)"
@@ -199,6 +213,8 @@ struct Inner {
     rs256: Option<KeyStore>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// The org claim's path, one name per level.
+    org_path: Vec<String>,
     hs256_rules: Validation,
     rs256_rules: Validation,
 }
@@ -218,7 +234,13 @@ impl ViewerAuth {
             jwks,
             issuer,
             audience,
+            org_claim,
         } = settings;
+        let org_claim = org_claim.unwrap_or_else(|| DEFAULT_ORG_CLAIM.to_owned());
+        let org_path: Vec<String> = org_claim.split('.').map(str::to_owned).collect();
+        if org_path.iter().any(|part| part.trim().is_empty()) {
+            return Err(JwtSetupError::BadOrgClaim(org_claim));
+        }
 
         let hs256 = match hs256_secret {
             None => None,
@@ -256,6 +278,7 @@ impl ViewerAuth {
                 rs256,
                 issuer,
                 audience,
+                org_path,
                 hs256_rules: validation_rules(Algorithm::HS256),
                 rs256_rules: validation_rules(Algorithm::RS256),
             }),
@@ -383,6 +406,9 @@ struct Claims {
     /// Checked by jsonwebtoken already; kept for when open streams must end.
     #[serde(default)]
     exp: Option<Value>,
+    /// Every other claim: where the org claim is looked up.
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
 }
 
 impl Inner {
@@ -407,9 +433,23 @@ impl Inner {
             }
         }
 
+        let (first, deeper) = self
+            .org_path
+            .split_first()
+            .map_or(("", &[][..]), |(first, rest)| (first.as_str(), rest));
+        let org = deeper
+            .iter()
+            .try_fold(claims.rest.get(first), |value, part| {
+                Some(value?.as_object()?.get(part.as_str()))
+            })
+            .flatten()
+            .and_then(Value::as_str)
+            .filter(|org| !org.trim().is_empty())
+            .map(str::to_owned);
         match claims.sub {
             Some(Value::String(user)) if !user.trim().is_empty() => Ok(Viewer {
                 user,
+                org,
                 expires_at_ms: claims
                     .exp
                     .as_ref()
@@ -596,6 +636,7 @@ mod tests {
             jwks,
             issuer: Some(ISSUER.to_owned()),
             audience: None,
+            org_claim: None,
         }
     }
 
@@ -931,6 +972,64 @@ mod tests {
                 auth.verify(&token).await,
                 Err(JwtError::WrongAudience)
             ));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_org_comes_from_org_id_or_the_configured_dotted_path() {
+        let org_of = |auth: ViewerAuth, claims: Value| async move {
+            let token = rs256(RSA_A, Some("key-a"), &claims);
+            auth.verify(&token).await.unwrap().org
+        };
+        let default = || inline_auth(JWKS_A);
+        assert_eq!(org_of(default(), claims()).await, None, "no claim, no org");
+        assert_eq!(
+            org_of(default(), with(claims(), "org_id", json!("org_2x"))).await,
+            Some("org_2x".to_owned())
+        );
+        for not_an_org in [json!(""), json!(7), json!({"id": "x"}), json!(null)] {
+            assert_eq!(
+                org_of(default(), with(claims(), "org_id", not_an_org)).await,
+                None
+            );
+        }
+        let nested = || {
+            ViewerAuth::new(
+                JwtSettings {
+                    org_claim: Some("o.id".to_owned()),
+                    ..settings(Some(JwksSource::Inline(JWKS_A.to_owned())), None)
+                },
+                http(),
+            )
+            .unwrap()
+        };
+        let v2 = with(claims(), "o", json!({"id": "org_v2", "rol": "admin"}));
+        assert_eq!(
+            org_of(nested(), v2.clone()).await,
+            Some("org_v2".to_owned())
+        );
+        assert_eq!(
+            org_of(nested(), with(claims(), "org_id", json!("org_2x"))).await,
+            None,
+            "only the configured claim counts"
+        );
+        assert_eq!(
+            org_of(nested(), with(claims(), "o", json!("flat"))).await,
+            None
+        );
+        for bad in ["", "o.", ".id", "o..id"] {
+            let err = ViewerAuth::new(
+                JwtSettings {
+                    org_claim: Some(bad.to_owned()),
+                    ..settings(Some(JwksSource::Inline(JWKS_A.to_owned())), None)
+                },
+                http(),
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("LOGSTREAM_JWT_ORG_CLAIM"),
+                "{bad:?}: {err}"
+            );
         }
     }
 

@@ -35,6 +35,10 @@ impl LogStore {
             "gen",
             new.generation,
         ];
+        let mut fields: Vec<&str> = fields.to_vec();
+        if let Some(org) = new.org {
+            fields.extend(["org", org]);
+        }
         let ttl = self.retention.ttl_secs;
         if self.retention.archived {
             // Queued before it exists, so no job with an archive is ever left out of
@@ -510,7 +514,7 @@ impl LogStore {
     }
 }
 
-pub(super) const META_FIELDS: [&str; 16] = [
+pub(super) const META_FIELDS: [&str; 17] = [
     "owner",
     "status",
     "created_at",
@@ -527,6 +531,7 @@ pub(super) const META_FIELDS: [&str; 16] = [
     "arch_id",
     "arch_b",
     "sv",
+    "org",
 ];
 
 fn parse_status(raw: &str) -> Result<JobStatus, StoreError> {
@@ -552,7 +557,8 @@ pub(super) fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>,
         archived_id,
         archived_bytes,
         secrets_version,
-    ]: [Option<String>; 16] = values
+        org,
+    ]: [Option<String>; 17] = values
         .try_into()
         .map_err(|v: Vec<_>| StoreError::Corrupt(format!("HMGET answered {} fields", v.len())))?;
     let (Some(owner), Some(status)) = (owner, status) else {
@@ -588,5 +594,6 @@ pub(super) fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>,
         },
         archived_bytes: number("arch_b", archived_bytes)?.unwrap_or(0),
         secrets_version: number("sv", secrets_version)?.unwrap_or(0),
+        org,
     }))
 }

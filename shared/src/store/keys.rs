@@ -3,7 +3,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `job:{ID}:logs` | stream | the job's entries, field `e` = entry JSON without its id; `XADD MAXLEN ~ $LOGSTREAM_MAXLEN` |
-//! | `job:{ID}:meta` | hash | `owner`, `status`, `created_at`, `finished_at`, `token` (SHA-256 of the ingest token), `secrets` (JSON array), `seq` (last accepted batch seq), `gen`, `archived` (the whole job is in `build.jsonl`), `pem` (private-key carry), `n` (the last entry's number), `bytes` (stored text bytes), `trunc` (the size limit was hit), `stored` (stored JSON bytes), `arch_n`/`arch_id`/`arch_b` (number, id and JSON bytes archived so far in segments), `idx_lo` (the lowest block left in `idx`), `sv` (how many times secrets were added) |
+//! | `job:{ID}:meta` | hash | `owner`, `status`, `created_at`, `finished_at`, `token` (SHA-256 of the ingest token), `secrets` (JSON array), `seq` (last accepted batch seq), `gen`, `archived` (the whole job is in `build.jsonl`), `pem` (private-key carry), `n` (the last entry's number), `bytes` (stored text bytes), `trunc` (the size limit was hit), `stored` (stored JSON bytes), `arch_n`/`arch_id`/`arch_b` (number, id and JSON bytes archived so far in segments), `idx_lo` (the lowest block left in `idx`), `sv` (how many times secrets were added), `org` (the organisation that reads it too) |
 //! | `job:{ID}:idx` | hash | block `b` → the id of entry `n = 256·b + 1`: where entry numbers are found in the stream (`?at=N`) |
 //! | `job:{ID}:flush` | string | the lease of the archiver flushing the job's segments (a random token, with an expiry) |
 //! | `job:{ID}:ws` | hash | WebSocket connection id → its token's expiry (ms, 0 for none), for every connection following the job |

@@ -146,6 +146,8 @@ pub struct JobMeta {
     pub archived_bytes: u64,
     /// How many times secrets were added after creation (`sv`).
     pub secrets_version: u64,
+    /// The organisation whose members read the job as its owner does.
+    pub org: Option<String>,
 }
 
 impl JobMeta {
@@ -181,6 +183,8 @@ pub struct NewJob<'a> {
     pub secrets: &'a [String],
     pub generation: &'a str,
     pub created_at: u64,
+    /// The organisation that reads it too.
+    pub org: Option<&'a str>,
 }
 
 /// The result of appending a batch.

@@ -1,0 +1,210 @@
+//! Team access over HTTP and WebSocket through `logstream dev`: a job created with an
+//! `org` is read by members of that org (the JWT's org claim) on every read route,
+//! exactly as its owner reads it, including once Redis has forgotten the job; anyone
+//! else still gets 404.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use logstream_testkit::fixtures::viewer_token_with;
+
+/// Creates a job of `owner` in `org`; returns its id.
+async fn create_in_org(env: &Env, owner: &str, org: &Value) -> (StatusCode, Value) {
+    let res = env
+        .http
+        .post(env.url("/jobs"))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"owner": owner, "org": org}))
+        .send()
+        .await
+        .unwrap();
+    let code = res.status();
+    (code, res.json().await.unwrap())
+}
+
+/// The status of every read route of `job` for `token`: info, a page, a search, the
+/// raw log, the SSE stream and a WebSocket connection.
+async fn read_statuses(env: &Env, job: &str, token: &str) -> Vec<u16> {
+    let mut out = Vec::new();
+    for path in [
+        format!("/jobs/{job}"),
+        format!("/jobs/{job}/logs"),
+        format!("/jobs/{job}/logs?q=hello"),
+        format!("/jobs/{job}/logs/raw"),
+    ] {
+        let res = env
+            .http
+            .get(env.url(&path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        out.push(res.status().as_u16());
+    }
+    let res = env
+        .http
+        .get(env.url(&format!("/jobs/{job}/logs/stream?from=start")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    out.push(res.status().as_u16());
+    drop(res);
+    let url = format!(
+        "ws://{}/ws?job_id={job}&access_token={token}",
+        env.server.addr
+    );
+    out.push(match tokio_tungstenite::connect_async(url).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("websocket: {other}"),
+    });
+    out
+}
+
+const READ: [u16; 6] = [200, 200, 200, 200, 200, 101];
+const HIDDEN: [u16; 6] = [404, 404, 404, 404, 404, 404];
+
+#[tokio::test]
+async fn members_of_the_jobs_org_read_it_everywhere_and_others_get_404() {
+    let env = env().await;
+    let (code, created) = create_in_org(&env, "alice", &json!("acme")).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let job = created["job_id"].as_str().unwrap().to_owned();
+    env.post_lines(&job, "hello", 3).await;
+
+    let (_, info) = env.get_as("alice", &format!("/jobs/{job}")).await;
+    assert_eq!(info["org"], "acme");
+    assert_eq!(
+        read_statuses(&env, &job, &viewer_token("alice", 300)).await,
+        READ
+    );
+    let bob_in_acme = viewer_token_with("bob", json!({"org_id": "acme"}));
+    assert_eq!(read_statuses(&env, &job, &bob_in_acme).await, READ);
+    let page: Value = env
+        .http
+        .get(env.url(&format!("/jobs/{job}/logs?q=hello")))
+        .bearer_auth(&bob_in_acme)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["lines"].as_array().unwrap().len(), 3);
+    for other in [
+        viewer_token_with("bob", json!({"org_id": "other"})),
+        viewer_token_with("bob", json!({"org_id": "ACME"})),
+        viewer_token_with("bob", json!({})),
+        viewer_token_with("bob", json!({"o": {"id": "acme"}})),
+    ] {
+        assert_eq!(read_statuses(&env, &job, &other).await, HIDDEN);
+    }
+
+    // A job without an org stays its owner's alone.
+    let (plain, _) = env.create_job("alice").await;
+    assert_eq!(read_statuses(&env, &plain, &bob_in_acme).await, HIDDEN);
+}
+
+#[tokio::test]
+async fn the_org_claim_can_be_a_dotted_path_and_the_org_rule_holds_from_the_archive() {
+    let env = env_with(&[("LOGSTREAM_JWT_ORG_CLAIM", "o.id")]).await;
+    let (_, created) = create_in_org(&env, "alice", &json!("org_2abc")).await;
+    let job = created["job_id"].as_str().unwrap().to_owned();
+    env.set_status(&job, "running").await;
+    env.post_lines(&job, "hello", 2).await;
+    env.set_status(&job, "ready").await;
+    let v2 = viewer_token_with("bob", json!({"o": {"id": "org_2abc", "rol": "admin"}}));
+    let flat = viewer_token_with("bob", json!({"org_id": "org_2abc"}));
+    let get = |token: String, path: String| {
+        let env = &env;
+        async move {
+            env.http
+                .get(env.url(&path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        get(v2.clone(), format!("/jobs/{job}/logs")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(flat.clone(), format!("/jobs/{job}/logs")).await,
+        StatusCode::NOT_FOUND,
+        "only the configured claim counts"
+    );
+
+    // Archived, then forgotten by Redis: the manifest carries the org.
+    let manifest = env
+        .archive_dir
+        .join("build-logs")
+        .join(&job)
+        .join("manifest.json");
+    let started = Instant::now();
+    loop {
+        let complete = std::fs::read(&manifest)
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+            .is_some_and(|m| m["complete"] == true);
+        if complete {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut redis = redis::Client::open(env.server.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("job:{{{job}}}:logs"))
+        .arg(format!("job:{{{job}}}:meta"))
+        .arg(format!("job:{{{job}}}:idx"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let res = env
+        .http
+        .get(env.url(&format!("/jobs/{job}")))
+        .bearer_auth(&v2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["org"], "org_2abc");
+    assert_eq!(
+        get(v2, format!("/jobs/{job}/logs/raw")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(flat, format!("/jobs/{job}")).await,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn an_org_must_be_1_to_128_of_letters_digits_underscore_and_dash() {
+    let env = env().await;
+    for bad in [
+        json!(""),
+        json!("a b"),
+        json!("acme/eng"),
+        json!("é"),
+        json!("x".repeat(129)),
+        json!(42),
+    ] {
+        let (code, body) = create_in_org(&env, "alice", &bad).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad} → {body}");
+    }
+    let (code, _) = create_in_org(&env, "alice", &json!("x".repeat(128))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, _) = create_in_org(&env, "alice", &json!("Org_2-x")).await;
+    assert_eq!(code, StatusCode::CREATED);
+}
