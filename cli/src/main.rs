@@ -180,8 +180,12 @@ enum Command {
     /// `[stderr] ` otherwise), stage events and status changes as `==>` markers.
     /// Resumes after a dropped connection without missing or repeating a line.
     ///
+    /// A job that has ended already is printed whole (as `--from-start` would); a job
+    /// that does not exist yet is waited for (`--wait`).
+    ///
     /// Exit codes: 0 when the job ends `ready`, 1 when it ends `failed`, 2 when it
-    /// could not be followed (no token, unknown job, service unreachable).
+    /// could not be followed (no token, no such job after the wait, service
+    /// unreachable).
     Tail {
         /// The job to follow.
         #[arg(value_name = "ID")]
@@ -189,12 +193,17 @@ enum Command {
         /// Print the whole log so far first (otherwise only what comes next).
         #[arg(long)]
         from_start: bool,
+        /// How long to wait for a job that does not exist yet (or is not yours),
+        /// in seconds; 0 does not wait.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        wait: u64,
         #[command(flatten)]
         view: ViewArgs,
     },
     /// Prints a job's log (the stored history).
     ///
-    /// Exit codes: 0, or 2 when it could not be read.
+    /// Exit codes: 1 when the job has failed, 2 when it could not be read, else 0
+    /// (a job still running prints what it has so far).
     Logs {
         /// The job to print.
         #[arg(value_name = "ID")]
@@ -333,10 +342,12 @@ async fn main() -> ExitCode {
         Command::Tail {
             job,
             from_start,
+            wait,
             view,
         } => {
             client_tracing();
-            match view::tail(&view.options(job), from_start).await {
+            let wait = Duration::from_secs(wait);
+            match view::tail(&view.options(job), from_start, wait).await {
                 Ok(JobStatus::Ready) => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::FAILURE,
                 Err(e) => view_failed("tail", &e),
@@ -351,7 +362,8 @@ async fn main() -> ExitCode {
             client_tracing();
             let limit = limit.map(|n| n as usize);
             match view::logs(&view.options(job), limit, json).await {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(JobStatus::Failed) => ExitCode::FAILURE,
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => view_failed("logs", &e),
             }
         }
@@ -398,7 +410,16 @@ async fn service(command: Command) -> anyhow::Result<()> {
             if let Some(token) = &server.viewer_token {
                 banner.push_str(&format!("  viewer JWT (user {}): {token}\n", dev::DEV_USER));
             }
-            banner.push_str("Ctrl-C stops it.\n");
+            // What `run`, `tail` and `logs` read, ready to paste into another shell.
+            banner.push_str(&format!(
+                "For logstream run / tail / logs in another shell:\n  export LOGSTREAM_URL={} LOGSTREAM_INGEST_KEY={}",
+                server.url(),
+                server.ingest_key
+            ));
+            if let Some(token) = &server.viewer_token {
+                banner.push_str(&format!(" LOGSTREAM_TOKEN={token}"));
+            }
+            banner.push_str("\nCtrl-C stops it.\n");
             // A closed stdout (the banner's reader went away) must not stop the service.
             let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
             server.run_until_signal().await

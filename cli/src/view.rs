@@ -7,13 +7,19 @@
 //! `tail` follows the live stream ([`logstream_client::follow`]: resumed with
 //! `Last-Event-ID` after every drop, no gap, no duplicate) until the job ends, and
 //! returns its final status: the binary exits 0 for `ready`, 1 for `failed`, 2 when it
-//! could not follow. Output is flushed whenever no further entry is already waiting.
+//! could not follow. A job that has ended is printed whole; one that does not exist
+//! yet is waited for, within a bound. Output is flushed whenever no further entry is
+//! already waiting.
 //!
 //! `logs` without `--limit` walks the whole history forwards, one 500-entry page at a
 //! time, printing as it goes; with `--limit N` it walks back from the newest entry
-//! until it has N, then prints them oldest first.
+//! until it has N, then prints them oldest first. It exits like `tail`: 1 for a failed
+//! job.
 
 use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
 
 use logstream_core::ids::{EntryId, InvalidJobId, JobId};
 use logstream_core::model::JobStatus;
@@ -70,11 +76,40 @@ impl ViewOptions {
     }
 }
 
-/// `logstream tail`: follows the job until it ends; returns its final status.
-pub async fn tail(opts: &ViewOptions, from_start: bool) -> Result<JobStatus, ViewError> {
+/// How often `tail` asks again for a job that does not exist yet.
+const WAIT_POLL: Duration = Duration::from_secs(1);
+
+/// `logstream tail`: follows the job until it ends; returns its final status. A job
+/// that does not exist yet (or that this viewer may not read: the service answers
+/// both alike) is asked for again every second for up to `wait`; one that has ended
+/// already is printed from its start, like `--from-start`.
+pub async fn tail(
+    opts: &ViewOptions,
+    from_start: bool,
+    wait: Duration,
+) -> Result<JobStatus, ViewError> {
     let (client, job) = opts.client()?;
     let style = Style::for_stdout(opts.colour);
-    let start = if from_start {
+    let give_up = Instant::now() + wait;
+    let mut said = false;
+    let info = loop {
+        match client.job(&job).await {
+            Ok(info) => break info,
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) && Instant::now() < give_up => {
+                if !said {
+                    eprintln!(
+                        "logstream tail: job {job} does not exist yet; waiting up to {} s \
+                         (--wait 0 does not wait)",
+                        wait.as_secs()
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(WAIT_POLL).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let start = if from_start || info.status.is_terminal() {
         FollowStart::Beginning
     } else {
         FollowStart::Live
@@ -100,8 +135,13 @@ pub async fn tail(opts: &ViewOptions, from_start: bool) -> Result<JobStatus, Vie
     }
 }
 
-/// `logstream logs`: prints the history (the newest `limit` entries, or all).
-pub async fn logs(opts: &ViewOptions, limit: Option<usize>, json: bool) -> Result<(), ViewError> {
+/// `logstream logs`: prints the history (the newest `limit` entries, or all);
+/// returns the job's status as of the last page read.
+pub async fn logs(
+    opts: &ViewOptions,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<JobStatus, ViewError> {
     let (client, job) = opts.client()?;
     let style = Style::for_stdout(opts.colour);
     let mut out = io::BufWriter::new(io::stdout());
@@ -115,11 +155,13 @@ pub async fn logs(opts: &ViewOptions, limit: Option<usize>, json: bool) -> Resul
         }
         Ok(())
     };
+    let mut status = JobStatus::Queued;
     match limit {
         None => {
             let mut cursor = PageCursor::After(EntryId { ms: 0, seq: 0 });
             loop {
                 let page = client.page(&job, cursor, PAGE).await?;
+                status = page.status;
                 for raw in &page.lines {
                     print(raw)?;
                 }
@@ -139,6 +181,7 @@ pub async fn logs(opts: &ViewOptions, limit: Option<usize>, json: bool) -> Resul
             let mut cursor = PageCursor::Latest;
             while have < limit {
                 let page = client.page(&job, cursor, (limit - have).min(PAGE)).await?;
+                status = page.status;
                 have += page.lines.len();
                 let next = page.next_before.filter(|_| page.has_more);
                 pages.push(page);
@@ -155,5 +198,5 @@ pub async fn logs(opts: &ViewOptions, limit: Option<usize>, json: bool) -> Resul
         }
     }
     out.flush()?;
-    Ok(())
+    Ok(status)
 }

@@ -100,3 +100,19 @@ async fn logs_of_a_job_the_viewer_cannot_see_exits_2() {
         assert_eq!(done.stdout, "");
     }
 }
+
+#[tokio::test]
+async fn logs_exits_like_tail_1_for_a_failed_job_0_for_one_still_running() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    env.post_lines(&job, "line", 2).await;
+    let done = finish(logs(&env, "alice", &[&job])).await;
+    assert_eq!(done.code, Some(0), "running: {}", done.stderr);
+    env.set_status(&job, "failed").await;
+    for args in [vec![job.as_str()], vec![job.as_str(), "--limit", "1"]] {
+        let done = finish(logs(&env, "alice", &args)).await;
+        assert_eq!(done.code, Some(1), "{args:?}: {}", done.stderr);
+        assert!(done.stdout.contains("==> job failed"), "{}", done.stdout);
+    }
+}

@@ -205,9 +205,87 @@ async fn tail_without_a_token_or_for_someone_elses_job_exits_2() {
     assert_eq!(done.code, Some(2));
     assert!(done.stderr.contains("LOGSTREAM_TOKEN"), "{}", done.stderr);
 
-    let done = finish(tail(&env.server.url(), "mallory", &[&job, "--from-start"])).await;
+    let done = finish(tail(
+        &env.server.url(),
+        "mallory",
+        &[&job, "--from-start", "--wait", "0"],
+    ))
+    .await;
     assert_eq!(done.code, Some(2));
     assert!(done.stderr.contains("not_found"), "{}", done.stderr);
+    // Waited for, within the bound, then given up on.
+    let started = std::time::Instant::now();
+    let done = finish(tail(&env.server.url(), "mallory", &[&job, "--wait", "2"])).await;
+    assert_eq!(done.code, Some(2));
+    assert!(done.stderr.contains("waiting up to 2 s"), "{}", done.stderr);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
     let done = finish(tail(&env.server.url(), "alice", &["bad id"])).await;
     assert_eq!(done.code, Some(2));
+}
+
+#[tokio::test]
+async fn tail_waits_for_a_job_that_does_not_exist_yet_then_follows_it() {
+    let env = env().await;
+    let job = job_id("later");
+    let mut child = tail(&env.server.url(), "alice", &[&job]).spawn().unwrap();
+    let (mut stdout, mut stderr) = readers(&mut child);
+    stderr.until("does not exist yet", 30).await;
+    let res = env
+        .http
+        .post(env.url("/jobs"))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"job_id": job, "owner": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::CREATED);
+    env.set_status(&job, "running").await;
+    // The job is followed live from when tail finds it: keep posting until a line
+    // shows up, then end the job.
+    let mut n = 0;
+    let started = std::time::Instant::now();
+    loop {
+        env.post_lines(&job, &format!("round {n}"), 1).await;
+        let seen = tokio::time::timeout(
+            std::time::Duration::from_millis(1500),
+            stdout.until("round", 2),
+        )
+        .await;
+        if seen.is_ok() {
+            break;
+        }
+        n += 1;
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "tail never showed a line"
+        );
+    }
+    env.set_status(&job, "ready").await;
+    assert_eq!(
+        exit_code(&mut child).await,
+        Some(0),
+        "{:?}",
+        stderr.rest().await
+    );
+}
+
+#[tokio::test]
+async fn tail_of_a_job_that_has_ended_prints_it_whole_and_exits_with_its_status() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    env.post_lines(&job, "line", 3).await;
+    env.set_status(&job, "failed").await;
+    let done = finish(tail(&env.server.url(), "alice", &[&job])).await;
+    assert_eq!(done.code, Some(1), "{}", done.stderr);
+    assert_eq!(
+        done.stdout.lines().collect::<Vec<_>>(),
+        [
+            "==> job running",
+            "line 0",
+            "line 1",
+            "line 2",
+            "==> job failed"
+        ]
+    );
 }
