@@ -1,16 +1,63 @@
-//! The log-viewer page `logstream dev` serves at `/`: plain HTML and JavaScript
+//! The log-viewer page `logstream dev` serves at `/`: plain HTML, CSS and JavaScript
 //! compiled into the binary, no build step. It follows a job with EventSource
 //! (`/jobs/{id}/logs/stream`), loads earlier lines through the history route, and
-//! shows stages, stderr and the final status. `/?job=ID&access_token=JWT` opens a job
-//! at once.
+//! shows stages, stderr and the final status. `/?job=ID#access_token=JWT` opens a job
+//! at once; the token is read once and removed from the address bar (the tab keeps it
+//! in `sessionStorage`), so a copied link never carries it.
+//!
+//! Every file goes out with a Content-Security-Policy that allows scripts, styles and
+//! requests from this origin only (no inline script, no `eval`), refuses framing
+//! (`frame-ancestors 'none'`, `X-Frame-Options: DENY`) and sends no referrer: the
+//! page shows untrusted log text, and a link from it must not leak the page's URL.
 
 use axum::Router;
-use axum::response::Html;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 
 const PAGE: &str = include_str!("viewer.html");
+const SCRIPT: &str = include_str!("viewer.js");
+const STYLE: &str = include_str!("viewer.css");
 
-/// The page's route.
+/// The page's policy: its own files and its own origin's API, nothing else.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+/// The headers every file of the page is sent with.
+fn headers(content_type: &'static str) -> [(HeaderName, HeaderValue); 6] {
+    [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+/// The page's routes.
 pub fn routes() -> Router {
-    Router::new().route("/", get(|| async { Html(PAGE) }))
+    Router::new()
+        .route(
+            "/",
+            get(|| async { (headers("text/html; charset=utf-8"), PAGE).into_response() }),
+        )
+        .route(
+            "/viewer.js",
+            get(|| async { (headers("text/javascript; charset=utf-8"), SCRIPT).into_response() }),
+        )
+        .route(
+            "/viewer.css",
+            get(|| async { (headers("text/css; charset=utf-8"), STYLE).into_response() }),
+        )
 }

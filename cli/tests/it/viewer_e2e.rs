@@ -159,17 +159,23 @@ impl Drop for Browser {
 async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
     let env = env().await;
     let (job, _) = env.create_job("alice").await;
+    let hostile = r#"<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>"#;
     env.post_json(
         &job,
-        &json!({"lines": [{"text": "history line one"}, {"text": "history line two"}]}),
+        &json!({"lines": [
+            {"text": "history line one"},
+            {"text": hostile},
+            {"text": "history line two"},
+        ]}),
     )
     .await;
     env.set_status(&job, "running").await;
 
     let browser = Browser::start().await;
     let token = viewer_token("alice", 600);
+    // The token in the fragment: never sent to a server, and removed at once.
     browser
-        .goto(&env.url(&format!("/?job={job}&access_token={token}")))
+        .goto(&env.url(&format!("/?job={job}#access_token={token}")))
         .await;
     browser
         .wait_for(
@@ -177,6 +183,27 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
             "return document.getElementById('log').innerText.includes('history line two')",
         )
         .await;
+    let address = browser.eval("return location.href").await;
+    assert_eq!(
+        address,
+        json!(env.url(&format!("/?job={job}"))),
+        "the address bar names the job, not the token"
+    );
+    // Log text is text: shown as written, never run (the page's CSP forbids inline
+    // script too, and the page works under it: its own script is a file).
+    let shown = browser
+        .eval("return [...document.querySelectorAll('.line')].map(e => e.textContent)")
+        .await;
+    assert!(
+        shown.as_array().unwrap().iter().any(|t| t == hostile),
+        "{shown}"
+    );
+    assert_eq!(
+        browser
+            .eval("return [typeof window.pwned, document.querySelectorAll('#log img, #log script').length]")
+            .await,
+        json!(["undefined", 0])
+    );
 
     // Posted after the page opened: they arrive over EventSource.
     env.post_json(&job, &json!({"lines": [{"stream": "stdout", "text": "live stdout line"}, {"stream": "stderr", "text": "live stderr line"}]}))
@@ -223,6 +250,7 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
     for expected in [
         "history line one",
         "history line two",
+        "onerror=",
         "live stdout line",
         "live stderr line",
         "job ready",
@@ -235,4 +263,72 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
     }
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("viewer.png");
     browser.screenshot(&shot).await;
+}
+
+#[tokio::test]
+async fn the_page_is_sent_with_a_csp_no_framing_and_no_referrer() {
+    let env = env().await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/viewer.js", "text/javascript"),
+        ("/viewer.css", "text/css"),
+    ] {
+        let res = env.http.get(env.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::OK, "{path}");
+        let h = res.headers();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+    }
+    let page = env
+        .http
+        .get(env.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("<script>")
+            && !page.contains("<style>")
+            && !["onclick=", "onload=", "onerror=", "javascript:"]
+                .iter()
+                .any(|handler| page.contains(handler)),
+        "no inline script, style or handler in the page"
+    );
+}
+
+#[tokio::test]
+async fn an_older_link_with_the_token_in_the_query_loses_it_at_once() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.post_lines(&job, "seen", 1).await;
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&env.url(&format!("/?job={job}&access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the line",
+            "return document.getElementById('log').innerText.includes('seen 0')",
+        )
+        .await;
+    assert_eq!(
+        browser.eval("return location.href").await,
+        json!(env.url(&format!("/?job={job}")))
+    );
 }

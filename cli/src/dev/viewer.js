@@ -1,0 +1,100 @@
+"use strict";
+const $ = (id) => document.getElementById(id);
+const log = $("log"), earlierBtn = $("earlier"), newerBtn = $("newer"), statusEl = $("status"), msg = $("msg");
+let source = null, job = "", token = "", lastId = null, oldestId = null;
+
+function cmpId(a, b) {
+  const [am, as] = a.split("-").map(BigInt), [bm, bs] = b.split("-").map(BigInt);
+  return am === bm ? (as < bs ? -1 : as > bs ? 1 : 0) : (am < bm ? -1 : 1);
+}
+function atBottom() { return log.scrollHeight - log.scrollTop - log.clientHeight < 40; }
+function setStatus(s) { statusEl.textContent = s; statusEl.className = s; }
+
+// Builds the element for one entry. Text is only ever set with textContent: log lines
+// are untrusted output and must never become markup.
+function render(e) {
+  const el = document.createElement("div");
+  el.dataset.id = e.id;
+  if (e.kind === "line") {
+    el.className = "line " + e.stream;
+    const t = document.createElement("span"); t.className = "t"; t.textContent = e.text;
+    el.append(t);
+  } else if (e.kind === "stage") {
+    el.className = "stage " + e.status;
+    el.textContent = "▸ " + e.name + " — " + e.status;
+  } else if (e.kind === "status") {
+    el.className = "statusline " + e.status;
+    el.textContent = "● job " + e.status;
+  }
+  return el;
+}
+
+function append(e) {
+  if (lastId && cmpId(e.id, lastId) <= 0) return;  // never show an entry twice
+  const follow = atBottom();
+  log.append(render(e));
+  if (e.kind === "status") setStatus(e.status);
+  lastId = e.id;
+  if (follow) log.scrollTop = log.scrollHeight; else newerBtn.style.display = "block";
+}
+
+async function fetchPage(query) {
+  const res = await fetch(`/jobs/${encodeURIComponent(job)}/logs?${query}`, { headers: { Authorization: "Bearer " + token } });
+  const body = await res.json();
+  if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
+  return body;
+}
+
+async function loadEarlier() {
+  if (!oldestId) return;
+  const page = await fetchPage("limit=200&before=" + encodeURIComponent(oldestId));
+  const height = log.scrollHeight;
+  const frag = document.createDocumentFragment();
+  for (const e of page.lines) frag.append(render(e));
+  earlierBtn.after(frag);
+  log.scrollTop += log.scrollHeight - height;  // keep what the reader was looking at in place
+  oldestId = page.next_before;
+  earlierBtn.hidden = !oldestId;
+}
+
+async function open() {
+  job = $("job").value.trim(); token = $("token").value.trim();
+  if (!job) return;
+  if (source) source.close();
+  for (const el of [...log.children]) if (el !== earlierBtn) el.remove();
+  msg.textContent = ""; lastId = null; setStatus("");
+  // The address bar names the job only: a copied link never carries the token, which
+  // this tab keeps in sessionStorage so a reload still works.
+  history.replaceState(null, "", `/?job=${encodeURIComponent(job)}`);
+  sessionStorage.setItem("logstream.token", token);
+  let page;
+  try { page = await fetchPage("limit=200"); } catch (err) { msg.textContent = err.message; return; }
+  setStatus(page.status);
+  for (const e of page.lines) append(e);
+  oldestId = page.next_before; earlierBtn.hidden = !oldestId;
+  log.scrollTop = log.scrollHeight;
+  // Resume right after the newest entry shown, so nothing falls between history and live.
+  const start = lastId ? "last_event_id=" + encodeURIComponent(lastId) : "from=start";
+  source = new EventSource(`/jobs/${encodeURIComponent(job)}/logs/stream?${start}&access_token=${encodeURIComponent(token)}`);
+  for (const kind of ["log", "stage", "status"]) source.addEventListener(kind, (ev) => append(JSON.parse(ev.data)));
+  source.addEventListener("done", (ev) => { setStatus(JSON.parse(ev.data).status); source.close(); });
+  source.onerror = () => { if (source.readyState === EventSource.CLOSED) msg.textContent = "stream closed"; };
+}
+
+$("follow").onclick = open;
+for (const id of ["job", "token"]) $(id).addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+earlierBtn.onclick = () => loadEarlier().catch((err) => { msg.textContent = err.message; });
+newerBtn.onclick = () => { log.scrollTop = log.scrollHeight; };
+log.addEventListener("scroll", () => { if (atBottom()) newerBtn.style.display = "none"; });
+// A link may bring the job and the token: the token in the fragment (`#access_token=`,
+// never sent to a server), or in the query as older links did. Either is read once and
+// removed from the address bar at once.
+const query = new URLSearchParams(location.search), fragment = new URLSearchParams(location.hash.slice(1));
+const linkJob = fragment.get("job") || query.get("job");
+const linkToken = fragment.get("access_token") || query.get("access_token");
+if (linkToken || location.hash) history.replaceState(null, "", linkJob ? `/?job=${encodeURIComponent(linkJob)}` : "/");
+if (linkJob) {
+  $("job").value = linkJob;
+  $("token").value = linkToken || sessionStorage.getItem("logstream.token") || "";
+  open();
+}
