@@ -3,8 +3,6 @@
 //! Redis keeps only its tail, read whole over HTTP and SSE, and still whole once its
 //! Redis keys are gone.
 
-use std::time::{Duration, Instant};
-
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -194,17 +192,6 @@ async fn past_the_size_limit_lines_are_dropped_with_one_notice_and_the_job_goes_
     );
 }
 
-/// The manifest of `job` in `env`'s archive folder, once it exists.
-fn manifest(env: &Env, job: &str) -> Option<Value> {
-    let path = env
-        .archive_dir
-        .join("build-logs")
-        .join(job)
-        .join("manifest.json");
-    let raw = std::fs::read(path).ok()?;
-    serde_json::from_slice(&raw).ok()
-}
-
 #[tokio::test]
 async fn a_running_logs_segments_keep_it_whole_across_tiers_and_after_its_keys_are_gone() {
     // A Redis of its own; small segments and tail so a few thousand lines cross both.
@@ -220,15 +207,8 @@ async fn a_running_logs_segments_keep_it_whole_across_tiers_and_after_its_keys_a
         env.post_lines(&job, &format!("batch {b} line"), 250).await;
     }
     // Every entry reaches the archive within the segment period, running or not.
-    let started = Instant::now();
-    while manifest(&env, &job).map(|m| m["entries"].clone()) != Some(json!(3_001)) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            manifest(&env, &job)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_for_manifest(&job, "3_001 entries archived", |m| m["entries"] == 3_001)
+        .await;
     let mut redis = redis::Client::open(env.server.redis_url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -276,18 +256,9 @@ async fn a_running_logs_segments_keep_it_whole_across_tiers_and_after_its_keys_a
 
     // Redis forgets the job mid-run (eviction, a flushed cache): once the last line is
     // archived, everything is still served, from the archive, with the same owner rule.
-    let started = Instant::now();
-    while manifest(&env, &job).map(|m| m["entries"].clone()) != Some(json!(3_002)) {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _: () = redis::cmd("DEL")
-        .arg(format!("job:{{{job}}}:logs"))
-        .arg(format!("job:{{{job}}}:meta"))
-        .arg(format!("job:{{{job}}}:idx"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    env.wait_for_manifest(&job, "3_002 entries archived", |m| m["entries"] == 3_002)
+        .await;
+    env.forget_in_redis(&job).await;
     let (code, info) = env.get_as("alice", &format!("/jobs/{job}")).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(
@@ -334,12 +305,9 @@ async fn a_lost_manifest_makes_early_pages_503_until_the_archiver_restores_it() 
     let (job, _) = env.create_job("alice").await;
     env.set_status(&job, "running").await;
     env.post_lines(&job, "line", 1_000).await;
-    let started = Instant::now();
-    while manifest(&env, &job).map(|m| m["entries"].clone()) != Some(json!(1_001)) {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let before = manifest(&env, &job).unwrap();
+    env.wait_for_manifest(&job, "1_001 entries archived", |m| m["entries"] == 1_001)
+        .await;
+    let before = env.manifest(&job).unwrap();
     let path = env
         .archive_dir
         .join("build-logs")
@@ -364,12 +332,9 @@ async fn a_lost_manifest_makes_early_pages_503_until_the_archiver_restores_it() 
 
     // The archiver's next visit (within the segment period, the job is running)
     // writes it again from the segments: the same manifest.
-    let started = Instant::now();
-    while manifest(&env, &job).is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(manifest(&env, &job).unwrap(), before);
+    env.wait_for_manifest(&job, "the manifest written again", |_| true)
+        .await;
+    assert_eq!(env.manifest(&job).unwrap(), before);
     let all = walk_back(&env, &job).await;
     assert_eq!(all.len(), 1_001);
     assert_dense(&all);
@@ -382,11 +347,8 @@ async fn a_lost_manifest_makes_early_pages_503_until_the_archiver_restores_it() 
         .await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     env.post_lines(&job, "more", 100).await;
-    let started = Instant::now();
-    while manifest(&env, &job).map(|m| m["entries"].clone()) != Some(json!(1_101)) {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_for_manifest(&job, "1_101 entries archived", |m| m["entries"] == 1_101)
+        .await;
     let all = walk_back(&env, &job).await;
     assert_eq!(all.len(), 1_101);
     assert_dense(&all);

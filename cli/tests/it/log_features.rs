@@ -4,7 +4,6 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -113,24 +112,9 @@ async fn archived_job(env: &Env, batches: usize) -> String {
         let res = env.post_json(&job, &json!({ "lines": lines })).await;
         assert_eq!(res.status(), StatusCode::OK);
     }
-    let want = json!(batches as u64 * 250 + 1);
-    let path = env
-        .archive_dir
-        .join("build-logs")
-        .join(&job)
-        .join("manifest.json");
-    let started = Instant::now();
-    loop {
-        let entries = std::fs::read(&path)
-            .ok()
-            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
-            .map(|m| m["entries"].clone());
-        if entries.as_ref() == Some(&want) {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{entries:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let want = batches as u64 * 250 + 1;
+    env.wait_for_manifest(&job, "every entry archived", |m| m["entries"] == want)
+        .await;
     job
 }
 
@@ -164,18 +148,7 @@ async fn the_raw_log_of_a_job_in_segments_is_whole_before_and_after_its_keys_are
         expected.len()
     );
 
-    let mut redis = redis::Client::open(env.server.redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(format!("job:{{{job}}}:logs"))
-        .arg(format!("job:{{{job}}}:meta"))
-        .arg(format!("job:{{{job}}}:idx"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    env.forget_in_redis(&job).await;
     let (code, _, text) = get_text(&env, "alice", &format!("/jobs/{job}/logs/raw")).await;
     assert_eq!(code, StatusCode::OK);
     assert!(

@@ -170,6 +170,45 @@ impl Env {
         (code, res.json().await.expect("json"))
     }
 
+    /// The job's manifest in this server's archive folder, once it exists.
+    pub fn manifest(&self, job: &str) -> Option<Value> {
+        let path = self
+            .archive_dir
+            .join("build-logs")
+            .join(job)
+            .join("manifest.json");
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// Waits up to 30 s for the job's manifest to say `done`; panics with `what`.
+    pub async fn wait_for_manifest(&self, job: &str, what: &str, done: impl Fn(&Value) -> bool) {
+        let started = std::time::Instant::now();
+        while !self.manifest(job).is_some_and(|m| done(&m)) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "{what}: {:?}",
+                self.manifest(job)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Deletes the job's Redis keys, as eviction or a flushed cache would.
+    pub async fn forget_in_redis(&self, job: &str) {
+        let mut redis = redis::Client::open(self.server.redis_url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let _: () = redis::cmd("DEL")
+            .arg(format!("job:{{{job}}}:logs"))
+            .arg(format!("job:{{{job}}}:meta"))
+            .arg(format!("job:{{{job}}}:idx"))
+            .query_async(&mut redis)
+            .await
+            .expect("DEL");
+    }
+
     /// GETs `path` as viewer `user`; returns status and JSON body.
     pub async fn get_as(&self, user: &str, path: &str) -> (StatusCode, Value) {
         let res = self

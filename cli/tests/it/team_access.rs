@@ -5,7 +5,6 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 use logstream_testkit::fixtures::viewer_token_with;
@@ -141,35 +140,9 @@ async fn the_org_claim_can_be_a_dotted_path_and_the_org_rule_holds_from_the_arch
     );
 
     // Archived, then forgotten by Redis: the manifest carries the org.
-    let manifest = env
-        .archive_dir
-        .join("build-logs")
-        .join(&job)
-        .join("manifest.json");
-    let started = Instant::now();
-    loop {
-        let complete = std::fs::read(&manifest)
-            .ok()
-            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
-            .is_some_and(|m| m["complete"] == true);
-        if complete {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut redis = redis::Client::open(env.server.redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(format!("job:{{{job}}}:logs"))
-        .arg(format!("job:{{{job}}}:meta"))
-        .arg(format!("job:{{{job}}}:idx"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    env.wait_for_manifest(&job, "archived whole", |m| m["complete"] == true)
+        .await;
+    env.forget_in_redis(&job).await;
     let res = env
         .http
         .get(env.url(&format!("/jobs/{job}")))
