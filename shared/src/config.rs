@@ -141,6 +141,7 @@ impl Config {
             issuer: get("LOGSTREAM_JWT_ISSUER"),
             audience: get("LOGSTREAM_JWT_AUDIENCE"),
             org_claim: get("LOGSTREAM_JWT_ORG_CLAIM"),
+            share_secret: get("LOGSTREAM_SHARE_SECRET"),
         };
 
         let cors_origins = match get("LOGSTREAM_CORS_ORIGINS") {

@@ -163,6 +163,10 @@ pub async fn start_with(
             key
         }
     };
+    // Share links work out of the box too.
+    if config.jwt.share_secret.is_none() {
+        config.jwt.share_secret = Some(random_hex(32));
+    }
     let mut viewer_token = None;
     if config.jwt.hs256_secret.is_none() && config.jwt.jwks.is_none() {
         let secret = random_hex(32);

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 use logstream_testkit::fixtures::viewer_token_with;
+use logstream_testkit::sse::SseClient;
 
 /// Creates a job of `owner` in `org`; returns its id.
 async fn create_in_org(env: &Env, owner: &str, org: &Value) -> (StatusCode, Value) {
@@ -180,4 +181,158 @@ async fn an_org_must_be_1_to_128_of_letters_digits_underscore_and_dash() {
     assert_eq!(code, StatusCode::CREATED);
     let (code, _) = create_in_org(&env, "alice", &json!("Org_2-x")).await;
     assert_eq!(code, StatusCode::CREATED);
+}
+
+/// `POST /jobs/{job}/share` with `body` as the holder of `token`.
+async fn share(env: &Env, job: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    let res = env
+        .http
+        .post(env.url(&format!("/jobs/{job}/share")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let code = res.status();
+    (code, res.json().await.unwrap_or(Value::Null))
+}
+
+/// `DELETE /jobs/{job}/share` as the holder of `token`.
+async fn revoke(env: &Env, job: &str, token: &str) -> StatusCode {
+    env.http
+        .delete(env.url(&format!("/jobs/{job}/share")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+const REFUSED: [u16; 6] = [401, 401, 401, 401, 401, 401];
+
+#[tokio::test]
+async fn a_share_link_reads_its_job_only_until_revoked_or_expired() {
+    let env = env().await;
+    let (_, created) = create_in_org(&env, "alice", &json!("acme")).await;
+    let job = created["job_id"].as_str().unwrap().to_owned();
+    env.post_lines(&job, "hello", 2).await;
+    let (other, _) = env.create_job("alice").await;
+    let alice = viewer_token("alice", 300);
+
+    let before = logstream_core::model::now_ms();
+    let (code, link) = share(&env, &job, &alice, json!({})).await;
+    assert_eq!(code, StatusCode::CREATED, "{link}");
+    let token = link["token"].as_str().unwrap().to_owned();
+    let expires_at = link["expires_at"].as_u64().unwrap();
+    let day = 24 * 3600 * 1000;
+    assert!((before + day - 1_000..=before + day + 2_000).contains(&expires_at));
+
+    // Every read route of this job; nothing of another job; no writes, no sharing.
+    assert_eq!(read_statuses(&env, &job, &token).await, READ);
+    assert_eq!(read_statuses(&env, &other, &token).await, HIDDEN);
+    let res = env
+        .http
+        .post(env.url(&format!("/jobs/{job}/logs")))
+        .bearer_auth(&token)
+        .json(&json!({"lines": [{"text": "forged"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "no writes");
+    assert_eq!(
+        share(&env, &job, &token, json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(revoke(&env, &job, &token).await, StatusCode::FORBIDDEN);
+
+    // Revoked: this link and every other of the job, at once; a new one works.
+    let (_, second) = share(&env, &job, &alice, json!({"ttl_secs": 600})).await;
+    let second = second["token"].as_str().unwrap().to_owned();
+    let bob_in_acme = viewer_token_with("bob", json!({"org_id": "acme"}));
+    assert_eq!(
+        revoke(&env, &job, &bob_in_acme).await,
+        StatusCode::NO_CONTENT,
+        "org members may"
+    );
+    assert_eq!(read_statuses(&env, &job, &token).await, REFUSED);
+    assert_eq!(read_statuses(&env, &job, &second).await, REFUSED);
+    let (_, third) = share(&env, &job, &alice, json!({"ttl_secs": 1})).await;
+    let third = third["token"].as_str().unwrap().to_owned();
+    assert_eq!(read_statuses(&env, &job, &third).await, READ);
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    assert_eq!(read_statuses(&env, &job, &third).await, REFUSED, "expired");
+
+    // A link cannot be stretched or moved: any change breaks its signature.
+    let forged = second.replacen(&job, &other, 1);
+    assert_eq!(read_statuses(&env, &other, &forged).await, REFUSED);
+}
+
+#[tokio::test]
+async fn sharing_refuses_bad_ttls_strangers_and_someone_elses_job() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let alice = viewer_token("alice", 300);
+    for bad in [json!(0), json!(-1), json!(604_801), json!("60"), json!(1.5)] {
+        let (code, body) = share(&env, &job, &alice, json!({ "ttl_secs": bad })).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad} → {body}");
+    }
+    assert_eq!(
+        share(&env, &job, &alice, json!({"ttl_secs": 604_800}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let mallory = viewer_token("mallory", 300);
+    assert_eq!(
+        share(&env, &job, &mallory, json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(revoke(&env, &job, &mallory).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        share(&env, "no-such-job", &alice, json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let res = env
+        .http
+        .post(env.url(&format!("/jobs/{job}/share")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_open_stream_of_a_share_link_ends_when_the_link_is_revoked() {
+    let env = env_with(&[("LOGSTREAM_HEARTBEAT_SECS", "1")]).await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    env.post_lines(&job, "before", 1).await;
+    let alice = viewer_token("alice", 300);
+    let (_, link) = share(&env, &job, &alice, json!({})).await;
+    let token = link["token"].as_str().unwrap();
+    let mut stream = SseClient::open(
+        &env,
+        &format!("/jobs/{job}/logs/stream?from=start&access_token={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let mut texts = Vec::new();
+    while !texts.iter().any(|t: &String| t == "before 0") {
+        let frame = stream.next_entry().await.expect("replayed");
+        texts.extend(frame.json()["text"].as_str().map(str::to_owned));
+    }
+    assert_eq!(revoke(&env, &job, &alice).await, StatusCode::NO_CONTENT);
+    // Closed within a heartbeat interval or two, without `done`.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match stream.next(std::time::Duration::from_secs(5)).await {
+                None => return true,
+                Some(frame) if frame.event.as_deref() == Some("done") => return false,
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "the stream closed, without done");
 }

@@ -5,6 +5,8 @@
 //! | `GET /jobs/{id}` | the job's status, times and counts |
 //! | `GET /jobs/{id}/logs?limit&before&after&at` | a page of entries, chronological |
 //! | `GET /jobs/{id}/logs?q=TEXT&…` | a page of the `line` entries containing TEXT (any case), over the whole job |
+//! | `POST /jobs/{id}/share` | a share link: a token that reads this job only, for a while |
+//! | `DELETE /jobs/{id}/share` | revokes every share link of the job |
 //!
 //! Pages walk backwards from the newest entry ("load earlier" with `before`), forwards
 //! from a known id (`after`), or from an entry number (`at`, for permalinks). Both
@@ -21,23 +23,26 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 
 use logstream_core::ids::{EntryId, JobId};
-use logstream_core::model::{JobStatus, StoredEntry};
+use logstream_core::model::{JobStatus, StoredEntry, now_ms};
 use logstream_core::search::Query;
 use logstream_shared::archive::Archive;
 use logstream_shared::auth::jwt::ViewerAuth;
+use logstream_shared::auth::share;
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
 use logstream_shared::log::{Found, JobLog};
 use logstream_shared::store::{Cursor, LogStore, Page};
 use logstream_shared::web::error::ApiError;
-use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer, finish};
+use logstream_shared::web::{
+    ApiQuery, BodyBytes, JobPath, authenticate_reader, finish, parse_json,
+};
 
 /// Page size without `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -86,6 +91,7 @@ pub fn routes(state: Arc<HistoryState>) -> Router {
     Router::new()
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/logs", get(get_logs))
+        .route("/jobs/{id}/share", post(create_share).delete(revoke_shares))
         .with_state(state)
 }
 
@@ -114,9 +120,10 @@ async fn get_job(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<JobOut>, ApiError> {
-    let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
+    let viewer =
+        authenticate_reader(&state.viewers, state.log.store(), &job, &headers, &uri).await?;
     let info = match state.log.info(&job).await? {
-        Some((info, _)) if viewer.can_read(&info) => info,
+        Some((info, _)) if viewer.can_read(&job, &info) => info,
         _ => return Err(ApiError::job_not_found()),
     };
     Ok(Json(JobOut {
@@ -289,7 +296,8 @@ async fn get_logs(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<impl IntoResponse, ApiError> {
-    let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
+    let viewer =
+        authenticate_reader(&state.viewers, state.log.store(), &job, &headers, &uri).await?;
     let limit = query.limit()?;
     let cursor = query.cursor()?;
     if let Some(q) = query.q.as_deref() {
@@ -300,7 +308,7 @@ async fn get_logs(
             .search(&job, &search, cursor, limit, SEARCH_BUDGET)
             .await?;
         let (info, source, found) = match found {
-            Some((info, source, found)) if viewer.can_read(&info) => (info, source, found),
+            Some((info, source, found)) if viewer.can_read(&job, &info) => (info, source, found),
             _ => return Err(ApiError::job_not_found()),
         };
         let backward = matches!(cursor, Cursor::Latest | Cursor::Before(_));
@@ -310,11 +318,114 @@ async fn get_logs(
         ));
     }
     let (info, source, page) = match state.log.page(&job, cursor, limit).await? {
-        Some((info, source, page)) if viewer.can_read(&info) => (info, source, page),
+        Some((info, source, page)) if viewer.can_read(&job, &info) => (info, source, page),
         _ => return Err(ApiError::job_not_found()),
     };
     Ok((
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         page_body(&job, info.status, source.as_str(), &page),
     ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ShareRequest {
+    ttl_secs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct Shared {
+    token: String,
+    /// When the link stops working, ms since the epoch.
+    expires_at: u64,
+}
+
+/// The viewer behind a request that manages share links: a JWT (a share link cannot
+/// make or revoke links: 403) whose holder may read the job (else 404).
+async fn sharing_viewer(
+    state: &HistoryState,
+    job: &JobId,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(), ApiError> {
+    let viewer = authenticate_reader(&state.viewers, state.log.store(), job, headers, uri).await?;
+    if viewer.share.is_some() {
+        return Err(ApiError::new(
+            http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "a share link cannot make or revoke share links",
+        ));
+    }
+    match state.log.info(job).await? {
+        Some((info, _)) if viewer.can_read(job, &info) => Ok(()),
+        _ => Err(ApiError::job_not_found()),
+    }
+}
+
+/// `POST /jobs/{id}/share` `{"ttl_secs"?: n}`: a link for `n` seconds (default a day,
+/// at most 7 days) that reads this job only.
+#[tracing::instrument(skip_all, fields(job_id = %job))]
+async fn create_share(
+    State(state): State<Arc<HistoryState>>,
+    JobPath(job): JobPath,
+    headers: HeaderMap,
+    uri: Uri,
+    BodyBytes(body): BodyBytes,
+) -> Result<impl IntoResponse, ApiError> {
+    sharing_viewer(&state, &job, &headers, &uri).await?;
+    let signer = state.viewers.share_signer().ok_or_else(|| {
+        ApiError::new(
+            http::StatusCode::NOT_IMPLEMENTED,
+            "sharing_disabled",
+            "share links need LOGSTREAM_SHARE_SECRET",
+        )
+    })?;
+    let request: ShareRequest = if body.is_empty() {
+        ShareRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let ttl = match request.ttl_secs {
+        None => share::DEFAULT_TTL_SECS,
+        Some(value) => value
+            .as_u64()
+            .filter(|ttl| (1..=share::MAX_TTL_SECS).contains(ttl))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_ttl",
+                    format!(
+                        "ttl_secs must be a whole number from 1 to {}",
+                        share::MAX_TTL_SECS
+                    ),
+                )
+            })?,
+    };
+    let generation = state.log.store().issue_share(&job).await?;
+    let expires_at = now_ms() / 1000 + ttl;
+    let token = signer.issue(&share::Grant {
+        job: job.clone(),
+        generation,
+        expires_at,
+    });
+    tracing::info!(ttl, "share link made");
+    Ok((
+        http::StatusCode::CREATED,
+        Json(Shared {
+            token,
+            expires_at: expires_at * 1000,
+        }),
+    ))
+}
+
+/// `DELETE /jobs/{id}/share`: every share link of the job stops working at once.
+#[tracing::instrument(skip_all, fields(job_id = %job))]
+async fn revoke_shares(
+    State(state): State<Arc<HistoryState>>,
+    JobPath(job): JobPath,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<impl IntoResponse, ApiError> {
+    sharing_viewer(&state, &job, &headers, &uri).await?;
+    state.log.store().revoke_shares(&job).await?;
+    tracing::info!("share links revoked");
+    Ok(http::StatusCode::NO_CONTENT)
 }

@@ -54,7 +54,7 @@ use logstream_shared::config::ConfigError;
 use logstream_shared::log::{JobLog, LogError};
 use logstream_shared::store::LogStore;
 use logstream_shared::web::error::ApiError;
-use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer, finish};
+use logstream_shared::web::{ApiQuery, JobPath, authenticate_reader, finish};
 
 use hub::{FeedMsg, Hub};
 
@@ -222,14 +222,21 @@ async fn stream(
     uri: Uri,
     context: Option<Extension<lambda_http::Context>>,
 ) -> Result<Response, ApiError> {
-    let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
+    let viewer =
+        authenticate_reader(&state.viewers, state.log.store(), &job, &headers, &uri).await?;
     let start = start_point(&headers, &query)?;
+    // A share link's stream ends when the job's links are revoked: the generation it
+    // was verified under, checked again every heartbeat interval.
+    let share_generation = match &viewer.share {
+        Some(_) => Some(state.log.store().share_generation(&job).await?),
+        None => None,
+    };
     let (status, newest, in_redis) = match state.log.store().job_head(&job).await? {
-        Some((meta, newest)) if viewer.can_read(&meta) => (meta.status, newest, true),
+        Some((meta, newest)) if viewer.can_read(&job, &meta) => (meta.status, newest, true),
         Some(_) => return Err(ApiError::job_not_found()),
         // Redis has forgotten the job: the archive's copy, replayed and closed.
         None => match state.log.info(&job).await? {
-            Some((info, _)) if viewer.can_read(&info) => {
+            Some((info, _)) if viewer.can_read(&job, &info) => {
                 let last = state
                     .log
                     .page(&job, logstream_shared::store::Cursor::Latest, 1)
@@ -268,6 +275,7 @@ async fn stream(
             budget: budget.clone(),
         },
         heartbeat: state.heartbeat,
+        share_generation,
         handoff: earliest(
             handoff_at(context.as_ref().map(|Extension(c)| c), state.handoff),
             token_end(&viewer),
@@ -353,6 +361,8 @@ struct Follower {
     feed: Option<broadcast::Receiver<FeedMsg>>,
     out: Out,
     heartbeat: Duration,
+    /// For a share link: the job's share generation it was admitted under.
+    share_generation: Option<u64>,
     handoff: Option<Instant>,
     shutdown: watch::Receiver<bool>,
 }
@@ -390,6 +400,8 @@ impl Follower {
         };
         tokio::pin!(handoff);
         let mut quiet_until = Instant::now() + self.heartbeat;
+        let mut revocation_check =
+            tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         loop {
             if self.feed.is_none() {
                 // Let go of the feed while behind: rejoin as a new viewer does.
@@ -428,9 +440,28 @@ impl Follower {
                     quiet_until = Instant::now() + self.heartbeat;
                 }
                 () = &mut handoff => return Stop::HandOff,
+                _ = revocation_check.tick(), if self.share_generation.is_some() => {
+                    if self.revoked().await {
+                        return Stop::HandOff;
+                    }
+                }
                 _ = self.shutdown.changed() => return Stop::HandOff,
                 () = self.out.closed() => return Stop::Gone,
             }
+        }
+    }
+
+    /// Whether the share link this stream was opened with has been revoked (a Redis
+    /// failure counts as revoked: the client comes back and is checked afresh).
+    async fn revoked(&self) -> bool {
+        match self.share_generation {
+            Some(generation) => self
+                .log
+                .store()
+                .share_generation(&self.job)
+                .await
+                .map_or(true, |now| now != generation),
+            None => false,
         }
     }
 

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use logstream_core::ids::EntryId;
 use logstream_shared::web::error::ApiError;
-use logstream_shared::web::{ApiQuery, JobPath, authenticate_viewer};
+use logstream_shared::web::{ApiQuery, JobPath, authenticate_reader};
 
 use crate::SseState;
 
@@ -42,7 +42,8 @@ pub(crate) async fn raw(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let viewer = authenticate_viewer(&state.viewers, &headers, &uri).await?;
+    let viewer =
+        authenticate_reader(&state.viewers, state.log.store(), &job, &headers, &uri).await?;
     let timestamps = match query.timestamps.as_deref() {
         None | Some("false" | "0") => false,
         Some("true" | "1") => true,
@@ -54,7 +55,7 @@ pub(crate) async fn raw(
         }
     };
     match state.log.info(&job).await? {
-        Some((info, _)) if viewer.can_read(&info) => {}
+        Some((info, _)) if viewer.can_read(&job, &info) => {}
         _ => return Err(ApiError::job_not_found()),
     }
     let reader = state.log.reader(&job, EntryId { ms: 0, seq: 0 });

@@ -30,6 +30,7 @@ use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
 use logstream_shared::store::LogStore;
 use logstream_shared::web::error::ApiError;
+use logstream_shared::web::verify_reader;
 
 /// Longest connection id accepted (API Gateway's are 16 characters).
 pub const MAX_CONNECTION_ID_LEN: usize = 128;
@@ -75,12 +76,15 @@ impl WsState {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        let viewer = self.viewers.verify(token).await?;
-        let job = JobId::parse(job_id.unwrap_or_default())
-            .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
+        let job = JobId::parse(job_id.unwrap_or_default());
+        let viewer = match &job {
+            Ok(job) => verify_reader(&self.viewers, &self.store, job, token).await?,
+            Err(_) => self.viewers.verify(token).await?,
+        };
+        let job = job.map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
         check_connection_id(connection)?;
         match self.store.job_meta(&job).await? {
-            Some(meta) if viewer.can_read(&meta) => {}
+            Some(meta) if viewer.can_read(&job, &meta) => {}
             _ => return Err(ApiError::job_not_found()),
         }
         self.store

@@ -89,6 +89,9 @@ pub struct JwtSettings {
     /// or a dotted path into nested objects (`o.id`, Clerk's v2 session tokens).
     /// `None` means [`DEFAULT_ORG_CLAIM`].
     pub org_claim: Option<String>,
+    /// The secret share links are signed with (`LOGSTREAM_SHARE_SECRET`); without it
+    /// there are no share links.
+    pub share_secret: Option<String>,
 }
 
 /// The claim read for the viewer's organisation without `LOGSTREAM_JWT_ORG_CLAIM`.
@@ -105,6 +108,10 @@ impl fmt::Debug for JwtSettings {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("org_claim", &self.org_claim)
+            .field(
+                "share_secret",
+                &self.share_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -132,6 +139,8 @@ pub struct Viewer {
     /// The viewer's organisation (the org claim, when it is a non-empty string): it
     /// reads the jobs of that org as their owners do.
     pub org: Option<String>,
+    /// A share link's job: the one job this viewer reads (see `super::share`).
+    pub share: Option<logstream_core::ids::JobId>,
 }
 
 /// Why [`ViewerAuth::new`] refused the settings. Each message names the variable to fix.
@@ -152,6 +161,9 @@ pub enum JwtSetupError {
     /// The inline JWKS is not a JSON object with a `keys` array.
     #[error("LOGSTREAM_JWKS_JSON is not a JWKS document: {0}")]
     BadInlineJwks(String),
+    /// The share secret is too short to sign with.
+    #[error("LOGSTREAM_SHARE_SECRET must be at least 32 bytes")]
+    ShortShareSecret,
     /// The org claim's path has an empty part.
     #[error("LOGSTREAM_JWT_ORG_CLAIM {0:?} is not a claim name or a dotted path of names")]
     BadOrgClaim(String),
@@ -215,6 +227,8 @@ struct Inner {
     audience: Option<String>,
     /// The org claim's path, one name per level.
     org_path: Vec<String>,
+    /// Share links' signer, when a share secret is set.
+    share: Option<super::share::ShareSigner>,
     hs256_rules: Validation,
     rs256_rules: Validation,
 }
@@ -235,7 +249,13 @@ impl ViewerAuth {
             issuer,
             audience,
             org_claim,
+            share_secret,
         } = settings;
+        let share = match share_secret {
+            Some(secret) if secret.len() < 32 => return Err(JwtSetupError::ShortShareSecret),
+            Some(secret) => Some(super::share::ShareSigner::new(&secret)),
+            None => None,
+        };
         let org_claim = org_claim.unwrap_or_else(|| DEFAULT_ORG_CLAIM.to_owned());
         let org_path: Vec<String> = org_claim.split('.').map(str::to_owned).collect();
         if org_path.iter().any(|part| part.trim().is_empty()) {
@@ -279,11 +299,17 @@ impl ViewerAuth {
                 issuer,
                 audience,
                 org_path,
+                share,
                 hs256_rules: validation_rules(Algorithm::HS256),
                 rs256_rules: validation_rules(Algorithm::RS256),
             }),
             refetch_every: DEFAULT_REFETCH_INTERVAL,
         })
+    }
+
+    /// Share links' signer; `None` when `LOGSTREAM_SHARE_SECRET` is not set.
+    pub fn share_signer(&self) -> Option<&super::share::ShareSigner> {
+        self.inner.share.as_ref()
     }
 
     /// Sets the minimum time between two JWKS refetches that unknown `kid`s trigger (10 s by
@@ -450,6 +476,7 @@ impl Inner {
             Some(Value::String(user)) if !user.trim().is_empty() => Ok(Viewer {
                 user,
                 org,
+                share: None,
                 expires_at_ms: claims
                     .exp
                     .as_ref()
@@ -637,6 +664,7 @@ mod tests {
             issuer: Some(ISSUER.to_owned()),
             audience: None,
             org_claim: None,
+            share_secret: None,
         }
     }
 

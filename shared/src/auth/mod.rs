@@ -5,6 +5,7 @@
 //! | [`pipeline`] | the pipeline's credentials: the ingest key and per-job ingest tokens |
 //! | [`jwt`] | the viewer's JWT (RS256 via a JWKS, HS256) turned into a [`Viewer`] |
 //! | `jwks` | the JWKS keys: inline or fetched, cached, refetched for an unknown `kid` |
+//! | [`share`] | share links: signed tokens that read one job until they expire or are revoked |
 //!
 //! And the one rule every read route applies, [`Viewer::can_read`] (the owner, or a
 //! member of the job's org): history, raw log, search, the
@@ -14,6 +15,7 @@
 mod jwks;
 pub mod jwt;
 pub mod pipeline;
+pub mod share;
 
 pub use jwt::Viewer;
 
@@ -26,9 +28,13 @@ pub trait ReadableJob {
 }
 
 impl Viewer {
-    /// Whether this viewer may read `job`: its owner may, and so may a member of the
-    /// job's organisation (the viewer's org claim equals the job's `org`).
-    pub fn can_read(&self, job: &impl ReadableJob) -> bool {
+    /// Whether this viewer may read `job` (whose id is `id`): its owner may, and so
+    /// may a member of the job's organisation (the viewer's org claim equals the job's
+    /// `org`); a share link reads the one job it was issued for.
+    pub fn can_read(&self, id: &logstream_core::ids::JobId, job: &impl ReadableJob) -> bool {
+        if let Some(shared) = &self.share {
+            return shared == id;
+        }
         job.owner() == self.user
             || job
                 .org()
@@ -59,6 +65,7 @@ impl ReadableJob for crate::archive::Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logstream_core::ids::JobId;
 
     struct Job(&'static str, Option<&'static str>);
 
@@ -77,7 +84,17 @@ mod tests {
             user: user.into(),
             expires_at_ms: None,
             org: None,
+            share: None,
         }
+    }
+
+    fn id(raw: &str) -> JobId {
+        JobId::parse(raw).unwrap()
+    }
+
+    /// Whether `viewer` reads job `build-1` described by `job`.
+    fn reads(viewer: &Viewer, job: &Job) -> bool {
+        viewer.can_read(&id("build-1"), job)
     }
 
     fn member(user: &str, org: &str) -> Viewer {
@@ -89,30 +106,42 @@ mod tests {
 
     #[test]
     fn the_owner_reads_the_job() {
-        assert!(viewer("alice").can_read(&Job("alice", None)));
-        assert!(viewer("alice").can_read(&Job("alice", Some("acme"))));
-        assert!(member("alice", "other").can_read(&Job("alice", Some("acme"))));
+        assert!(reads(&viewer("alice"), &Job("alice", None)));
+        assert!(reads(&viewer("alice"), &Job("alice", Some("acme"))));
+        assert!(reads(
+            &member("alice", "other"),
+            &Job("alice", Some("acme"))
+        ));
     }
 
     #[test]
     fn another_user_does_not_read_the_job() {
-        assert!(!viewer("bob").can_read(&Job("alice", None)));
-        assert!(!viewer("").can_read(&Job("alice", None)));
-        assert!(!viewer("Alice").can_read(&Job("alice", None)));
+        assert!(!reads(&viewer("bob"), &Job("alice", None)));
+        assert!(!reads(&viewer(""), &Job("alice", None)));
+        assert!(!reads(&viewer("Alice"), &Job("alice", None)));
+    }
+
+    #[test]
+    fn a_share_link_reads_its_own_job_and_no_other() {
+        let link = Viewer {
+            share: Some(id("build-1")),
+            ..viewer("")
+        };
+        assert!(reads(&link, &Job("alice", None)));
+        assert!(!link.can_read(&id("build-2"), &Job("alice", None)));
+        // Not as an owner with an empty name, nor as an org member.
+        assert!(!link.can_read(&id("build-2"), &Job("", Some("acme"))));
     }
 
     #[test]
     fn a_member_of_the_jobs_org_reads_it_and_no_one_else_does() {
         let job = Job("alice", Some("acme"));
-        assert!(member("bob", "acme").can_read(&job));
-        assert!(!member("bob", "other").can_read(&job), "another org");
+        assert!(reads(&member("bob", "acme"), &job));
+        assert!(!reads(&member("bob", "other"), &job), "another org");
+        assert!(!reads(&member("bob", "ACME"), &job), "orgs compare exactly");
+        assert!(!reads(&viewer("bob"), &job), "no org claim");
         assert!(
-            !member("bob", "ACME").can_read(&job),
-            "orgs compare exactly"
-        );
-        assert!(!viewer("bob").can_read(&job), "no org claim");
-        assert!(
-            !member("bob", "acme").can_read(&Job("alice", None)),
+            !reads(&member("bob", "acme"), &Job("alice", None)),
             "a job without an org is its owner's alone"
         );
     }

@@ -8,7 +8,12 @@ use super::keys::{ARCHIVE_QUEUE, JobKeys};
 use super::reads::parse_id;
 use super::scripts::{
     ADD_SECRETS, APPEND, ARCHIVED_UPTO, CREATE, LEASE, MARK_ARCHIVED, RELEASE, SET_STATUS,
+    SHARE_ISSUE,
 };
+
+/// How long a job's share generation is kept after its last use: longer than any
+/// share link lives.
+pub const SHARE_RECORD_SECS: u64 = 8 * 24 * 3600;
 use super::sockets::Socket;
 use super::{
     AppendOutcome, Appended, JobMeta, LogStore, NewJob, SecretsOutcome, StatusOutcome, StoreError,
@@ -229,6 +234,50 @@ impl LogStore {
                 "add_secrets answered {other:?}"
             ))),
         }
+    }
+
+    /// The job's share generation: share links issued under another one are revoked.
+    pub async fn share_generation(&self, job: &JobId) -> Result<u64, StoreError> {
+        let key = JobKeys::new(job).share;
+        let value: Option<u64> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        Ok(value.unwrap_or(0))
+    }
+
+    /// The share generation to issue a link under, keeping a revocation on record for
+    /// [`SHARE_RECORD_SECS`] from now (a link lives at most 7 days).
+    pub async fn issue_share(&self, job: &JobId) -> Result<u64, StoreError> {
+        let key = JobKeys::new(job).share;
+        let value: Option<u64> = self
+            .run(|mut c| {
+                let mut inv = SHARE_ISSUE.key(&key);
+                inv.arg(SHARE_RECORD_SECS);
+                async move { inv.invoke(&mut c).await }
+            })
+            .await?;
+        Ok(value.unwrap_or(0))
+    }
+
+    /// Revokes every share link of the job: its share generation goes up by one.
+    pub async fn revoke_shares(&self, job: &JobId) -> Result<u64, StoreError> {
+        let key = JobKeys::new(job).share;
+        let (generation, _): (u64, ()) = self
+            .run(|mut c| {
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("INCR")
+                    .arg(&key)
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(SHARE_RECORD_SECS);
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(generation)
     }
 
     /// Moves the job to `to`, appending a `status` entry stamped `ts`. A terminal status

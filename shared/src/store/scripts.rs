@@ -163,6 +163,18 @@ return {'ok', tostring(added)}
     )
 });
 
+/// The share generation a new link is issued under (nil: 0), and the record of it
+/// kept for `ARGV[1]` seconds more when there is one. KEYS: the job's share key.
+pub(super) static SHARE_ISSUE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local g = redis.call('GET', KEYS[1])
+if g then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return g
+",
+    )
+});
+
 /// Moves a job to a new status, appending its `status` entry (numbered like any
 /// other); a terminal status also stamps `finished_at`. The allowed moves mirror
 /// [`JobStatus::transition`]. KEYS: meta, logs, ws, idx (one job's keys only: the

@@ -116,6 +116,55 @@ pub async fn authenticate_viewer(
     Ok(auth.verify(&token).await?)
 }
 
+/// [`authenticate_viewer`] for the read routes of `job`, which also take a share link
+/// of that job (`crate::auth::share`): verified with the deployment's secret, then
+/// checked against the job's share generation (one Redis `GET`, only for share
+/// tokens). A link of another job is answered like a job that does not exist (404);
+/// an expired or revoked one, or one this deployment did not sign, is 401.
+pub async fn authenticate_reader(
+    auth: &ViewerAuth,
+    store: &crate::store::LogStore,
+    job: &logstream_core::ids::JobId,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Viewer, ApiError> {
+    let token =
+        viewer_token(headers, uri).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+    verify_reader(auth, store, job, &token).await
+}
+
+/// [`authenticate_reader`] for a token already taken from the request (the WebSocket
+/// `$connect`'s query).
+pub async fn verify_reader(
+    auth: &ViewerAuth,
+    store: &crate::store::LogStore,
+    job: &logstream_core::ids::JobId,
+    token: &str,
+) -> Result<Viewer, ApiError> {
+    if !token.trim().starts_with(crate::auth::share::PREFIX) {
+        return Ok(auth.verify(token).await?);
+    }
+    let signer = auth
+        .share_signer()
+        .ok_or_else(|| ApiError::unauthorized("share links are not enabled here"))?;
+    let now = logstream_core::model::now_ms() / 1000;
+    let grant = signer
+        .verify(token.trim(), now)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    if &grant.job != job {
+        return Err(ApiError::job_not_found());
+    }
+    if store.share_generation(job).await? != grant.generation {
+        return Err(ApiError::unauthorized("share link revoked"));
+    }
+    Ok(Viewer {
+        user: String::new(),
+        expires_at_ms: Some(grant.expires_at.saturating_mul(1000)),
+        org: None,
+        share: Some(grant.job),
+    })
+}
+
 /// Adds the JSON 404 and 405 answers, the body limit and CORS to `routes`.
 pub fn finish(routes: Router, cors_origins: &[HeaderValue]) -> Router {
     let router = routes
