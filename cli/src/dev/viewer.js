@@ -70,6 +70,9 @@ async function open() {
   let page;
   try { page = await fetchPage("limit=200"); } catch (err) { msg.textContent = err.message; return; }
   setStatus(page.status);
+  // A share link's holder reads; only a signed-in reader (a JWT) makes links.
+  $("share").hidden = token.startsWith("lss1.");
+  $("shared").hidden = true;
   for (const e of page.lines) append(e);
   oldestId = page.next_before; earlierBtn.hidden = !oldestId;
   log.scrollTop = log.scrollHeight;
@@ -81,7 +84,24 @@ async function open() {
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) msg.textContent = "stream closed"; };
 }
 
+// A link anyone can open for a while, without an account: the token of a share link
+// (POST /jobs/{id}/share) in the fragment, which the page reads once and removes.
+async function share() {
+  const res = await fetch(`/jobs/${encodeURIComponent(job)}/share`, {
+    method: "POST",
+    headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" },
+    body: "{}",
+  });
+  const body = await res.json();
+  if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
+  $("share-link").value = `${location.origin}/?job=${encodeURIComponent(job)}#access_token=${encodeURIComponent(body.token)}`;
+  $("share-expiry").textContent = "until " + new Date(body.expires_at).toLocaleString();
+  $("shared").hidden = false;
+  $("share-link").select();
+}
+
 $("follow").onclick = open;
+$("share").onclick = () => share().catch((err) => { msg.textContent = err.message; });
 for (const id of ["job", "token"]) $(id).addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
 earlierBtn.onclick = () => loadEarlier().catch((err) => { msg.textContent = err.message; });
 newerBtn.onclick = () => { log.scrollTop = log.scrollHeight; };
@@ -89,12 +109,17 @@ log.addEventListener("scroll", () => { if (atBottom()) newerBtn.style.display = 
 // A link may bring the job and the token: the token in the fragment (`#access_token=`,
 // never sent to a server), or in the query as older links did. Either is read once and
 // removed from the address bar at once.
-const query = new URLSearchParams(location.search), fragment = new URLSearchParams(location.hash.slice(1));
-const linkJob = fragment.get("job") || query.get("job");
-const linkToken = fragment.get("access_token") || query.get("access_token");
-if (linkToken || location.hash) history.replaceState(null, "", linkJob ? `/?job=${encodeURIComponent(linkJob)}` : "/");
-if (linkJob) {
-  $("job").value = linkJob;
-  $("token").value = linkToken || sessionStorage.getItem("logstream.token") || "";
-  open();
+// Also when only the fragment changes (a link to this same page does not reload it).
+function openFromLink() {
+  const query = new URLSearchParams(location.search), fragment = new URLSearchParams(location.hash.slice(1));
+  const linkJob = fragment.get("job") || query.get("job");
+  const linkToken = fragment.get("access_token") || query.get("access_token");
+  if (linkToken || location.hash) history.replaceState(null, "", linkJob ? `/?job=${encodeURIComponent(linkJob)}` : "/");
+  if (linkJob) {
+    $("job").value = linkJob;
+    $("token").value = linkToken || sessionStorage.getItem("logstream.token") || "";
+    open();
+  }
 }
+window.addEventListener("hashchange", openFromLink);
+openFromLink();

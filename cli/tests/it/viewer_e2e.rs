@@ -332,3 +332,62 @@ async fn an_older_link_with_the_token_in_the_query_loses_it_at_once() {
         json!(env.url(&format!("/?job={job}")))
     );
 }
+
+#[tokio::test]
+async fn the_share_button_makes_a_link_that_opens_the_job_without_an_account() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.post_lines(&job, "shared line", 1).await;
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&env.url(&format!("/?job={job}#access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the line",
+            "return document.getElementById('log').innerText.includes('shared line 0')",
+        )
+        .await;
+    browser
+        .eval("document.getElementById('share').click(); return null")
+        .await;
+    browser
+        .wait_for(
+            "the link",
+            "return !document.getElementById('shared').hidden",
+        )
+        .await;
+    let link = browser
+        .eval("return document.getElementById('share-link').value")
+        .await;
+    let link = link.as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with(&env.url(&format!("/?job={job}#access_token=lss1.")))
+            && !link.contains(&token),
+        "{link}"
+    );
+    let expiry = browser
+        .eval("return document.getElementById('share-expiry').textContent")
+        .await;
+    assert!(expiry.as_str().unwrap().starts_with("until "), "{expiry}");
+
+    // Opened in a tab of its own (no session token): the job is read through the link
+    // alone, and the page offers no share button to its holder.
+    browser.eval("sessionStorage.clear(); return null").await;
+    browser.goto(&link).await;
+    browser
+        .wait_for(
+            "the line through the link",
+            "return document.getElementById('log').innerText.includes('shared line 0')",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval(
+                "return [location.href.includes('lss1.'), document.getElementById('share').hidden]"
+            )
+            .await,
+        json!([false, true])
+    );
+}

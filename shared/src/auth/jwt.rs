@@ -1061,6 +1061,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_share_secret_shorter_than_32_bytes_stops_the_function_naming_the_variable() {
+        let err = ViewerAuth::new(
+            JwtSettings {
+                share_secret: Some("short".to_owned()),
+                ..settings(Some(JwksSource::Inline(JWKS_A.to_owned())), None)
+            },
+            http(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("LOGSTREAM_SHARE_SECRET"), "{err}");
+        let auth = ViewerAuth::new(
+            JwtSettings {
+                share_secret: Some("s".repeat(32)),
+                ..settings(Some(JwksSource::Inline(JWKS_A.to_owned())), None)
+            },
+            http(),
+        )
+        .unwrap();
+        assert!(auth.share_signer().is_some());
+        assert!(inline_auth(JWKS_A).share_signer().is_none());
+    }
+
     #[tokio::test]
     async fn aud_is_ignored_when_no_audience_is_configured() {
         let token = rs256(
