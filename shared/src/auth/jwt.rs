@@ -139,8 +139,9 @@ pub struct Viewer {
     /// The viewer's organisation (the org claim, when it is a non-empty string): it
     /// reads the jobs of that org as their owners do.
     pub org: Option<String>,
-    /// A share link's job: the one job this viewer reads (see `super::share`).
-    pub share: Option<logstream_core::ids::JobId>,
+    /// A share link's grant: the one job this viewer reads, and the job's share
+    /// generation it was verified under (see `super::share`).
+    pub share: Option<super::share::Grant>,
 }
 
 /// Why [`ViewerAuth::new`] refused the settings. Each message names the variable to fix.

@@ -32,8 +32,8 @@ impl Viewer {
     /// may a member of the job's organisation (the viewer's org claim equals the job's
     /// `org`); a share link reads the one job it was issued for.
     pub fn can_read(&self, id: &logstream_core::ids::JobId, job: &impl ReadableJob) -> bool {
-        if let Some(shared) = &self.share {
-            return shared == id;
+        if let Some(grant) = &self.share {
+            return &grant.job == id;
         }
         job.owner() == self.user
             || job
@@ -124,7 +124,11 @@ mod tests {
     #[test]
     fn a_share_link_reads_its_own_job_and_no_other() {
         let link = Viewer {
-            share: Some(id("build-1")),
+            share: Some(share::Grant {
+                job: id("build-1"),
+                generation: 0,
+                expires_at: u64::MAX,
+            }),
             ..viewer("")
         };
         assert!(reads(&link, &Job("alice", None)));

@@ -161,7 +161,7 @@ pub async fn verify_reader(
         user: String::new(),
         expires_at_ms: Some(grant.expires_at.saturating_mul(1000)),
         org: None,
-        share: Some(grant.job),
+        share: Some(grant),
     })
 }
 
