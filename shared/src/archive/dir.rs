@@ -54,12 +54,10 @@ impl DirArchive {
     }
 
     pub(super) async fn read_manifest(&self, job: &JobId) -> Result<Option<Vec<u8>>, ArchiveError> {
-        let path = self.job_dir(job).join(MANIFEST_FILE);
-        match fs::read(&path).await {
-            Ok(raw) => Ok(Some(raw)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path)(e)),
-        }
+        Ok(self
+            .read_whole(job, MANIFEST_FILE)
+            .await?
+            .map(|body| body.to_vec()))
     }
 
     pub(super) async fn write_manifest(

@@ -153,28 +153,10 @@ impl S3Archive {
     }
 
     pub(super) async fn read_manifest(&self, job: &JobId) -> Result<Option<Vec<u8>>, ArchiveError> {
-        let got = self
-            .client()
-            .await
-            .get_object()
-            .bucket(&self.bucket)
-            .key(Self::key(job, MANIFEST_FILE))
-            .send()
-            .await;
-        let out = match got {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(s3_error("GetObject manifest", e)),
-        };
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| ArchiveError::Unavailable {
-                op: "GetObject manifest",
-                message: e.to_string(),
-            })?;
-        Ok(Some(body.to_vec()))
+        Ok(self
+            .read_whole(job, MANIFEST_FILE)
+            .await?
+            .map(|body| body.to_vec()))
     }
 
     pub(super) async fn write_manifest(
