@@ -256,10 +256,14 @@ async fn a_share_link_reads_its_job_only_until_revoked_or_expired() {
     );
     assert_eq!(read_statuses(&env, &job, &token).await, REFUSED);
     assert_eq!(read_statuses(&env, &job, &second).await, REFUSED);
-    let (_, third) = share(&env, &job, &alice, json!({"ttl_secs": 1})).await;
+    // Expiry is in whole seconds: a 3 s link issued late in a second still reads for
+    // over 2 s, and has expired 4.1 s after it was made.
+    let (_, third) = share(&env, &job, &alice, json!({"ttl_secs": 3})).await;
+    let made = std::time::Instant::now();
     let third = third["token"].as_str().unwrap().to_owned();
     assert_eq!(read_statuses(&env, &job, &third).await, READ);
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(4_100).saturating_sub(made.elapsed()))
+        .await;
     assert_eq!(read_statuses(&env, &job, &third).await, REFUSED, "expired");
 
     // A link cannot be stretched or moved: any change breaks its signature.
