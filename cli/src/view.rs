@@ -46,6 +46,9 @@ pub enum ViewError {
     /// Writing to stdout failed (a closed pipe, when the reader has had enough).
     #[error("writing the output: {0}")]
     Output(#[from] io::Error),
+    /// The job was deleted while it was followed.
+    #[error("job {0} was deleted")]
+    Deleted(JobId),
 }
 
 /// Where to read from, as whom.
@@ -122,6 +125,10 @@ pub async fn tail(
             Some(FollowEvent::Done(status)) => {
                 out.flush()?;
                 return Ok(status);
+            }
+            Some(FollowEvent::Deleted) => {
+                out.flush()?;
+                return Err(ViewError::Deleted(job));
             }
             // `next` ends only after `Done`.
             None => {

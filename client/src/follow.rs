@@ -52,6 +52,8 @@ pub enum FollowEvent {
     Entry(Entry),
     /// The job has ended with this status; nothing follows.
     Done(JobStatus),
+    /// The job was deleted (`DELETE /jobs/{id}`); nothing follows.
+    Deleted,
 }
 
 /// One Server-Sent Events frame.
@@ -261,6 +263,12 @@ impl Follow {
                         .and_then(|v| v["status"].as_str().and_then(|s| s.parse().ok()))
                         .unwrap_or(JobStatus::Failed);
                     self.queue.push_back(FollowEvent::Done(status));
+                    self.done = true;
+                    self.body = None;
+                    return;
+                }
+                "deleted" => {
+                    self.queue.push_back(FollowEvent::Deleted);
                     self.done = true;
                     self.body = None;
                     return;

@@ -39,6 +39,8 @@ pub struct Clients {
     viewers: OnceLock<ViewerAuth>,
     #[cfg(feature = "s3")]
     archive: tokio::sync::OnceCell<Option<crate::archive::Archive>>,
+    #[cfg(feature = "ws")]
+    ws_management: tokio::sync::OnceCell<Option<crate::wsapi::Client>>,
 }
 
 impl Clients {
@@ -58,6 +60,8 @@ impl Clients {
             viewers: OnceLock::new(),
             #[cfg(feature = "s3")]
             archive: tokio::sync::OnceCell::new(),
+            #[cfg(feature = "ws")]
+            ws_management: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -111,6 +115,27 @@ impl Clients {
                     Host::Local { archive_dir, .. } => Some(archive_dir.as_path()),
                 };
                 crate::archive::from_config(&self.config, default_dir).await
+            })
+            .await
+            .clone()
+    }
+
+    /// The WebSocket management API's client: on Lambda for `LOGSTREAM_WS_ENDPOINT`
+    /// (with the function's region and credentials), `None` without it; locally
+    /// `logstream dev`'s own management route, or that variable.
+    #[cfg(feature = "ws")]
+    pub async fn ws_management(&self) -> Option<crate::wsapi::Client> {
+        self.ws_management
+            .get_or_init(|| async {
+                match (&self.host, &self.config.ws_endpoint) {
+                    (Host::Lambda, Some(endpoint)) => {
+                        Some(crate::wsapi::client_from_environment(endpoint).await)
+                    }
+                    (Host::Lambda, None) => None,
+                    (Host::Local { ws_endpoint, .. }, endpoint) => Some(
+                        crate::wsapi::local_client(endpoint.as_deref().unwrap_or(ws_endpoint)),
+                    ),
+                }
             })
             .await
             .clone()

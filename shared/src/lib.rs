@@ -12,6 +12,7 @@
 //! | [`config`] | settings from the environment, checked at start |
 //! | [`clients`] | the clients a process makes once from its settings; every function's state is built from them |
 //! | [`telemetry`] | tracing setup for the Lambda mains and the CLI |
+//! | `wsapi` | API Gateway's WebSocket management API (feature `ws`): pushing to and closing connections |
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -23,3 +24,5 @@ pub mod log;
 pub mod store;
 pub mod telemetry;
 pub mod web;
+#[cfg(feature = "ws")]
+pub mod wsapi;

@@ -16,7 +16,8 @@
 //! returns past what Redis returned is skipped by number.
 //!
 //! When a job's keys are gone (its TTL, eviction, a flushed cache) the archive answers
-//! alone, job info included, from the manifest ([`JobInfo`]), with `Source::Archive`.
+//! alone, job info included, from the manifest ([`JobInfo`]), with `Source::Archive`;
+//! unless the job was deleted (its tombstone is in Redis): then it is gone from both.
 
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::{JobStatus, StoredEntry};
@@ -151,11 +152,16 @@ impl JobLog {
             .map(|m| (JobInfo::from(&m), Source::Archive)))
     }
 
-    async fn manifest(&self, job: &JobId) -> Result<Option<Manifest>, ArchiveError> {
-        match &self.archive {
-            Some(archive) => archive.manifest(job).await,
-            None => Ok(None),
+    /// The manifest of a job Redis has forgotten; `None` when it was deleted (whatever
+    /// the archive may still hold while the deletion finishes).
+    async fn manifest(&self, job: &JobId) -> Result<Option<Manifest>, LogError> {
+        let Some(archive) = &self.archive else {
+            return Ok(None);
+        };
+        if self.store.tombstone(job).await?.is_some() {
+            return Ok(None);
         }
+        Ok(archive.manifest(job).await?)
     }
 
     /// One page of the job's log (see [`Cursor`]), and the job; `None` when neither

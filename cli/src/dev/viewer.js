@@ -81,6 +81,7 @@ async function open() {
   source = new EventSource(`/jobs/${encodeURIComponent(job)}/logs/stream?${start}&access_token=${encodeURIComponent(token)}`);
   for (const kind of ["log", "stage", "status"]) source.addEventListener(kind, (ev) => append(JSON.parse(ev.data)));
   source.addEventListener("done", (ev) => { setStatus(JSON.parse(ev.data).status); source.close(); });
+  source.addEventListener("deleted", () => { setStatus("deleted"); source.close(); });
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) msg.textContent = "stream closed"; };
 }
 

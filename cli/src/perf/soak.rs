@@ -497,7 +497,7 @@ async fn view_jobs(
                         }
                         break;
                     }
-                    Ok(None) => break,
+                    Ok(Some(FollowEvent::Deleted)) | Ok(None) => break,
                     Err(_) => {
                         counters.errors.fetch_add(1, Ordering::Relaxed);
                         break;

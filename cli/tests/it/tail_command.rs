@@ -289,3 +289,32 @@ async fn tail_of_a_job_that_has_ended_prints_it_whole_and_exits_with_its_status(
         ]
     );
 }
+
+#[tokio::test]
+async fn tail_of_a_job_deleted_meanwhile_says_so_and_exits_2() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    env.post_lines(&job, "before", 1).await;
+    let mut child = tail(&env.server.url(), "alice", &[&job, "--from-start"])
+        .spawn()
+        .unwrap();
+    let (mut stdout, stderr) = readers(&mut child);
+    stdout.until("before 0", 30).await;
+    let res = env
+        .http
+        .delete(env.url(&format!("/jobs/{job}")))
+        .bearer_auth(INGEST_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::NO_CONTENT);
+    // 2, as for every view that could not go on (0 and 1 are the job's own ending).
+    assert_eq!(exit_code(&mut child).await, Some(2));
+    let said = stderr.rest().await;
+    assert!(
+        said.iter()
+            .any(|line| line == &format!("logstream tail: job {job} was deleted")),
+        "{said:?}"
+    );
+}

@@ -31,6 +31,10 @@
 //!   are archived: they are merged into `build.jsonl` as they are, and the job is served
 //!   from the archive from then on. With nothing archived, it is reported `expired`.
 //!
+//! - a deleted job (`DELETE /jobs/{id}` leaves a tombstone in Redis): whatever the
+//!   archive holds of it is removed, and it leaves the queue. The tombstone is checked
+//!   before a visit and again after it, so a deletion while the visit was writing
+//!   leaves nothing behind either ([`Archiver::archive_job`]).
 //! - a job whose manifest is missing or damaged: made again from its segments first
 //!   (`Archive::recover_manifest`), so the log never restarts at the stream's oldest
 //!   entry; entries in neither tier stop the visit with an error.
@@ -143,6 +147,9 @@ pub enum Outcome {
     Expired,
     /// Neither in Redis, nor queued, nor archived: nothing to do.
     Unknown,
+    /// Deleted (`DELETE /jobs/{id}`): what the archive held of it was removed, and it
+    /// left the queue.
+    Deleted,
     /// No archive configured.
     Skipped,
 }
@@ -169,6 +176,8 @@ pub struct Report {
     /// Jobs another archiver was visiting.
     pub busy: Vec<String>,
     pub unknown: Vec<String>,
+    /// Deleted jobs whose archived objects this invocation removed (or found gone).
+    pub deleted: Vec<String>,
     /// Storage failures: these jobs stay queued.
     pub failed: Vec<String>,
     /// No archive is configured.
@@ -189,6 +198,7 @@ impl Report {
             Outcome::Busy => &mut self.busy,
             Outcome::Expired => &mut self.expired,
             Outcome::Unknown => &mut self.unknown,
+            Outcome::Deleted => &mut self.deleted,
             Outcome::Skipped => {
                 self.skipped = true;
                 return;
@@ -349,11 +359,55 @@ impl Archiver {
         if !self.store.take_flush_lease(job, &token, lease_ms).await? {
             return Ok(Outcome::Busy);
         }
-        let outcome = self.visit_leased(archive, job).await;
+        let outcome = match self.purge_if_deleted(archive, job).await {
+            Ok(true) => Ok(Outcome::Deleted),
+            Ok(false) => match self.visit_leased(archive, job).await {
+                // Redis is down: no point asking it. The job stays queued (a deletion
+                // queues it too), so the next visit checks before anything else.
+                Err(e @ ArchiverError::Store(_)) => Err(e),
+                // Deleted while this visit ran: what it wrote goes too (see
+                // `purge_if_deleted`).
+                outcome => match self.purge_if_deleted(archive, job).await {
+                    Ok(true) => Ok(Outcome::Deleted),
+                    Ok(false) => outcome,
+                    Err(e) => Err(e),
+                },
+            },
+            Err(e) => Err(e),
+        };
         if let Err(e) = self.store.release_flush_lease(job, &token).await {
             tracing::warn!(error = %e, "flush lease not released; it expires by itself");
         }
         outcome
+    }
+
+    /// For a deleted job (its tombstone is in Redis): removes everything the archive
+    /// holds of it, takes it off the queue, and answers `true`.
+    ///
+    /// Asked after a visit's last write as well as before its first, this is what
+    /// makes a deletion racing a visit leave nothing behind. A deletion leaves the
+    /// tombstone, then lists and removes the job's objects. If this check does not see
+    /// the tombstone, it ran before the tombstone was left, so every object the visit
+    /// wrote was already stored when the deletion listed them, and the deletion removed
+    /// them; if it does, this removes them itself.
+    async fn purge_if_deleted(
+        &self,
+        archive: &Archive,
+        job: &JobId,
+    ) -> Result<bool, ArchiverError> {
+        if self.store.tombstone(job).await?.is_none() {
+            return Ok(false);
+        }
+        let removed = archive
+            .purge(job)
+            .await
+            .map_err(|source| ArchiverError::Archive {
+                job: job.clone(),
+                source,
+            })?;
+        self.store.unqueue_archive(job.as_str()).await?;
+        tracing::info!(removed, "deleted job: its archived objects are gone");
+        Ok(true)
     }
 
     /// [`archive_job`](Self::archive_job)'s work, under the job's lease.

@@ -7,6 +7,7 @@
 //! | `GET /jobs/{id}/logs?q=TEXT&…` | a page of the `line` entries containing TEXT (any case), over the whole job |
 //! | `POST /jobs/{id}/share` | a share link: a token that reads this job only, for a while |
 //! | `DELETE /jobs/{id}/share` | revokes every share link of the job |
+//! | `DELETE /jobs/{id}` | deletes the job everywhere: Redis, the archive, open streams (module `delete`) |
 //!
 //! Pages walk backwards from the newest entry ("load earlier" with `before`), forwards
 //! from a known id (`after`), or from an entry number (`at`, for permalinks). Both
@@ -18,6 +19,8 @@
 //! (404), wherever it was found.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod delete;
 
 use std::sync::Arc;
 
@@ -34,6 +37,7 @@ use logstream_core::model::{JobStatus, StoredEntry, now_ms};
 use logstream_core::search::Query;
 use logstream_shared::archive::Archive;
 use logstream_shared::auth::jwt::ViewerAuth;
+use logstream_shared::auth::pipeline::IngestKey;
 use logstream_shared::auth::share;
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
@@ -43,6 +47,7 @@ use logstream_shared::web::error::ApiError;
 use logstream_shared::web::{
     ApiQuery, BodyBytes, JobPath, authenticate_reader, finish, parse_json,
 };
+use logstream_shared::wsapi;
 
 /// Page size without `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -55,6 +60,10 @@ pub const SEARCH_BUDGET: usize = 500_000;
 pub struct HistoryState {
     log: JobLog,
     viewers: ViewerAuth,
+    /// The deployment's ingest key, which may delete jobs (when the function has it).
+    ingest_key: Option<IngestKey>,
+    /// The WebSocket management API, to close a deleted job's connections.
+    ws: Option<wsapi::Client>,
 }
 
 impl HistoryState {
@@ -72,24 +81,48 @@ impl HistoryState {
         Arc::new(Self {
             log: JobLog::new(store, archive),
             viewers,
+            ingest_key: None,
+            ws: None,
         })
     }
 
+    /// Lets the ingest key delete jobs, and closes a deleted job's WebSocket
+    /// connections through `ws`.
+    pub fn deleting(
+        mut self: Arc<Self>,
+        ingest_key: Option<IngestKey>,
+        ws: Option<wsapi::Client>,
+    ) -> Arc<Self> {
+        if let Some(state) = Arc::get_mut(&mut self) {
+            state.ingest_key = ingest_key;
+            state.ws = ws;
+        }
+        self
+    }
+
     /// The history function's state from the process's [`Clients`]: the store, the
-    /// viewer-token verifier and the archive (when there is one); connects lazily.
+    /// viewer-token verifier, the archive (when there is one), the ingest key (when
+    /// set: it may delete jobs) and the WebSocket management API (when there is one:
+    /// deleting a job closes its connections); connects lazily.
     pub async fn build(clients: &Clients) -> Result<Arc<Self>, ConfigError> {
+        let ingest_key = clients
+            .config()
+            .ingest_key
+            .as_ref()
+            .map(|key| IngestKey::new(key.expose()));
         Ok(Self::with_archive(
             clients.store()?,
             clients.viewers()?,
             clients.archive().await,
-        ))
+        )
+        .deleting(ingest_key, clients.ws_management().await))
     }
 }
 
 /// The history routes, without fallbacks (see [`logstream_shared::web::finish`]).
 pub fn routes(state: Arc<HistoryState>) -> Router {
     Router::new()
-        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}", get(get_job).delete(delete::delete_job))
         .route("/jobs/{id}/logs", get(get_logs))
         .route("/jobs/{id}/share", post(create_share).delete(revoke_shares))
         .with_state(state)

@@ -47,7 +47,7 @@ use logstream_core::sanitize::Sanitizer;
 use logstream_shared::auth::pipeline::{
     IngestKey, bearer, new_ingest_token, token_hash, token_matches,
 };
-use logstream_shared::clients::{Clients, Host};
+use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
 use logstream_shared::store::{
     AppendOutcome, Appended, LogStore, NewJob, SecretsOutcome, Socket, StatusOutcome, StoreError,
@@ -112,14 +112,10 @@ impl IngestState {
         let store = clients.store()?;
         let key = IngestKey::new(config.require_ingest_key()?.expose());
         let bound = Duration::from_millis(config.ws_push_timeout_ms);
-        let push = match (clients.host(), &config.ws_endpoint) {
-            (Host::Lambda, Some(endpoint)) => Some(WsPush::from_environment(endpoint, bound).await),
-            (Host::Lambda, None) => None,
-            (Host::Local { ws_endpoint, .. }, endpoint) => Some(WsPush::local(
-                endpoint.as_deref().unwrap_or(ws_endpoint),
-                bound,
-            )),
-        };
+        let push = clients
+            .ws_management()
+            .await
+            .map(|client| WsPush::new(client, bound));
         Ok(Self::with_push(store, key, push).waking_archiver(clients.archiver_wakeup()))
     }
 
@@ -602,7 +598,7 @@ async fn create_job(
     if !state.store.create_job(&job, &new).await? {
         return Err(ApiError::conflict(
             "job_exists",
-            "a job with this id exists",
+            "a job with this id exists (or was deleted lately: its id stays taken for 8 days)",
         ));
     }
     state.jobs.put(

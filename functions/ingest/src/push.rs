@@ -48,8 +48,6 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_apigatewaymanagement::Client;
 use aws_sdk_apigatewaymanagement::config::http::HttpResponse;
-use aws_sdk_apigatewaymanagement::config::retry::RetryConfig;
-use aws_sdk_apigatewaymanagement::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_apigatewaymanagement::error::SdkError;
 use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectionError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
@@ -192,7 +190,7 @@ impl Breaker {
 impl WsPush {
     /// Pushes with `client` (its endpoint set to the management API), waiting at most
     /// `bound` per request. The client's retry configuration is the caller's: the
-    /// constructors below build clients that try each call once.
+    /// clients of `logstream_shared::wsapi` try each call once.
     pub fn new(client: Client, bound: Duration) -> Self {
         Self {
             client,
@@ -226,31 +224,6 @@ impl WsPush {
         } else {
             Verdict::Skip
         }
-    }
-
-    /// The client a Lambda uses: region and credentials from the environment (the
-    /// function's role), `endpoint` = the WebSocket API's management endpoint; each
-    /// call tried once (see the module's doc).
-    pub async fn from_environment(endpoint: &str, bound: Duration) -> Self {
-        let shared = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        let config = aws_sdk_apigatewaymanagement::config::Builder::from(&shared)
-            .endpoint_url(endpoint)
-            .retry_config(once())
-            .build();
-        Self::new(Client::from_conf(config), bound)
-    }
-
-    /// A client for a local management endpoint (`logstream dev`), which checks no
-    /// signature: fixed placeholder credentials and region; each call tried once.
-    pub fn local(endpoint: &str, bound: Duration) -> Self {
-        let config = aws_sdk_apigatewaymanagement::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("local"))
-            .credentials_provider(Credentials::new("local", "local", None, None, "logstream"))
-            .endpoint_url(endpoint)
-            .retry_config(once())
-            .build();
-        Self::new(Client::from_conf(config), bound)
     }
 
     /// Sends `messages`, in order, to every one of `connections` that is neither
@@ -453,10 +426,6 @@ impl WsPush {
 /// The management API client's retries: none. A throttled `PostToConnection`
 /// (`LimitExceededException`, 429) is a consumer that does not keep up, which the
 /// breaker handles; the SDK's default would retry it with backoff until the bound.
-fn once() -> RetryConfig {
-    RetryConfig::standard().with_max_attempts(1)
-}
-
 /// Drops `gone` from the job's hash (see [`CONNECT_GRACE`]).
 async fn drop_gone(store: &LogStore, job: &JobId, gone: &[String]) {
     match store.drop_gone_connections(job, gone, CONNECT_GRACE).await {
@@ -585,6 +554,7 @@ mod tests {
 
         use logstream_core::ids::JobId;
         use logstream_shared::store::{LogStore, Retention, Socket};
+        use logstream_shared::wsapi::local_client;
 
         use super::super::{PROBE_EVERY, WsPush};
 
@@ -777,7 +747,7 @@ mod tests {
         async fn a_throttled_push_is_tried_once_and_later_batches_skip_the_connection() {
             let (fake, endpoint) = Fake::start().await;
             fake.set("slow", Mode::Throttle);
-            let push = WsPush::local(&endpoint, BOUND);
+            let push = WsPush::new(local_client(&endpoint), BOUND);
             deliver(&push, "one").await;
             assert_eq!(
                 fake.posts("slow"),
@@ -795,7 +765,7 @@ mod tests {
         async fn a_request_stops_waiting_on_a_connection_another_request_found_failing() {
             let (fake, endpoint) = Fake::start().await;
             fake.set("slow", Mode::Hold);
-            let push = WsPush::local(&endpoint, BOUND);
+            let push = WsPush::new(local_client(&endpoint), BOUND);
             let fallback = Fallback::arm(&fake);
             let first = tokio::spawn({
                 let push = push.clone();
@@ -826,7 +796,7 @@ mod tests {
         async fn a_probe_is_not_waited_for_and_closes_the_breaker_once_delivered() {
             let (fake, endpoint) = Fake::start().await;
             fake.set("slow", Mode::Throttle);
-            let push = WsPush::local(&endpoint, BOUND);
+            let push = WsPush::new(local_client(&endpoint), BOUND);
             deliver(&push, "one").await;
             assert_eq!(push.tripped(), 1);
             // The probe is due; the connection now hangs.

@@ -16,10 +16,19 @@ pub const RETRY: &[u8] = b"retry: 2000\n\n";
 /// Sent after the heartbeat interval without any other frame.
 pub const HEARTBEAT: &[u8] = b"event: heartbeat\ndata: {}\n\n";
 
+/// The last frame of a stream whose job was deleted.
+pub const DELETED: &[u8] = b"event: deleted\ndata: {}\n\n";
+
+/// The event name of the entry that says the job was deleted
+/// (`logstream_shared::store::DELETED_ENTRY`): not sent as such; the stream sends
+/// [`DELETED`] and ends.
+pub const DELETED_EVENT: &str = "deleted";
+
 /// What a stream needs to know of an entry beyond its JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryInfo {
-    /// The SSE event name: `log`, `stage` or `status`.
+    /// The SSE event name: `log`, `stage` or `status` ([`DELETED_EVENT`] for the
+    /// deletion signal).
     pub event: &'static str,
     /// `Some` when this is the entry that ends the job.
     pub terminal: Option<JobStatus>,
@@ -44,6 +53,10 @@ pub fn info(entry: &StoredEntry) -> EntryInfo {
             },
             "stage" => EntryInfo {
                 event: "stage",
+                terminal: None,
+            },
+            "deleted" => EntryInfo {
+                event: DELETED_EVENT,
                 terminal: None,
             },
             "status" => EntryInfo {
@@ -168,6 +181,16 @@ mod tests {
                 terminal: None
             }
         );
+    }
+
+    #[test]
+    fn the_deletion_signal_is_recognised() {
+        let e = StoredEntry {
+            id: "4-0".parse().unwrap(),
+            json: logstream_shared::store::DELETED_ENTRY.to_owned(),
+        };
+        assert_eq!(info(&e).event, DELETED_EVENT);
+        assert_eq!(DELETED, b"event: deleted\ndata: {}\n\n");
     }
 
     #[test]

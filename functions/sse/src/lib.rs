@@ -11,6 +11,11 @@
 //! newest entry at connect time. Replay and live join through [`hub`] without a gap or a
 //! duplicate.
 //!
+//! A job deleted while it is followed ends its streams with `event: deleted`: at once
+//! through the feed, which reads the deletion's signal entry, else at the next
+//! heartbeat interval's check of the job (which also ends a share link's stream once
+//! the job's links are revoked).
+//!
 //! Lambda: an invocation has a deadline (in the request's `lambda_http::Context`). The
 //! stream ends cleanly `LOGSTREAM_SSE_HANDOFF_SECS` before it, without `done`, so the
 //! browser's EventSource reconnects with `Last-Event-ID` and continues with no gap. A
@@ -308,6 +313,8 @@ enum Stop {
     /// Deadline, token expiry, shutdown or a Redis failure: closed without `done`, to be
     /// resumed.
     HandOff,
+    /// The job was deleted: `deleted` was sent.
+    Deleted,
 }
 
 /// The permits (bytes) a chunk takes from a viewer's budget.
@@ -397,7 +404,7 @@ impl Follower {
         };
         tokio::pin!(handoff);
         let mut quiet_until = Instant::now() + self.heartbeat;
-        let mut revocation_check =
+        let mut presence_check =
             tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         loop {
             if self.feed.is_none() {
@@ -437,9 +444,9 @@ impl Follower {
                     quiet_until = Instant::now() + self.heartbeat;
                 }
                 () = &mut handoff => return Stop::HandOff,
-                _ = revocation_check.tick(), if self.share_generation.is_some() => {
-                    if self.revoked().await {
-                        return Stop::HandOff;
+                _ = presence_check.tick() => {
+                    if let Some(stop) = self.check_presence().await {
+                        return stop;
                     }
                 }
                 _ = self.shutdown.changed() => return Stop::HandOff,
@@ -448,17 +455,33 @@ impl Follower {
         }
     }
 
-    /// Whether the share link this stream was opened with has been revoked (a Redis
-    /// failure counts as revoked: the client comes back and is checked afresh).
-    async fn revoked(&self) -> bool {
-        match self.share_generation {
-            Some(generation) => self
-                .log
-                .store()
-                .share_generation(&self.job)
-                .await
-                .map_or(true, |now| now != generation),
-            None => false,
+    /// What every heartbeat interval checks (one pipelined round trip): the job was
+    /// deleted (a stream whose feed missed the deletion's signal: `deleted`, then the
+    /// end), it left Redis some other way (closed without `done`: the client comes back
+    /// to the archive's copy, or a 404), or the share link this stream was opened with
+    /// was revoked. A Redis failure ends the stream too: the client comes back and is
+    /// checked afresh.
+    async fn check_presence(&mut self) -> Option<Stop> {
+        let presence = match self.log.store().presence(&self.job).await {
+            Ok(presence) => presence,
+            Err(e) => {
+                tracing::warn!(job_id = %self.job, error = %e, "presence check failed");
+                return Some(Stop::HandOff);
+            }
+        };
+        if presence.deleted {
+            return Some(self.deleted().await);
+        }
+        let revoked = self
+            .share_generation
+            .is_some_and(|generation| generation != presence.share_generation);
+        (!presence.live || revoked).then_some(Stop::HandOff)
+    }
+
+    async fn deleted(&mut self) -> Stop {
+        match self.emit(Bytes::from_static(frame::DELETED)).await {
+            Ok(()) => Stop::Deleted,
+            Err(()) => Stop::Gone,
         }
     }
 
@@ -490,8 +513,13 @@ impl Follower {
         let mut chunk = BytesMut::new();
         let mut ended = None;
         let after = self.cursor;
+        let mut deleted = false;
         for entry in entries.iter().filter(|e| e.id > after) {
             let info = frame::info(entry);
+            if info.event == frame::DELETED_EVENT {
+                deleted = true;
+                break;
+            }
             frame::push_entry(&mut chunk, entry, info.event);
             self.cursor = entry.id;
             if let Some(status) = info.terminal {
@@ -504,6 +532,9 @@ impl Follower {
         }
         if !chunk.is_empty() && self.emit(chunk.freeze()).await.is_err() {
             return Some(Stop::Gone);
+        }
+        if deleted {
+            return Some(self.deleted().await);
         }
         match ended {
             Some(status) => Some(self.finish(status).await),

@@ -87,9 +87,13 @@ impl WsState {
             Some(meta) if viewer.can_read(&job, &meta) => {}
             _ => return Err(ApiError::job_not_found()),
         }
-        self.store
+        if !self
+            .store
             .add_connection(&job, connection, viewer.expires_at_ms)
-            .await?;
+            .await?
+        {
+            return Err(ApiError::job_not_found());
+        }
         tracing::info!(job_id = %job, connection, "websocket connected");
         Ok(Admitted {
             job,

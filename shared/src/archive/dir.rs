@@ -99,6 +99,16 @@ impl DirArchive {
     }
 
     /// The whole of `file`; `None` when there is no such file.
+    /// Removes the job's folder and everything in it; answers whether there was one.
+    pub(super) async fn purge(&self, job: &JobId) -> Result<bool, ArchiveError> {
+        let path = self.job_dir(job);
+        match fs::remove_dir_all(&path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
     pub(super) async fn read_whole(
         &self,
         job: &JobId,

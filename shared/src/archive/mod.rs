@@ -516,6 +516,20 @@ impl Archive {
         }
     }
 
+    /// Removes everything the archive holds of the job: segments, manifest and
+    /// `build.jsonl` (what deleting a job does). Answers whether there was anything.
+    pub async fn purge(&self, job: &JobId) -> Result<bool, ArchiveError> {
+        match self {
+            Self::Dir(d) => d.purge(job).await,
+            #[cfg(feature = "s3")]
+            Self::S3(s) => {
+                let names = s.list(job, "").await?;
+                s.remove(job, &names).await?;
+                Ok(!names.is_empty())
+            }
+        }
+    }
+
     /// The first entry numbers of the job's segments in the archive, ascending, whether
     /// or not a manifest lists them.
     pub async fn segment_numbers(&self, job: &JobId) -> Result<Vec<u64>, ArchiveError> {

@@ -245,13 +245,17 @@ impl S3Archive {
         Ok(Some(body.into_bytes()))
     }
 
-    /// The names (relative to the job's folder) of the objects under `folder/`.
+    /// The names (relative to the job's folder) of the objects under `folder/`; of all
+    /// the job's objects when `folder` is empty.
     pub(super) async fn list(
         &self,
         job: &JobId,
         folder: &str,
     ) -> Result<Vec<String>, ArchiveError> {
-        let prefix = format!("{}/", Self::key(job, folder));
+        let prefix = match folder {
+            "" => Self::key(job, ""),
+            folder => format!("{}/", Self::key(job, folder)),
+        };
         let job_prefix = format!("{}/", Self::key(job, "").trim_end_matches('/'));
         let mut names = Vec::new();
         let mut pages = self

@@ -21,7 +21,8 @@ use super::{
 };
 
 impl LogStore {
-    /// Creates a job; `false` if the id is taken.
+    /// Creates a job; `false` if the id is taken (by a job, or by a deleted job's
+    /// tombstone).
     pub async fn create_job(&self, job: &JobId, new: &NewJob<'_>) -> Result<bool, StoreError> {
         let keys = JobKeys::new(job);
         let secrets = serde_json::to_string(new.secrets).unwrap_or_else(|_| "[]".into());
@@ -55,7 +56,7 @@ impl LogStore {
         let created: i64 = self
             .run(|mut c| {
                 let mut inv = CREATE.key(&keys.meta);
-                inv.arg(ttl).arg(&fields[..]);
+                inv.key(&keys.deleted).arg(ttl).arg(&fields[..]);
                 async move { inv.invoke(&mut c).await }
             })
             .await?;

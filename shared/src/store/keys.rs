@@ -6,6 +6,7 @@
 //! | `job:{ID}:meta` | hash | `owner`, `status`, `created_at`, `finished_at`, `token` (SHA-256 of the ingest token), `secrets` (JSON array), `seq` (last accepted batch seq), `gen`, `archived` (the whole job is in `build.jsonl`), `pem` (private-key carry), `n` (the last entry's number), `bytes` (stored text bytes), `trunc` (the size limit was hit), `stored` (stored JSON bytes), `arch_n`/`arch_id`/`arch_b` (number, id and JSON bytes archived so far in segments), `idx_lo` (the lowest block left in `idx`), `sv` (how many times secrets were added), `org` (the organisation that reads it too) |
 //! | `job:{ID}:idx` | hash | block `b` → the id of entry `n = 256·b + 1`: where entry numbers are found in the stream (`?at=N`) |
 //! | `job:{ID}:flush` | string | the lease of the archiver flushing the job's segments (a random token, with an expiry) |
+//! | `job:{ID}:deleted` | hash | the tombstone of a deleted job, its one key left: `owner`, `org`, `at` (ms); its id cannot be taken again while it lives (`LOGSTREAM_TTL_SECS`, at least 8 days), and readers and the archiver take it as "deleted", not "expired" |
 //! | `job:{ID}:share` | string | the job's share generation: revoking its share links increments it (8 days' TTL from its last use, beyond any link's life and the job's own keys) |
 //! | `job:{ID}:ws` | hash | WebSocket connection id → its token's expiry (ms, 0 for none), for every connection following the job |
 //! | `logstream:ws-conn:{CONNECTION}` | string | the job a WebSocket connection follows, for `$disconnect` (which only knows the connection id); 2 h TTL, API Gateway's longest connection |
@@ -51,6 +52,8 @@ pub struct JobKeys {
     pub flush: String,
     /// The job's share generation (see `crate::auth::share`).
     pub share: String,
+    /// The tombstone a deletion leaves.
+    pub deleted: String,
 }
 
 impl JobKeys {
@@ -62,6 +65,7 @@ impl JobKeys {
             idx: format!("job:{{{job}}}:idx"),
             flush: format!("job:{{{job}}}:flush"),
             share: format!("job:{{{job}}}:share"),
+            deleted: format!("job:{{{job}}}:deleted"),
         }
     }
 }
@@ -82,5 +86,7 @@ mod tests {
         assert_eq!(keys.ws, "job:{build-7}:ws");
         assert_eq!(keys.idx, "job:{build-7}:idx");
         assert_eq!(keys.flush, "job:{build-7}:flush");
+        assert_eq!(keys.share, "job:{build-7}:share");
+        assert_eq!(keys.deleted, "job:{build-7}:deleted");
     }
 }

@@ -40,11 +40,13 @@
 //! | `conn` | `REDIS_URL` parsing, the single-node or cluster connection |
 //! | `scripts` | the Lua scripts every write runs, `EVALSHA` with an `EVAL` fallback |
 //! | `jobs` | creating jobs, appending, status moves, the archive queue |
+//! | `deletion` | deleting a job: its tombstone, and what its followers check |
 //! | `reads` | history pages, reads after an id, the blocking reader of the live path |
 //! | `sockets` | the WebSocket connections that follow a job |
 //! | [`resp`] | the store's own connections for large reads, decoded in place |
 
 mod conn;
+mod deletion;
 mod error;
 mod jobs;
 pub mod keys;
@@ -64,6 +66,7 @@ use logstream_core::ids::EntryId;
 use logstream_core::model::{JobStatus, NewEntry, StoredEntry};
 
 pub use conn::{RedisTarget, install_tls_provider};
+pub use deletion::{DELETED_ENTRY, Presence, Tombstone};
 pub use error::StoreError;
 pub use jobs::text_bytes;
 pub use reads::{BlockingReader, Head, parse_entries};

@@ -7,12 +7,12 @@ use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind, ToRedisArgs};
 
 use super::Conn;
 
-/// Creates the meta hash unless the job exists.
-/// KEYS: meta. ARGV: ttl, then field/value pairs.
+/// Creates the meta hash unless the job exists, or was deleted while its tombstone
+/// lives. KEYS: meta, deleted. ARGV: ttl, then field/value pairs.
 pub(super) static CREATE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
@@ -238,6 +238,38 @@ local removed = redis.call('XTRIM', KEYS[2], 'MINID', id)
 for b = lo, block - 1 do redis.call('HDEL', KEYS[3], b) end
 redis.call('HSET', KEYS[1], 'idx_lo', block)
 return removed
+",
+    )
+});
+
+/// Deletes every key of a job (its share links with them) and leaves its tombstone.
+/// KEYS: meta, logs, ws, idx, flush, share, deleted. ARGV: tombstone ttl, owner, org
+/// ('' none), now (ms). Answers the job's WebSocket connection ids, for the caller to
+/// close.
+pub(super) static DELETE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local conns = redis.call('HKEYS', KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+local t = {'owner', ARGV[2], 'at', ARGV[4]}
+if ARGV[3] ~= '' then t[5] = 'org'; t[6] = ARGV[3] end
+redis.call('HSET', KEYS[7], unpack(t))
+redis.call('EXPIRE', KEYS[7], ARGV[1])
+return conns
+",
+    )
+});
+
+/// Registers a WebSocket connection with a job that exists (a `$connect` racing the
+/// job's deletion must not leave a connection hash behind). KEYS: ws, meta. ARGV:
+/// connection, its token's expiry (ms, 0 none), ttl. Answers 1 when registered.
+pub(super) static FOLLOW: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
 ",
     )
 });

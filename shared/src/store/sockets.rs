@@ -8,6 +8,7 @@ use std::time::Duration;
 use logstream_core::ids::JobId;
 
 use super::keys::{JobKeys, WS_CONNECTION_TTL_SECS, ws_connection_key};
+use super::scripts::FOLLOW;
 use super::{LogStore, StoreError};
 
 /// A WebSocket connection following a job.
@@ -49,26 +50,26 @@ impl Socket {
 impl LogStore {
     /// Registers WebSocket connection `connection` as following `job` until
     /// `expires_at_ms` (its token's expiry): added to the job's connection hash (which
-    /// takes the job's TTL) and remembered under its own key
+    /// takes the job's TTL) if the job still exists, and remembered under its own key
     /// for `$disconnect`, which only knows the connection id. The two keys are in
     /// different cluster slots, so they are two requests sent at once: on one node they
     /// share the multiplexed connection's round trip, in a cluster they go to their
-    /// nodes in parallel.
+    /// nodes in parallel. `false` when the job is gone (deleted or expired since the
+    /// caller read it): nothing of the job is written then.
     pub async fn add_connection(
         &self,
         job: &JobId,
         connection: &str,
         expires_at_ms: Option<u64>,
-    ) -> Result<(), StoreError> {
-        let ws = JobKeys::new(job).ws;
+    ) -> Result<bool, StoreError> {
+        let keys = JobKeys::new(job);
         let by_id = ws_connection_key(connection);
         let ttl = self.retention.ttl_secs;
         let exp = expires_at_ms.unwrap_or(0);
         let follow = self.run(|mut c| {
-            let mut pipe = redis::pipe();
-            pipe.cmd("HSET").arg(&ws).arg(connection).arg(exp).ignore();
-            pipe.cmd("EXPIRE").arg(&ws).arg(ttl).ignore();
-            async move { pipe.query_async::<()>(&mut c).await }
+            let mut inv = FOLLOW.key(&keys.ws);
+            inv.key(&keys.meta).arg(connection).arg(exp).arg(ttl);
+            async move { inv.invoke::<bool>(&mut c).await }
         });
         let remember = self.run(|mut c| {
             let mut cmd = redis::cmd("SET");
@@ -78,7 +79,8 @@ impl LogStore {
                 .arg(WS_CONNECTION_TTL_SECS);
             async move { cmd.query_async::<()>(&mut c).await }
         });
-        tokio::try_join!(follow, remember).map(|_| ())
+        let (followed, ()) = tokio::try_join!(follow, remember)?;
+        Ok(followed)
     }
 
     /// Forgets connection `connection` (its `$disconnect`); returns the job it followed,

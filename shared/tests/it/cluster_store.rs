@@ -177,7 +177,7 @@ async fn websocket_connection_keys_outside_the_job_slot_work() {
         .collect();
     assert!(slots.len() > 1);
     for c in &conns {
-        store.add_connection(&id, c, None).await.unwrap();
+        assert!(store.add_connection(&id, c, None).await.unwrap());
     }
     let mut following = store.connections(&id).await.unwrap();
     following.sort();

@@ -189,3 +189,98 @@ async fn a_redis_restart_between_a_segment_and_its_trim_loses_and_repeats_nothin
     assert_eq!(all.len(), 601);
     assert_dense(&all);
 }
+
+/// The keys of every object of `job` in the bucket, looked at directly.
+async fn objects(direct: &S3Archive, job: &logstream_core::ids::JobId) -> Vec<String> {
+    let listed = direct
+        .client()
+        .await
+        .list_objects_v2()
+        .bucket(direct.bucket())
+        .prefix(format!("build-logs/{job}/"))
+        .send()
+        .await
+        .unwrap();
+    listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deletion_while_a_visit_writes_leaves_nothing_in_the_archive() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let (proxy, archive, direct) = proxied(None).await;
+    let archiver = archiver(&store, &archive);
+    let j = job("delete-race");
+    write_job(&store, &j, "alice", 250, 40, false).await;
+
+    // The first segment reaches S3; its answer is held while the job is deleted, as
+    // `DELETE /jobs/{id}` does: Redis first, then the archive's objects.
+    let release = Arc::new(tokio::sync::Notify::new());
+    proxy.add("PUT", &segment_file(1), Fault::Hold(release.clone()));
+    let visit = {
+        let (archiver, j) = (archiver.clone(), j.clone());
+        tokio::spawn(async move { archiver.archive_job(&j).await })
+    };
+    proxy.wait_for_fault().await;
+    let started = Instant::now();
+    while objects(&direct, &j).await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the segment never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.delete_job(&j, "alice", None).await.unwrap();
+    assert!(Archive::S3(direct.clone()).purge(&j).await.unwrap());
+    assert_eq!(objects(&direct, &j).await, Vec::<String>::new());
+
+    // The visit goes on writing after the deletion's purge (the next segment, the
+    // manifest), then finds the tombstone and removes what it wrote.
+    let before_release = proxy.seen().len();
+    release.notify_one();
+    assert_eq!(visit.await.unwrap().unwrap(), Outcome::Deleted);
+    let after: Vec<String> = proxy.seen()[before_release..].to_vec();
+    assert!(
+        after
+            .iter()
+            .any(|r| r.starts_with("PUT ") && r.ends_with("manifest.json")),
+        "the visit wrote its manifest after the purge: {after:?}"
+    );
+    assert_eq!(objects(&direct, &j).await, Vec::<String>::new());
+    assert!(!store.is_queued_for_archive(j.as_str()).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_deletion_whose_purge_failed_is_finished_by_the_next_visit() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let (proxy, archive, direct) = proxied(None).await;
+    let archiver = archiver(&store, &archive);
+    let j = job("delete-retry");
+    write_job(&store, &j, "alice", 250, 40, false).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(2));
+
+    // The deletion reached Redis; the archive refused to delete.
+    store.delete_job(&j, "alice", None).await.unwrap();
+    // DeleteObjects is `POST /{bucket}?delete`.
+    proxy.add("POST", "", Fault::Status(500));
+    assert!(archive.purge(&j).await.is_err());
+    proxy.clear();
+    assert_eq!(
+        objects(&direct, &j).await.len(),
+        3,
+        "two segments, a manifest"
+    );
+    assert!(
+        store.is_queued_for_archive(j.as_str()).await.unwrap(),
+        "the deletion queued the job for the archiver"
+    );
+
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Deleted);
+    assert_eq!(objects(&direct, &j).await, Vec::<String>::new());
+    assert!(!store.is_queued_for_archive(j.as_str()).await.unwrap());
+}
