@@ -100,13 +100,25 @@ pub fn write_entry(out: &mut impl Write, entry: &Entry, style: Style) -> io::Res
             let name = escape_controls(name);
             paint(colour, &format!("==> stage {name} {word}"))
         }
-        EntryBody::Status { status } => {
+        EntryBody::Status {
+            status,
+            exit_code,
+            duration_ms,
+        } => {
             let colour = match status {
                 JobStatus::Ready => GREEN,
                 JobStatus::Failed => RED,
                 JobStatus::Queued | JobStatus::Running => YELLOW,
             };
-            let text = format!("==> job {status}");
+            let mut text = format!("==> job {status}");
+            let details: Vec<String> = exit_code
+                .map(|code| format!("exit code {code}"))
+                .into_iter()
+                .chain(duration_ms.map(|ms| format!("after {}", human_duration(ms))))
+                .collect();
+            if !details.is_empty() {
+                text.push_str(&format!(" ({})", details.join(", ")));
+            }
             if style.colour {
                 format!("{BOLD}{}", paint(colour, &text))
             } else {
@@ -139,9 +151,28 @@ fn escape_controls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A duration as a person reads it: `850ms`, `12.3s`, `4m 05s`, `2h 03m`.
+pub fn human_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{:.1}s", ms as f64 / 1000.0),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_a_person_would_say_them() {
+        assert_eq!(human_duration(850), "850ms");
+        assert_eq!(human_duration(12_345), "12.3s");
+        assert_eq!(human_duration(245_000), "4m 05s");
+        assert_eq!(human_duration(7_380_000), "2h 03m");
+    }
 
     fn entry(json: &str) -> Entry {
         serde_json::from_str(json).unwrap()

@@ -186,10 +186,11 @@ pub async fn run(opts: RunOptions) -> Result<u8, RunError> {
             };
             client.post_stage(&job, stage, status).await?;
         }
+        let code = i64::from(ran.code);
         if !ran.succeeded {
-            client.set_status(&job, JobStatus::Failed).await?;
+            client.end(&job, JobStatus::Failed, code).await?;
         } else if !opts.keep_open {
-            client.set_status(&job, JobStatus::Ready).await?;
+            client.end(&job, JobStatus::Ready, code).await?;
         }
         Ok::<(), ClientError>(())
     };

@@ -424,10 +424,29 @@ impl Client {
 
     /// `PUT /jobs/{id}/status`. Setting the status the job already has is a no-op.
     pub async fn set_status(&self, job: &JobId, status: JobStatus) -> Result<(), ClientError> {
+        self.put_status(job, serde_json::json!({ "status": status }))
+            .await
+    }
+
+    /// `PUT /jobs/{id}/status` with a terminal status and the exit code the job's
+    /// command ended with (`GET /jobs/{id}` and `done` carry it).
+    pub async fn end(
+        &self,
+        job: &JobId,
+        status: JobStatus,
+        exit_code: i64,
+    ) -> Result<(), ClientError> {
+        self.put_status(
+            job,
+            serde_json::json!({ "status": status, "exit_code": exit_code }),
+        )
+        .await
+    }
+
+    async fn put_status(&self, job: &JobId, body: serde_json::Value) -> Result<(), ClientError> {
         #[derive(Deserialize)]
         struct Out {}
         let path = format!("/jobs/{job}/status");
-        let body = serde_json::json!({ "status": status });
         self.retrying("setting the job status", |_| {
             let req = self.request(Method::PUT, &path).json(&body);
             async move {

@@ -116,9 +116,44 @@ impl fmt::Display for JobStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum EntryBody {
-    Line { stream: LineStream, text: String },
-    Stage { name: String, status: StageStatus },
-    Status { status: JobStatus },
+    Line {
+        stream: LineStream,
+        text: String,
+    },
+    Stage {
+        name: String,
+        status: StageStatus,
+    },
+    Status {
+        status: JobStatus,
+        /// With a terminal status: the exit code the pipeline reported, if it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i64>,
+        /// With a terminal status: how long the job ran, from `running` (or its
+        /// creation) to this entry. Stored last: the status script appends it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
+}
+
+/// How a job ended: what `GET /jobs/{id}` and the `done` event (SSE and WebSocket)
+/// say of it. `exit_code` is `null` when the pipeline did not report one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ending {
+    pub status: JobStatus,
+    pub exit_code: Option<i64>,
+    pub duration_ms: Option<u64>,
+}
+
+impl Ending {
+    /// An ending known only by its status.
+    pub fn of(status: JobStatus) -> Self {
+        Self {
+            status,
+            exit_code: None,
+            duration_ms: None,
+        }
+    }
 }
 
 /// An entry before Redis gave it an id.
@@ -367,12 +402,28 @@ mod tests {
         let status = NewEntry {
             ts: 2,
             body: EntryBody::Status {
-                status: JobStatus::Ready,
+                status: JobStatus::Running,
+                exit_code: None,
+                duration_ms: None,
             },
         };
         assert_eq!(
             status.to_stored_json(),
-            r#"{"ts":2,"kind":"status","status":"ready"}"#
+            r#"{"ts":2,"kind":"status","status":"running"}"#
         );
+        let ended = NewEntry {
+            ts: 3,
+            body: EntryBody::Status {
+                status: JobStatus::Failed,
+                exit_code: Some(-2),
+                duration_ms: Some(1500),
+            },
+        };
+        let json = ended.to_stored_json();
+        assert_eq!(
+            json,
+            r#"{"ts":3,"kind":"status","status":"failed","exit_code":-2,"duration_ms":1500}"#
+        );
+        assert_eq!(serde_json::from_str::<NewEntry>(&json).unwrap(), ended);
     }
 }

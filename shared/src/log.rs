@@ -53,6 +53,10 @@ pub struct JobInfo {
     pub status: JobStatus,
     pub created_at: u64,
     pub finished_at: Option<u64>,
+    /// The exit code reported with the terminal status, if any.
+    pub exit_code: Option<i64>,
+    /// From `running` (or creation) to the terminal status.
+    pub duration_ms: Option<u64>,
     /// The whole job is in `build.jsonl`.
     pub archived: bool,
     /// The last entry's number.
@@ -71,6 +75,8 @@ impl From<&JobMeta> for JobInfo {
             status: meta.status,
             created_at: meta.created_at,
             finished_at: meta.finished_at,
+            exit_code: meta.exit_code,
+            duration_ms: meta.duration_ms,
             archived: meta.archived,
             entries: meta.entries,
             bytes: meta.bytes,
@@ -87,11 +93,26 @@ impl From<&Manifest> for JobInfo {
             status: manifest.status,
             created_at: manifest.created_at,
             finished_at: manifest.finished_at,
+            exit_code: manifest.exit_code,
+            duration_ms: manifest.duration_ms,
             archived: manifest.complete,
             entries: manifest.entries,
             bytes: manifest.bytes,
             truncated: manifest.truncated,
         }
+    }
+}
+
+impl JobInfo {
+    /// How the job ended; `None` while it runs.
+    pub fn ending(&self) -> Option<logstream_core::model::Ending> {
+        self.status
+            .is_terminal()
+            .then_some(logstream_core::model::Ending {
+                status: self.status,
+                exit_code: self.exit_code,
+                duration_ms: self.duration_ms,
+            })
     }
 }
 

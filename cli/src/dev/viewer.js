@@ -8,7 +8,22 @@ function cmpId(a, b) {
   return am === bm ? (as < bs ? -1 : as > bs ? 1 : 0) : (am < bm ? -1 : 1);
 }
 function atBottom() { return log.scrollHeight - log.scrollTop - log.clientHeight < 40; }
-function setStatus(s) { statusEl.textContent = s; statusEl.className = s; }
+// A job's status; once it has ended, with its exit code and how long it ran.
+function setStatus(s, ended) {
+  const details = [];
+  if (ended && ended.exit_code != null) details.push("exit code " + ended.exit_code);
+  if (ended && ended.duration_ms != null) details.push(duration(ended.duration_ms));
+  statusEl.textContent = details.length ? s + " (" + details.join(", ") + ")" : s;
+  statusEl.className = s;
+}
+
+function duration(ms) {
+  const s = Math.floor(ms / 1000);
+  if (s < 1) return ms + "ms";
+  if (s < 60) return (ms / 1000).toFixed(1) + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
+  return Math.floor(s / 3600) + "h " + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
+}
 
 // Builds the element for one entry. Text is only ever set with textContent: log lines
 // are untrusted output and must never become markup.
@@ -33,7 +48,7 @@ function append(e) {
   if (lastId && cmpId(e.id, lastId) <= 0) return;  // never show an entry twice
   const follow = atBottom();
   log.append(render(e));
-  if (e.kind === "status") setStatus(e.status);
+  if (e.kind === "status") setStatus(e.status, e);
   lastId = e.id;
   if (follow) log.scrollTop = log.scrollHeight; else newerBtn.style.display = "block";
 }
@@ -80,7 +95,7 @@ async function open() {
   const start = lastId ? "last_event_id=" + encodeURIComponent(lastId) : "from=start";
   source = new EventSource(`/jobs/${encodeURIComponent(job)}/logs/stream?${start}&access_token=${encodeURIComponent(token)}`);
   for (const kind of ["log", "stage", "status"]) source.addEventListener(kind, (ev) => append(JSON.parse(ev.data)));
-  source.addEventListener("done", (ev) => { setStatus(JSON.parse(ev.data).status); source.close(); });
+  source.addEventListener("done", (ev) => { const d = JSON.parse(ev.data); setStatus(d.status, d); source.close(); });
   source.addEventListener("deleted", () => { setStatus("deleted"); source.close(); });
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) msg.textContent = "stream closed"; };
 }

@@ -207,3 +207,20 @@ pub async fn exit_code(child: &mut Child) -> Option<i32> {
         .expect("wait")
         .code()
 }
+
+/// `lines` with the job's duration on its `==> job …` line written `_`
+/// (`==> job ready (after 32ms)` → `==> job ready (after _)`): what a test can expect.
+pub fn any_duration<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> Vec<String> {
+    lines
+        .into_iter()
+        .map(|line| {
+            let line = line.as_ref();
+            match (line.starts_with("==> job "), line.find("after ")) {
+                (true, Some(at)) if line.ends_with(')') => {
+                    format!("{}after _)", &line[..at])
+                }
+                _ => line.to_owned(),
+            }
+        })
+        .collect()
+}

@@ -375,7 +375,13 @@ async fn redis_restarts_while_viewers_follow_and_a_pipeline_writes_lose_and_doub
             seen.lines.windows(2).all(|w| w[0].0 < w[1].0),
             "viewer {n}: ids strictly increasing"
         );
-        assert_eq!(seen.done, r#"{"status":"ready"}"#, "viewer {n}");
+        let done: serde_json::Value = serde_json::from_str(&seen.done).unwrap();
+        assert_eq!(
+            (&done["status"], &done["exit_code"]),
+            (&serde_json::json!("ready"), &serde_json::Value::Null),
+            "viewer {n}"
+        );
+        assert!(done["duration_ms"].is_u64(), "viewer {n}: {done}");
         assert!(
             seen.connections >= 3,
             "viewer {n} resumed after each restart: {} connections",

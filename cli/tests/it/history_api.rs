@@ -36,11 +36,76 @@ async fn get_job_reports_status_and_times() {
     assert!(body["created_at"].as_u64().unwrap() > 1_700_000_000_000);
     assert_eq!(body["finished_at"], Value::Null);
     assert_eq!(body["archived"], false);
+    assert_eq!(body["exit_code"], Value::Null);
+    assert_eq!(body["duration_ms"], Value::Null);
+    // Queued for a while: the duration counts from `running`.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     env.set_status(&job, "running").await;
-    env.set_status(&job, "ready").await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let res = env
+        .http
+        .put(env.url(&format!("/jobs/{job}/status")))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"status": "ready", "exit_code": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
     let (_, body) = env.get_as("alice", &format!("/jobs/{job}")).await;
     assert_eq!(body["status"], "ready");
-    assert!(body["finished_at"].as_u64().unwrap() >= body["created_at"].as_u64().unwrap());
+    let (created, finished) = (
+        body["created_at"].as_u64().unwrap(),
+        body["finished_at"].as_u64().unwrap(),
+    );
+    assert!(finished >= created);
+    assert_eq!(body["exit_code"], 0);
+    let duration = body["duration_ms"].as_u64().unwrap();
+    assert!(
+        (100..finished - created - 250).contains(&duration),
+        "from running, not creation: {duration} of {}",
+        finished - created
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_never_ran_lasts_from_its_creation_and_exit_codes_are_checked() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let put = |body: Value| {
+        env.http
+            .put(env.url(&format!("/jobs/{job}/status")))
+            .bearer_auth(INGEST_KEY)
+            .json(&body)
+            .send()
+    };
+    for bad in [
+        json!({"status": "running", "exit_code": 0}),
+        json!({"status": "failed", "exit_code": "1"}),
+        json!({"status": "failed", "exit_code": 1.5}),
+        json!({"status": "failed", "exit_code": true}),
+        json!({"status": "failed", "exit_code": 2_147_483_648_u64}),
+        json!({"status": "failed", "exit_code": -2_147_483_649_i64}),
+    ] {
+        let res = put(bad.clone()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(error_code(&body), "invalid_exit_code", "{bad}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let res = put(json!({"status": "failed", "exit_code": -1}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (_, body) = env.get_as("alice", &format!("/jobs/{job}")).await;
+    assert_eq!(body["exit_code"], -1);
+    assert!(body["duration_ms"].as_u64().unwrap() >= 100, "{body}");
+    // `exit_code: null` is no exit code; a repeat changes nothing.
+    let res = put(json!({"status": "failed", "exit_code": null}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (_, again) = env.get_as("alice", &format!("/jobs/{job}")).await;
+    assert_eq!(again, body);
 }
 
 #[tokio::test]

@@ -185,6 +185,10 @@ async fn exit_codes_propagate_and_decide_the_final_status() {
         assert_eq!(done.code, Some(code), "{command:?}: {}", done.stderr);
         let entries = all_entries(&env.http, &env.server.url(), &job, "alice").await;
         assert_eq!(statuses(&entries), ["running", status], "{command:?}");
+        // The job carries the command's exit code, and how long it ran.
+        let (_, info) = env.get_as("alice", &format!("/jobs/{job}")).await;
+        assert_eq!(info["exit_code"], code, "{command:?}");
+        assert!(info["duration_ms"].is_u64(), "{command:?}: {info}");
         let system = texts_of(&entries, "system");
         if code == 0 {
             assert!(system.is_empty(), "{system:?}");

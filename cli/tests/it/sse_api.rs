@@ -75,7 +75,13 @@ async fn from_start_replays_then_follows_live_then_ends_with_done() {
     );
     let done = client.next_entry().await.unwrap();
     assert_eq!(done.event.as_deref(), Some("done"));
-    assert_eq!(done.json(), json!({"status": "ready"}));
+    let mut ending = done.json();
+    assert!(ending["duration_ms"].is_u64(), "{ending}");
+    ending["duration_ms"] = json!(0);
+    assert_eq!(
+        ending,
+        json!({"status": "ready", "exit_code": null, "duration_ms": 0})
+    );
     assert_eq!(
         client.next(Duration::from_secs(5)).await,
         None,
@@ -129,16 +135,29 @@ async fn a_finished_job_replays_then_says_done_at_once() {
     let env = env().await;
     let (job, _) = env.create_job("alice").await;
     env.post_lines(&job, "l", 2).await;
-    env.set_status(&job, "failed").await;
+    let res = env
+        .http
+        .put(env.url(&format!("/jobs/{job}/status")))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"status": "failed", "exit_code": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
     let mut client = SseClient::open(&env, &stream_path(&job, "alice", "from=start"), &[]).await;
     expect_log(&mut client, "l 0").await;
     expect_log(&mut client, "l 1").await;
     let status = client.next_entry().await.unwrap();
     assert_eq!(status.json()["status"], "failed");
+    assert_eq!(status.json()["exit_code"], 2);
+    let duration = status.json()["duration_ms"].as_u64().expect("duration_ms");
     let done = client.next_entry().await.unwrap();
     assert_eq!(
         (done.event.as_deref(), done.json()),
-        (Some("done"), json!({"status": "failed"}))
+        (
+            Some("done"),
+            json!({"status": "failed", "exit_code": 2, "duration_ms": duration})
+        )
     );
     assert_eq!(client.next(Duration::from_secs(5)).await, None);
 
@@ -152,11 +171,15 @@ async fn a_finished_job_replays_then_says_done_at_once() {
     .await;
     let done = again.next_entry().await.unwrap();
     assert_eq!(done.event.as_deref(), Some("done"));
-    // Live-only on a finished job: done.
+    // Live-only on a finished job: done, its data read from the job's meta.
     let mut live = SseClient::open(&env, &stream_path(&job, "alice", ""), &[]).await;
+    let done = live.next_entry().await.unwrap();
     assert_eq!(
-        live.next_entry().await.unwrap().event.as_deref(),
-        Some("done")
+        (done.event.as_deref(), done.json()),
+        (
+            Some("done"),
+            json!({"status": "failed", "exit_code": 2, "duration_ms": duration})
+        )
     );
 }
 

@@ -236,11 +236,20 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
         "only the stderr line is marked as stderr"
     );
 
-    env.set_status(&job, "ready").await;
+    let res = env
+        .http
+        .put(env.url(&format!("/jobs/{job}/status")))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"status": "ready", "exit_code": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    // The final status with the exit code and how long the job ran.
     browser
         .wait_for(
             "the final status",
-            "return document.getElementById('status').textContent === 'ready'",
+            r"return /^ready \(exit code 0, [0-9.]+m?s\)$/.test(document.getElementById('status').textContent)",
         )
         .await;
     let lines = browser

@@ -188,8 +188,13 @@ async fn two_clients_get_every_entry_in_order_then_done_and_another_jobs_client_
         .flat_map(|b| (0..4).map(move |i| format!("batch {b} {i}")))
         .collect();
     for client in [&mut first, &mut second] {
-        let (entries, done) = entries_until_done(client).await;
-        assert_eq!(done, json!({"type": "done", "status": "ready"}));
+        let (entries, mut done) = entries_until_done(client).await;
+        assert!(done["duration_ms"].is_u64(), "{done}");
+        done["duration_ms"] = json!(0);
+        assert_eq!(
+            done,
+            json!({"type": "done", "status": "ready", "exit_code": null, "duration_ms": 0})
+        );
         let kinds: Vec<&str> = entries
             .iter()
             .map(|e| e["kind"].as_str().unwrap())
@@ -223,9 +228,23 @@ async fn a_failed_job_ends_with_done_failed() {
     let env = env().await;
     let (job, _) = env.create_job("alice").await;
     let mut client = connect(&env, &job, "alice").await;
-    env.set_status(&job, "failed").await;
-    let (entries, done) = entries_until_done(&mut client).await;
-    assert_eq!(done, json!({"type": "done", "status": "failed"}));
+    // With the exit code the pipeline reports.
+    let res = env
+        .http
+        .put(env.url(&format!("/jobs/{job}/status")))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"status": "failed", "exit_code": 137}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (entries, mut done) = entries_until_done(&mut client).await;
+    assert!(done["duration_ms"].is_u64(), "{done}");
+    done["duration_ms"] = json!(0);
+    assert_eq!(
+        done,
+        json!({"type": "done", "status": "failed", "exit_code": 137, "duration_ms": 0})
+    );
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["status"], "failed");
 }

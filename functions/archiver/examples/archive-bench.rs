@@ -74,7 +74,9 @@ fn line(i: usize, width: usize) -> String {
 async fn finished_job(store: &LogStore, n: usize, opts: &Options) -> anyhow::Result<JobId> {
     let job = JobId::parse(&format!("bench-{}-{n}", now_ms()))?;
     seed_job(store, &job, "bench").await;
-    store.set_status(&job, JobStatus::Running, now_ms()).await?;
+    store
+        .set_status(&job, JobStatus::Running, now_ms(), None)
+        .await?;
     let mut i = 0;
     while i < opts.lines {
         let batch: Vec<String> = (i..(i + 1_000).min(opts.lines))
@@ -83,7 +85,9 @@ async fn finished_job(store: &LogStore, n: usize, opts: &Options) -> anyhow::Res
         store.append(&job, "g", None, &batch).await?;
         i += batch.len();
     }
-    store.set_status(&job, JobStatus::Ready, now_ms()).await?;
+    store
+        .set_status(&job, JobStatus::Ready, now_ms(), None)
+        .await?;
     Ok(job)
 }
 

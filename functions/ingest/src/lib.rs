@@ -41,7 +41,8 @@ use logstream_core::batch::{BodyFormat, LineBatch, RawLine, parse_body};
 use logstream_core::ids::random_hex;
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::{
-    EntryBody, JobStatus, LineStream, NewEntry, StageStatus, StoredEntry, now_ms, numbered_json,
+    Ending, EntryBody, JobStatus, LineStream, NewEntry, StageStatus, StoredEntry, now_ms,
+    numbered_json,
 };
 use logstream_core::sanitize::Sanitizer;
 use logstream_shared::auth::pipeline::{
@@ -336,7 +337,7 @@ impl IngestState {
         job: &JobId,
         connections: &[Socket],
         stored: Stored,
-        done: Option<JobStatus>,
+        done: Option<Ending>,
     ) {
         let Some(push) = &self.push else { return };
         if connections.is_empty() {
@@ -373,8 +374,8 @@ impl IngestState {
             },
         };
         let mut messages = entries_messages(&entries);
-        if let Some(status) = done {
-            messages.push(done_message(status));
+        if let Some(ending) = done {
+            messages.push(done_message(&ending));
         }
         push.deliver(&self.store, job, connections, &messages).await;
     }
@@ -833,11 +834,36 @@ async fn post_event(
 #[derive(Debug, Deserialize)]
 struct StatusIn {
     status: JobStatus,
+    #[serde(default)]
+    exit_code: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
 struct StatusOut {
     status: JobStatus,
+}
+
+/// A status body's `exit_code`: a whole number (of an `i32`, as every OS reports them),
+/// and only with a terminal status.
+fn exit_code(status: JobStatus, raw: Option<&serde_json::Value>) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = raw.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    if !status.is_terminal() {
+        return Err(ApiError::bad_request(
+            "invalid_exit_code",
+            "exit_code goes with a terminal status (ready or failed)",
+        ));
+    }
+    raw.as_i64()
+        .filter(|code| i32::try_from(*code).is_ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_exit_code",
+                "exit_code must be a whole number from -2147483648 to 2147483647",
+            )
+        })
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %job))]
@@ -848,38 +874,52 @@ async fn put_status(
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<StatusOut>, ApiError> {
     state.authorize(&headers, &job).await?;
-    let StatusIn { status } = parse_json(&body)?;
+    let request: StatusIn = parse_json(&body)?;
+    let status = request.status;
     if status == JobStatus::Queued {
         return Err(ApiError::bad_request(
             "invalid_status",
             "status must be running, ready or failed",
         ));
     }
+    let exit_code = exit_code(status, request.exit_code.as_ref())?;
     let ts = now_ms();
-    let outcome = state.store.set_status(&job, status, ts).await?;
+    let outcome = state.store.set_status(&job, status, ts, exit_code).await?;
     if status.is_terminal()
         && matches!(outcome, StatusOutcome::Changed { .. } | StatusOutcome::Same)
     {
         state.jobs.forget(&job);
     }
     match outcome {
-        StatusOutcome::Changed { id, n, connections } => {
-            tracing::info!(%status, "job status changed");
+        StatusOutcome::Changed {
+            id,
+            n,
+            duration_ms,
+            connections,
+        } => {
+            tracing::info!(%status, ?exit_code, ?duration_ms, "job status changed");
+            let terminal = status.is_terminal();
             let entry = NewEntry {
                 ts,
-                body: EntryBody::Status { status },
+                body: EntryBody::Status {
+                    status,
+                    exit_code: exit_code.filter(|_| terminal),
+                    duration_ms,
+                },
             }
             .to_stored_json();
-            let done = status.is_terminal().then_some(status);
+            let done = terminal.then_some(Ending {
+                status,
+                exit_code,
+                duration_ms,
+            });
             let stored = Stored {
                 first: id,
                 last: id,
                 count: 1,
                 json: Some(vec![numbered_json(&entry, n)]),
             };
-            if status.is_terminal()
-                && let Some(wake) = &state.wake_archiver
-            {
+            if terminal && let Some(wake) = &state.wake_archiver {
                 wake.notify_one();
             }
             state.push(&job, &connections, stored, done).await;

@@ -2,7 +2,8 @@
 //! job gets it through API Gateway's management API (`PostToConnection`).
 //!
 //! Messages are `{"type":"entries","entries":[…]}` (split so none exceeds API Gateway's
-//! 128 KB message limit) and, when the job ends, `{"type":"done","status":…}`. One
+//! 128 KB message limit) and, when the job ends, `{"type":"done","status":…}` (with the
+//! job's `exit_code` and `duration_ms`). One
 //! connection gets its messages in order; connections are served concurrently, at most
 //! [`PUSH_CONCURRENCY`] at once. A connection that answers 410 Gone is removed from the
 //! job's hash (unless it registered less than [`CONNECT_GRACE`] ago: API Gateway answers
@@ -55,7 +56,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use logstream_core::ids::JobId;
-use logstream_core::model::{JobStatus, StoredEntry, now_ms};
+use logstream_core::model::{Ending, StoredEntry, now_ms};
 use logstream_shared::store::{LogStore, Socket};
 
 /// Largest message sent to one connection: API Gateway refuses more than 128 KB.
@@ -477,9 +478,20 @@ pub fn entries_messages(entries: &[StoredEntry]) -> Vec<String> {
     messages
 }
 
-/// `{"type":"done","status":…}`.
-pub fn done_message(status: JobStatus) -> String {
-    format!(r#"{{"type":"done","status":"{status}"}}"#)
+/// `{"type":"done","status":…,"exit_code":…,"duration_ms":…}`.
+pub fn done_message(ending: &Ending) -> String {
+    #[derive(serde::Serialize)]
+    struct Done<'a> {
+        r#type: &'static str,
+        #[serde(flatten)]
+        ending: &'a Ending,
+    }
+    // Serializing plain values cannot fail.
+    serde_json::to_string(&Done {
+        r#type: "done",
+        ending,
+    })
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -531,8 +543,17 @@ mod tests {
     #[test]
     fn done_names_the_final_status() {
         assert_eq!(
-            done_message(JobStatus::Failed),
-            r#"{"type":"done","status":"failed"}"#
+            done_message(&Ending::of(logstream_core::model::JobStatus::Failed)),
+            r#"{"type":"done","status":"failed","exit_code":null,"duration_ms":null}"#
+        );
+        let ending = Ending {
+            status: logstream_core::model::JobStatus::Ready,
+            exit_code: Some(0),
+            duration_ms: Some(61_000),
+        };
+        assert_eq!(
+            done_message(&ending),
+            r#"{"type":"done","status":"ready","exit_code":0,"duration_ms":61000}"#
         );
     }
 

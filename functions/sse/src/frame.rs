@@ -8,7 +8,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use logstream_core::model::{JobStatus, StoredEntry};
+use logstream_core::model::{Ending, JobStatus, StoredEntry};
 
 /// The first frame: how long the browser waits before reconnecting.
 pub const RETRY: &[u8] = b"retry: 2000\n\n";
@@ -31,7 +31,7 @@ pub struct EntryInfo {
     /// deletion signal).
     pub event: &'static str,
     /// `Some` when this is the entry that ends the job.
-    pub terminal: Option<JobStatus>,
+    pub terminal: Option<Ending>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +41,9 @@ struct Peek<'a> {
     /// A job status for `status` entries, a stage status for `stage` entries.
     #[serde(borrow)]
     status: Option<std::borrow::Cow<'a, str>>,
+    /// A terminal status entry's exit code and the job's duration.
+    exit_code: Option<i64>,
+    duration_ms: Option<u64>,
 }
 
 /// Reads an entry's kind (and, for a status entry, whether it ends the job).
@@ -64,7 +67,12 @@ pub fn info(entry: &StoredEntry) -> EntryInfo {
                 terminal: peek
                     .status
                     .and_then(|s| s.parse::<JobStatus>().ok())
-                    .filter(|s| s.is_terminal()),
+                    .filter(|s| s.is_terminal())
+                    .map(|status| Ending {
+                        status,
+                        exit_code: peek.exit_code,
+                        duration_ms: peek.duration_ms,
+                    }),
             },
             _ => EntryInfo {
                 event: "log",
@@ -95,11 +103,11 @@ pub fn push_entry(buf: &mut BytesMut, entry: &StoredEntry, event: &str) {
     buf.put_slice(b"\n\n");
 }
 
-/// The last frame of a finished job.
-pub fn done(status: JobStatus) -> Bytes {
-    Bytes::from(format!(
-        "event: done\ndata: {{\"status\":\"{status}\"}}\n\n"
-    ))
+/// The last frame of a finished job: `{"status","exit_code","duration_ms"}`.
+pub fn done(ending: &Ending) -> Bytes {
+    // Serializing plain values cannot fail.
+    let data = serde_json::to_string(ending).unwrap_or_default();
+    Bytes::from(format!("event: done\ndata: {data}\n\n"))
 }
 
 #[cfg(test)]
@@ -145,6 +153,8 @@ mod tests {
             "1-0",
             EntryBody::Status {
                 status: JobStatus::Running,
+                exit_code: None,
+                duration_ms: None,
             },
         );
         assert_eq!(
@@ -158,13 +168,19 @@ mod tests {
             "2-0",
             EntryBody::Status {
                 status: JobStatus::Ready,
+                exit_code: Some(3),
+                duration_ms: Some(42),
             },
         );
         assert_eq!(
             info(&ready),
             EntryInfo {
                 event: "status",
-                terminal: Some(JobStatus::Ready)
+                terminal: Some(Ending {
+                    status: JobStatus::Ready,
+                    exit_code: Some(3),
+                    duration_ms: Some(42)
+                })
             }
         );
         let stage = stored(
@@ -196,8 +212,17 @@ mod tests {
     #[test]
     fn done_carries_the_final_status() {
         assert_eq!(
-            &done(JobStatus::Failed)[..],
-            b"event: done\ndata: {\"status\":\"failed\"}\n\n"
+            &done(&Ending::of(JobStatus::Failed))[..],
+            b"event: done\ndata: {\"status\":\"failed\",\"exit_code\":null,\"duration_ms\":null}\n\n"
+        );
+        let ending = Ending {
+            status: JobStatus::Ready,
+            exit_code: Some(0),
+            duration_ms: Some(1500),
+        };
+        assert_eq!(
+            &done(&ending)[..],
+            b"event: done\ndata: {\"status\":\"ready\",\"exit_code\":0,\"duration_ms\":1500}\n\n"
         );
     }
 }

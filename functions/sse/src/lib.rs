@@ -51,7 +51,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use logstream_core::ids::{EntryId, JobId};
-use logstream_core::model::{JobStatus, StoredEntry, now_ms};
+use logstream_core::model::{Ending, StoredEntry, now_ms};
 use logstream_shared::archive::Archive;
 use logstream_shared::auth::jwt::{Viewer, ViewerAuth};
 use logstream_shared::clients::Clients;
@@ -233,8 +233,8 @@ async fn stream(
     // A share link's stream ends when the job's links are revoked: the generation it
     // was verified under, checked again every heartbeat interval.
     let share_generation = viewer.share.as_ref().map(|grant| grant.generation);
-    let (status, newest, in_redis) = match state.log.store().job_head(&job).await? {
-        Some((meta, newest)) if viewer.can_read(&job, &meta) => (meta.status, newest, true),
+    let (ending, newest, in_redis) = match state.log.store().job_head(&job).await? {
+        Some((meta, newest)) if viewer.can_read(&job, &meta) => (meta.ending(), newest, true),
         Some(_) => return Err(ApiError::job_not_found()),
         // Redis has forgotten the job: the archive's copy, replayed and closed.
         None => match state.log.info(&job).await? {
@@ -244,7 +244,7 @@ async fn stream(
                     .page(&job, logstream_shared::store::Cursor::Latest, 1)
                     .await?
                     .and_then(|(_, _, page)| page.entries.last().map(|e| e.id));
-                (info.status, last, false)
+                (info.ending(), last, false)
             }
             _ => return Err(ApiError::job_not_found()),
         },
@@ -269,7 +269,7 @@ async fn stream(
         hub: state.hub.clone(),
         job,
         cursor,
-        ended: status.is_terminal().then_some(status),
+        ended: ending,
         archived_only: !in_redis,
         feed,
         out: Out {
@@ -356,8 +356,8 @@ struct Follower {
     job: JobId,
     /// The id of the last entry sent (or the start point).
     cursor: EntryId,
-    /// The job's final status when it had already ended at connect.
-    ended: Option<JobStatus>,
+    /// How the job ended, when it had already ended at connect.
+    ended: Option<Ending>,
     /// Redis had forgotten the job at connect: after the replay from the archive,
     /// nothing more can come (a job that never ended closes without `done`).
     archived_only: bool,
@@ -389,8 +389,8 @@ impl Follower {
                 return Stop::HandOff;
             }
         }
-        if let Some(status) = self.ended {
-            return self.finish(status).await;
+        if let Some(ending) = self.ended {
+            return self.finish(&ending).await;
         }
         if self.archived_only {
             return Stop::HandOff;
@@ -537,13 +537,13 @@ impl Follower {
             return Some(self.deleted().await);
         }
         match ended {
-            Some(status) => Some(self.finish(status).await),
+            Some(ending) => Some(self.finish(&ending).await),
             None => None,
         }
     }
 
-    async fn finish(&mut self, status: JobStatus) -> Stop {
-        match self.emit(frame::done(status)).await {
+    async fn finish(&mut self, ending: &Ending) -> Stop {
+        match self.emit(frame::done(ending)).await {
             Ok(()) => Stop::Done,
             Err(()) => Stop::Gone,
         }

@@ -142,6 +142,12 @@ pub struct Manifest {
     pub status: JobStatus,
     pub created_at: u64,
     pub finished_at: Option<u64>,
+    /// The exit code the job ended with, when the pipeline reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// How long the job ran, once it has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
     /// The number of the last archived entry.
     pub entries: u64,
     /// Stored text bytes of the job's lines, as of the last archived entry.
@@ -170,6 +176,8 @@ impl Manifest {
             status: meta.status,
             created_at: meta.created_at,
             finished_at: None,
+            exit_code: None,
+            duration_ms: None,
             entries: 0,
             bytes: 0,
             truncated: false,
@@ -189,6 +197,8 @@ impl Manifest {
         self.status = meta.status;
         self.created_at = meta.created_at;
         self.finished_at = meta.finished_at;
+        self.exit_code = meta.exit_code;
+        self.duration_ms = meta.duration_ms;
         self.bytes = meta.bytes;
         self.truncated = meta.truncated;
     }

@@ -295,13 +295,19 @@ impl LogStore {
         job: &JobId,
         to: JobStatus,
         ts: u64,
+        exit_code: Option<i64>,
     ) -> Result<StatusOutcome, StoreError> {
         let keys = JobKeys::new(job);
         let entry = NewEntry {
             ts,
-            body: EntryBody::Status { status: to },
+            body: EntryBody::Status {
+                status: to,
+                exit_code: exit_code.filter(|_| to.is_terminal()),
+                duration_ms: None,
+            },
         }
         .to_stored_json();
+        let exit = exit_code.map(|c| c.to_string()).unwrap_or_default();
         let r = self.retention;
         let reply: Vec<String> = self
             .run(|mut c| {
@@ -313,20 +319,27 @@ impl LogStore {
                     .arg(&entry)
                     .arg(r.ttl_secs)
                     .arg(r.cap())
-                    .arg(ts);
+                    .arg(ts)
+                    .arg(&exit);
                 async move { inv.invoke(&mut c).await }
             })
             .await?;
         match reply.as_slice() {
-            [tag, id, n, connections @ ..] if tag == "ok" => {
+            [tag, id, n, duration, connections @ ..] if tag == "ok" => {
                 let id = parse_id(id)?;
                 if to.is_terminal() {
                     self.schedule_archive(job, ts).await?;
                 }
+                let corrupt = |what: &str, raw: &str| {
+                    StoreError::Corrupt(format!("status answered {what} {raw:?}"))
+                };
                 Ok(StatusOutcome::Changed {
                     id,
-                    n: n.parse()
-                        .map_err(|_| StoreError::Corrupt(format!("status answered n {n:?}")))?,
+                    n: n.parse().map_err(|_| corrupt("n", n))?,
+                    duration_ms: match duration.as_str() {
+                        "" => None,
+                        d => Some(d.parse().map_err(|_| corrupt("duration", d))?),
+                    },
                     connections: Socket::from_pairs(connections)?,
                 })
             }
@@ -564,7 +577,7 @@ impl LogStore {
     }
 }
 
-pub(super) const META_FIELDS: [&str; 17] = [
+pub(super) const META_FIELDS: [&str; 19] = [
     "owner",
     "status",
     "created_at",
@@ -582,6 +595,8 @@ pub(super) const META_FIELDS: [&str; 17] = [
     "arch_b",
     "sv",
     "org",
+    "exit",
+    "dur",
 ];
 
 fn parse_status(raw: &str) -> Result<JobStatus, StoreError> {
@@ -608,7 +623,9 @@ pub(super) fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>,
         archived_bytes,
         secrets_version,
         org,
-    ]: [Option<String>; 17] = values
+        exit_code,
+        duration_ms,
+    ]: [Option<String>; 19] = values
         .try_into()
         .map_err(|v: Vec<_>| StoreError::Corrupt(format!("HMGET answered {} fields", v.len())))?;
     let (Some(owner), Some(status)) = (owner, status) else {
@@ -645,5 +662,12 @@ pub(super) fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>,
         archived_bytes: number("arch_b", archived_bytes)?.unwrap_or(0),
         secrets_version: number("sv", secrets_version)?.unwrap_or(0),
         org,
+        exit_code: exit_code
+            .map(|r| {
+                r.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("bad exit {r:?}")))
+            })
+            .transpose()?,
+        duration_ms: number("dur", duration_ms)?,
     }))
 }

@@ -151,6 +151,10 @@ pub struct JobMeta {
     pub secrets_version: u64,
     /// The organisation whose members read the job as its owner does.
     pub org: Option<String>,
+    /// The exit code reported with its terminal status (`exit`).
+    pub exit_code: Option<i64>,
+    /// From `running` (or creation) to the terminal status (`dur`).
+    pub duration_ms: Option<u64>,
 }
 
 impl JobMeta {
@@ -163,6 +167,17 @@ impl JobMeta {
         } else {
             format!("{}#{}", self.generation, self.secrets_version)
         }
+    }
+
+    /// How the job ended; `None` while it runs.
+    pub fn ending(&self) -> Option<logstream_core::model::Ending> {
+        self.status
+            .is_terminal()
+            .then_some(logstream_core::model::Ending {
+                status: self.status,
+                exit_code: self.exit_code,
+                duration_ms: self.duration_ms,
+            })
     }
 }
 
@@ -250,6 +265,8 @@ pub enum StatusOutcome {
         id: EntryId,
         /// The status entry's number.
         n: u64,
+        /// For a terminal status: the job's duration, as its entry carries it.
+        duration_ms: Option<u64>,
         /// The job's WebSocket connections, read in the same round trip.
         connections: Vec<Socket>,
     },

@@ -176,17 +176,22 @@ return g
 });
 
 /// Moves a job to a new status, appending its `status` entry (numbered like any
-/// other); a terminal status also stamps `finished_at`. The allowed moves mirror
+/// other). `running` stamps `started_at`; a terminal status stamps `finished_at`,
+/// records the exit code (`exit`, when given) and the job's duration (`dur`, from
+/// `started_at`, or `created_at` for a job that never ran), which is also appended to
+/// the entry as its last field, `duration_ms`. The allowed moves mirror
 /// [`JobStatus::transition`]. KEYS: meta, logs, ws, idx (one job's keys only: the
 /// archive queue lives in another slot and is written by [`LogStore::set_status`] after
-/// this script). ARGV: status, entry, ttl, cap ('0': none), now. Answers `ok`, the id,
-/// its `n`, then the job's WebSocket connection ids (each followed by its token's expiry); or
-/// `same` with `finished_at` and `archived`, so a retried terminal update can queue the
-/// job again if the first attempt stopped before it did.
+/// this script). ARGV: status, entry, ttl, cap ('0': none), now, exit code ('' none).
+/// Answers `ok`, the id, its `n`, the duration ('' unless terminal), then the job's
+/// WebSocket connection ids (each followed by its token's expiry); or `same` with
+/// `finished_at` and `archived`, so a retried terminal update can queue the job again if
+/// the first attempt stopped before it did.
 pub(super) static SET_STATUS: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(concat!(
         r"
-local m = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'archived', 'n', 'stored')
+local m = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'archived', 'n', 'stored',
+  'created_at', 'started_at')
 local cur = m[1]
 if not cur then return {'missing'} end
 local to = ARGV[1]
@@ -199,17 +204,24 @@ local stored = tonumber(m[5] or '0')
 local cap = ARGV[4]
 ",
         add_entry_lua!(),
-        r"
-add(ARGV[2])
-redis.call('HSET', KEYS[1], 'status', to, 'n', n, 'stored', stored)
+        r#"
+local entry, dur = ARGV[2], ''
 if to == 'ready' or to == 'failed' then
-  redis.call('HSET', KEYS[1], 'finished_at', ARGV[5])
+  dur = math.max(0, tonumber(ARGV[5]) - tonumber(m[7] or m[6] or ARGV[5]))
+  entry = string.sub(entry, 1, -2) .. ',"duration_ms":' .. dur .. '}'
+end
+add(entry)
+redis.call('HSET', KEYS[1], 'status', to, 'n', n, 'stored', stored)
+if to == 'running' then redis.call('HSET', KEYS[1], 'started_at', ARGV[5]) end
+if dur ~= '' then
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[5], 'dur', dur)
+  if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'exit', ARGV[6]) end
 end
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-local r = {'ok', first, n}
+local r = {'ok', first, n, tostring(dur)}
 for _, c in ipairs(redis.call('HGETALL', KEYS[3])) do r[#r + 1] = c end
 return r
-",
+"#,
     ))
 });
 

@@ -84,14 +84,14 @@ async fn scripts_run_on_nodes_that_never_saw_them_and_jobs_work_on_every_master(
         assert_eq!(head, Some(last));
         assert!(matches!(
             store
-                .set_status(id, JobStatus::Running, now_ms())
+                .set_status(id, JobStatus::Running, now_ms(), None)
                 .await
                 .unwrap(),
             StatusOutcome::Changed { .. }
         ));
         assert!(matches!(
             store
-                .set_status(id, JobStatus::Ready, now_ms())
+                .set_status(id, JobStatus::Ready, now_ms(), None)
                 .await
                 .unwrap(),
             StatusOutcome::Changed { .. }
@@ -124,11 +124,11 @@ async fn a_retried_terminal_status_queues_the_job_again_unless_archived() {
     let (id, _) = job_per_master(cluster, "requeue").remove(0);
     create(&store, &id).await;
     store
-        .set_status(&id, JobStatus::Running, now_ms())
+        .set_status(&id, JobStatus::Running, now_ms(), None)
         .await
         .unwrap();
     store
-        .set_status(&id, JobStatus::Failed, now_ms())
+        .set_status(&id, JobStatus::Failed, now_ms(), None)
         .await
         .unwrap();
     let finished = store
@@ -142,7 +142,7 @@ async fn a_retried_terminal_status_queues_the_job_again_unless_archived() {
     store.unqueue_archive(id.as_str()).await.unwrap();
     assert_eq!(
         store
-            .set_status(&id, JobStatus::Failed, now_ms() + 5_000)
+            .set_status(&id, JobStatus::Failed, now_ms() + 5_000, None)
             .await
             .unwrap(),
         StatusOutcome::Same
@@ -157,7 +157,7 @@ async fn a_retried_terminal_status_queues_the_job_again_unless_archived() {
     store.mark_archived(&id).await.unwrap();
     store.unqueue_archive(id.as_str()).await.unwrap();
     store
-        .set_status(&id, JobStatus::Failed, now_ms())
+        .set_status(&id, JobStatus::Failed, now_ms(), None)
         .await
         .unwrap();
     assert!(!store.is_queued_for_archive(id.as_str()).await.unwrap());

@@ -117,7 +117,7 @@ async fn a_retried_seq_after_the_job_ended_is_still_a_duplicate() {
         AppendOutcome::Appended(_)
     ));
     store
-        .set_status(&id, JobStatus::Failed, now_ms())
+        .set_status(&id, JobStatus::Failed, now_ms(), None)
         .await
         .unwrap();
     assert_eq!(
@@ -144,7 +144,7 @@ async fn a_terminal_status_queues_the_job_for_archival() {
     create(&store, &id, "g").await;
     assert!(matches!(
         store
-            .set_status(&id, JobStatus::Running, now_ms())
+            .set_status(&id, JobStatus::Running, now_ms(), None)
             .await
             .unwrap(),
         StatusOutcome::Changed { .. }
@@ -158,7 +158,7 @@ async fn a_terminal_status_queues_the_job_for_archival() {
         .unwrap();
     assert_eq!(score, None, "running is not finished");
     store
-        .set_status(&id, JobStatus::Ready, now_ms())
+        .set_status(&id, JobStatus::Ready, now_ms(), None)
         .await
         .unwrap();
     let score: Option<f64> = redis::cmd("ZSCORE")
@@ -181,9 +181,12 @@ async fn the_archive_queue_lists_oldest_first_and_marking_keeps_the_ttl() {
     let (a, b) = (job("qa"), job("qb"));
     for (id, finished) in [(&b, 2_000), (&a, 1_000)] {
         create(&store, id, "g").await;
-        store.set_status(id, JobStatus::Running, 10).await.unwrap();
         store
-            .set_status(id, JobStatus::Ready, finished)
+            .set_status(id, JobStatus::Running, 10, None)
+            .await
+            .unwrap();
+        store
+            .set_status(id, JobStatus::Ready, finished, None)
             .await
             .unwrap();
     }

@@ -132,7 +132,7 @@ async fn racing_archivers_write_each_segment_once_and_redis_keeps_only_the_tail(
     // Nothing more is due (one entry, young); then the job ends and is merged.
     assert_eq!(a.archive_job(&j).await.unwrap(), Outcome::Flushed(0));
     store
-        .set_status(&j, JobStatus::Ready, now_ms())
+        .set_status(&j, JobStatus::Ready, now_ms(), None)
         .await
         .unwrap();
     assert!(matches!(
@@ -300,7 +300,7 @@ async fn on_s3_segments_are_merged_into_one_log_and_removed() {
     );
 
     store
-        .set_status(&j, JobStatus::Failed, now_ms())
+        .set_status(&j, JobStatus::Failed, now_ms(), None)
         .await
         .unwrap();
     assert!(matches!(

@@ -59,13 +59,13 @@ pub async fn write_job(
 ) {
     seed_job(store, job, owner).await;
     store
-        .set_status(job, JobStatus::Running, now_ms())
+        .set_status(job, JobStatus::Running, now_ms(), None)
         .await
         .unwrap();
     append_lines(store, job, 0, lines, width).await;
     if finish {
         store
-            .set_status(job, JobStatus::Ready, now_ms())
+            .set_status(job, JobStatus::Ready, now_ms(), None)
             .await
             .unwrap();
     }

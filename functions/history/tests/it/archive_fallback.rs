@@ -53,7 +53,7 @@ async fn finished_job(store: &LogStore, owner: &str, lines: usize) -> JobId {
     let job = job_id("hist");
     seed_job(store, &job, owner).await;
     store
-        .set_status(&job, JobStatus::Running, now_ms())
+        .set_status(&job, JobStatus::Running, now_ms(), None)
         .await
         .unwrap();
     store
@@ -61,7 +61,7 @@ async fn finished_job(store: &LogStore, owner: &str, lines: usize) -> JobId {
         .await
         .unwrap();
     store
-        .set_status(&job, JobStatus::Ready, now_ms())
+        .set_status(&job, JobStatus::Ready, now_ms(), None)
         .await
         .unwrap();
     job

@@ -54,7 +54,7 @@ async fn the_function_url_sample_streams_the_replay_and_done() {
     let job = JobId::parse("build-1234").unwrap();
     seed_job_with_lines(&store, &job, "user_2abc", 3).await;
     store
-        .set_status(&job, JobStatus::Failed, now_ms())
+        .set_status(&job, JobStatus::Failed, now_ms(), None)
         .await
         .unwrap();
 
@@ -82,8 +82,14 @@ async fn the_function_url_sample_streams_the_replay_and_done() {
         assert!(body.contains(&format!("\"text\":\"line {i}\"")), "{body}");
     }
     assert!(body.contains("event: status\n"), "{body}");
+    // The job never ran: its duration counts from its creation.
+    let done = body
+        .rsplit_once("event: done\ndata: ")
+        .map(|(_, data)| data)
+        .expect("a done frame");
     assert!(
-        body.ends_with("event: done\ndata: {\"status\":\"failed\"}\n\n"),
+        done.starts_with("{\"status\":\"failed\",\"exit_code\":null,\"duration_ms\":")
+            && done.ends_with("}\n\n"),
         "{body}"
     );
 }
