@@ -107,6 +107,12 @@ pub enum RunError {
     /// `--job` is not a valid job id.
     #[error("--job: {0}")]
     InvalidJobId(#[from] InvalidJobId),
+    /// `--job` names a job the service does not have (and `--create` was not given).
+    #[error(
+        "job {0} does not exist (or this ingest token is another job's): create it first \
+         (POST /jobs), or let run create it with --create --owner USER"
+    )]
+    NoSuchJob(JobId),
     /// The service refused a step before the command ran, or could not be reached.
     #[error("{step}: {source}")]
     Service {
@@ -142,7 +148,12 @@ pub async fn run(opts: RunOptions) -> Result<u8, RunError> {
     client
         .set_status(&job, JobStatus::Running)
         .await
-        .map_err(service("marking the job running"))?;
+        .map_err(|e| match e {
+            ClientError::Api { status, .. } if status == reqwest::StatusCode::NOT_FOUND => {
+                RunError::NoSuchJob(job.clone())
+            }
+            e => service("marking the job running")(e),
+        })?;
     if let Some(stage) = &opts.stage {
         client
             .post_stage(&job, stage, StageStatus::Started)

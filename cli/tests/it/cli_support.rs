@@ -50,12 +50,17 @@ pub async fn finish(mut cmd: Command) -> Finished {
     }
 }
 
-/// Starts a dev server on `addr` (used to bring one back on the address it had).
+/// Starts a dev server on `addr` (used to bring one back on the address it had), with
+/// the archive folder a server started with `pairs` had (see `archive_dir_for`).
 pub async fn dev_at(addr: &str, pairs: &[(&str, &str)]) -> DevServer {
+    let (archive_dir, _) = crate::support::archive_dir_for(pairs);
+    let dir = archive_dir.to_string_lossy().into_owned();
+    let mut all = vec![("LOGSTREAM_ARCHIVE_DIR", dir.as_str())];
+    all.extend_from_slice(pairs);
     let mut last = None;
     // The old listener's port is free at once (SO_REUSEADDR), but be patient.
     for _ in 0..50 {
-        match dev::start(test_config(pairs), addr).await {
+        match dev::start(test_config(&all), addr).await {
             Ok(server) => return server,
             Err(e) => last = Some(e),
         }

@@ -29,6 +29,22 @@ fn numbered(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix} {i}")).collect()
 }
 
+/// Asserts `got == want`, saying where they first differ (not two 50 000-line dumps).
+fn assert_same_lines(got: &[String], want: &[String], what: &str) {
+    if got == want {
+        return;
+    }
+    let at = got.iter().zip(want).take_while(|(a, b)| a == b).count();
+    let around = |v: &[String]| v[at.saturating_sub(2)..(at + 3).min(v.len())].to_vec();
+    panic!(
+        "{what}: {} lines, {} wanted; first difference at {at}: got {:?}, wanted {:?}",
+        got.len(),
+        want.len(),
+        around(got),
+        around(want)
+    );
+}
+
 async fn last_text(env: &Env, job: &str) -> Option<String> {
     let (_, page) = env
         .get_as("alice", &format!("/jobs/{job}/logs?limit=1"))
@@ -49,8 +65,16 @@ async fn a_hundred_thousand_interleaved_lines_arrive_once_and_in_order_per_strea
     assert_eq!(done.code, Some(0), "{}", done.stderr);
 
     let entries = all_entries(&env.http, &env.server.url(), &job, "alice").await;
-    assert_eq!(texts_of(&entries, "stdout"), numbered("out", 50_000));
-    assert_eq!(texts_of(&entries, "stderr"), numbered("err", 50_000));
+    assert_same_lines(
+        &texts_of(&entries, "stdout"),
+        &numbered("out", 50_000),
+        "stdout",
+    );
+    assert_same_lines(
+        &texts_of(&entries, "stderr"),
+        &numbered("err", 50_000),
+        "stderr",
+    );
     assert_eq!(
         entries.len(),
         100_002,
@@ -67,17 +91,9 @@ async fn a_hundred_thousand_interleaved_lines_arrive_once_and_in_order_per_strea
 
 #[tokio::test]
 async fn a_server_restarted_mid_run_loses_and_doubles_nothing() {
-    let redis = logstream_testkit::redis_server::shared().unwrap();
-    // The server brought back archives where the first one did: a folder of the test's own.
-    let archive = tempdir("restart-archive");
-    let pairs = [
-        ("REDIS_URL", redis.url()),
-        (
-            "LOGSTREAM_ARCHIVE_DIR",
-            archive.to_string_lossy().into_owned(),
-        ),
-    ];
-    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The server brought back archives where the first one did (the shared folder).
+    let redis = shared_redis_url();
+    let pairs = [("REDIS_URL", redis.as_str())];
     let env = env_with(&pairs).await;
     let addr = env.server.addr.to_string();
     let url = env.server.url();
@@ -437,12 +453,19 @@ async fn a_finished_job_is_refused_before_the_command_runs() {
     );
     assert!(!marker.exists(), "the command did not run");
 
-    // So is an unknown job, and a missing key.
+    // So is an unknown job, with a hint; and a missing key.
+    let unknown = job_id("unknown");
     let mut cmd = logstream(&env.server.url());
-    cmd.args(["run", "-q", "--job", &job_id("unknown"), "--", "true"]);
+    cmd.args(["run", "-q", "--job", &unknown, "--", "true"]);
     let done = finish(cmd).await;
     assert_eq!(done.code, Some(125));
-    assert!(done.stderr.contains("not_found"), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains(&format!("job {unknown} does not exist"))
+            && done.stderr.contains("--create --owner USER"),
+        "{}",
+        done.stderr
+    );
     let mut cmd = logstream(&env.server.url());
     cmd.env_remove("LOGSTREAM_INGEST_KEY")
         .args(["run", "--job", &job, "--", "true"]);

@@ -81,16 +81,36 @@ pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
     env_limited(pairs, dev::serve::Limits::default()).await
 }
 
+/// The archive folder of every server on this binary's shared Redis. One deployment
+/// has one archive: the servers' archivers all sweep the shared Redis's one archive
+/// queue, so a job of one server may be archived (and its stream trimmed) by another's,
+/// and every server must read the archive that archiver wrote to.
+fn shared_archive_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| std::env::temp_dir().join(job_id("logstream-shared-archive")))
+        .clone()
+}
+
+/// Where a server started with `pairs` archives: `LOGSTREAM_ARCHIVE_DIR` when the test
+/// set it, the shared folder for a server on the shared Redis, else a folder of the
+/// server's own (removed with the returned guard). Never the source tree.
+pub fn archive_dir_for(pairs: &[(&str, &str)]) -> (std::path::PathBuf, Option<TempDir>) {
+    if let Some((_, dir)) = pairs.iter().find(|(k, _)| *k == "LOGSTREAM_ARCHIVE_DIR") {
+        return (std::path::PathBuf::from(dir), None);
+    }
+    if pairs
+        .iter()
+        .any(|(k, v)| *k == "REDIS_URL" && *v == shared_redis_url())
+    {
+        return (shared_archive_dir(), None);
+    }
+    let dir = std::env::temp_dir().join(job_id("logstream-dev-archive"));
+    (dir.clone(), Some(TempDir(dir)))
+}
+
 /// [`env_with`] with the server's connection cap and header-read timeout set.
 pub async fn env_limited(pairs: &[(&str, &str)], limits: dev::serve::Limits) -> Env {
-    // Archives go to a folder of this server's own, not into the source tree.
-    let (archive_dir, temp) = match pairs.iter().find(|(k, _)| *k == "LOGSTREAM_ARCHIVE_DIR") {
-        Some((_, dir)) => (std::path::PathBuf::from(dir), None),
-        None => {
-            let dir = std::env::temp_dir().join(job_id("logstream-dev-archive"));
-            (dir.clone(), Some(TempDir(dir)))
-        }
-    };
+    let (archive_dir, temp) = archive_dir_for(pairs);
     let dir = archive_dir.to_string_lossy().into_owned();
     let mut all = vec![("LOGSTREAM_ARCHIVE_DIR", dir.as_str())];
     all.extend_from_slice(pairs);
