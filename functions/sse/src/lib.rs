@@ -167,21 +167,18 @@ fn start_point(headers: &HeaderMap, query: &StreamQuery) -> Result<Start, ApiErr
             .map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID is not text"))
     });
     let resume = match header.transpose()? {
-        Some(id) if !id.trim().is_empty() => Some(id),
+        Some(id) if !id.trim_ascii().is_empty() => Some(id),
         _ => query
             .last_event_id
             .clone()
-            .filter(|id| !id.trim().is_empty()),
+            .filter(|id| !id.trim_ascii().is_empty()),
     };
     match (resume, query.from.as_deref()) {
-        (Some(id), _) => {
-            id.trim()
-                .parse()
-                .map(Start::After)
-                .map_err(|e: logstream_core::ids::InvalidEntryId| {
-                    ApiError::bad_request("invalid_cursor", e.to_string())
-                })
-        }
+        (Some(id), _) => id.trim_ascii().parse().map(Start::After).map_err(
+            |e: logstream_core::ids::InvalidEntryId| {
+                ApiError::bad_request("invalid_cursor", e.to_string())
+            },
+        ),
         (None, Some("start")) => Ok(Start::Beginning),
         (None, Some(_)) => Err(ApiError::bad_request(
             "invalid_query",

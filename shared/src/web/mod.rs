@@ -165,9 +165,22 @@ pub async fn verify_reader(
     })
 }
 
-/// Adds the JSON 404 and 405 answers, the body limit and CORS to `routes`.
+/// The OpenAPI 3.1 document of every route (`docs/openapi.json`), served by every
+/// function at `GET /openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON,
+    )
+}
+
+/// Adds `GET /openapi.json`, the JSON 404 and 405 answers, the body limit and CORS to
+/// `routes`.
 pub fn finish(routes: Router, cors_origins: &[HeaderValue]) -> Router {
     let router = routes
+        .route("/openapi.json", axum::routing::get(openapi))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
