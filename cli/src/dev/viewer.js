@@ -56,9 +56,18 @@ function append(e) {
 async function fetchPage(query) {
   const res = await fetch(`/jobs/${encodeURIComponent(job)}/logs?${query}`, { headers: { Authorization: "Bearer " + token } });
   const body = await res.json();
-  if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
+  if (!res.ok) {
+    const err = new Error(body.error ? body.error.message : res.statusText);
+    err.status = res.status;
+    throw err;
+  }
   return body;
 }
+
+// How often a page opened before its job exists asks for it again.
+const WAIT_MS = 2000;
+// Counts opens: a wait that a later open superseded stops.
+let opening = 0;
 
 async function loadEarlier() {
   if (!oldestId) return;
@@ -75,6 +84,7 @@ async function loadEarlier() {
 async function open() {
   job = $("job").value.trim(); token = $("token").value.trim();
   if (!job) return;
+  const mine = ++opening;
   if (source) source.close();
   for (const el of [...log.children]) if (el !== earlierBtn) el.remove();
   msg.textContent = ""; lastId = null; setStatus("");
@@ -82,8 +92,19 @@ async function open() {
   // this tab keeps in sessionStorage so a reload still works.
   history.replaceState(null, "", `/?job=${encodeURIComponent(job)}`);
   sessionStorage.setItem("logstream.token", token);
+  // A job that does not exist yet (the page was opened before the pipeline created
+  // it; a job of someone else's looks the same) is asked for again until it does.
   let page;
-  try { page = await fetchPage("limit=200"); } catch (err) { msg.textContent = err.message; return; }
+  for (;;) {
+    try { page = await fetchPage("limit=200"); break; } catch (err) {
+      if (mine !== opening) return;
+      if (err.status !== 404) { msg.textContent = err.message; return; }
+      msg.textContent = `Waiting for job ${job} to start (it does not exist yet, or is not yours); checking every ${WAIT_MS / 1000} s.`;
+      await new Promise((resolve) => setTimeout(resolve, WAIT_MS));
+      if (mine !== opening) return;
+    }
+  }
+  msg.textContent = "";
   setStatus(page.status);
   // A share link's holder reads; only a signed-in reader (a JWT) makes links.
   $("share").hidden = token.startsWith("lss1.");

@@ -400,3 +400,52 @@ async fn the_share_button_makes_a_link_that_opens_the_job_without_an_account() {
         json!([false, true])
     );
 }
+
+#[tokio::test]
+async fn a_page_opened_before_its_job_exists_waits_for_it_then_follows_it() {
+    let env = env().await;
+    let job = job_id("not-yet");
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&env.url(&format!("/?job={job}#access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the page saying it waits",
+            "return document.getElementById('msg').textContent.startsWith('Waiting for job')",
+        )
+        .await;
+
+    // The pipeline starts: the page finds the job at its next look and follows it live.
+    let res = env
+        .http
+        .post(env.url("/jobs"))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"job_id": job, "owner": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::CREATED);
+    env.set_status(&job, "running").await;
+    env.post_lines(&job, "first", 1).await;
+    browser
+        .wait_for(
+            "the job's first line",
+            "return document.getElementById('log').innerText.includes('first 0')",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('msg').textContent")
+            .await,
+        json!("")
+    );
+    env.post_lines(&job, "live", 1).await;
+    browser
+        .wait_for(
+            "a line posted after",
+            "return document.getElementById('log').innerText.includes('live 0')",
+        )
+        .await;
+}
