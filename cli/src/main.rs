@@ -212,8 +212,15 @@ enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
         /// One JSON entry per line, exactly as the service sends them.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "raw")]
         json: bool,
+        /// The raw log: the text of every line and nothing else, as the service's raw
+        /// route sends it (a log of any size, streamed).
+        #[arg(long, conflicts_with = "limit")]
+        raw: bool,
+        /// With --raw: each line starts with its time (ISO-8601, UTC).
+        #[arg(long, requires = "raw")]
+        timestamps: bool,
         #[command(flatten)]
         view: ViewArgs,
     },
@@ -228,6 +235,10 @@ struct ViewArgs {
     /// A viewer JWT whose user owns the job (`logstream dev` prints one).
     #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The streaming function's URL, for the live stream and the raw log (on AWS the
+    /// stack's `SseUrl`); default: --url.
+    #[arg(long, env = "LOGSTREAM_STREAM_URL")]
+    stream_url: Option<String>,
     /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never.
     #[arg(long, value_name = "WHEN", default_value = "auto")]
     color: ColorChoice,
@@ -240,6 +251,7 @@ impl ViewArgs {
     fn options(self, job: String) -> ViewOptions {
         ViewOptions {
             url: url_or_default(self.url),
+            stream_url: self.stream_url,
             token: self.token,
             job,
             colour: self.color,
@@ -357,11 +369,19 @@ async fn main() -> ExitCode {
             job,
             limit,
             json,
+            raw,
+            timestamps,
             view,
         } => {
             client_tracing();
             let limit = limit.map(|n| n as usize);
-            match view::logs(&view.options(job), limit, json).await {
+            let opts = view.options(job);
+            let printed = if raw {
+                view::raw(&opts, timestamps).await
+            } else {
+                view::logs(&opts, limit, json).await
+            };
+            match printed {
                 Ok(JobStatus::Failed) => ExitCode::FAILURE,
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => view_failed("logs", &e),

@@ -56,6 +56,9 @@ pub enum ViewError {
 pub struct ViewOptions {
     /// The service URL.
     pub url: String,
+    /// The streaming function's URL (the live stream, the raw log), when it is not
+    /// `url` (on AWS: the `SseUrl` output).
+    pub stream_url: Option<String>,
     /// A viewer JWT.
     pub token: Option<String>,
     /// The job, as given (validated here).
@@ -74,7 +77,10 @@ impl ViewOptions {
             .filter(|t| !t.trim().is_empty())
             .ok_or(ViewError::NoToken)?;
         let job = JobId::parse(&self.job)?;
-        let client = Client::new(&self.url, Some(token))?.with_retry(self.retry);
+        let mut client = Client::new(&self.url, Some(token))?.with_retry(self.retry);
+        if let Some(url) = self.stream_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            client = client.with_stream_url(url)?;
+        }
         Ok((client, job))
     }
 }
@@ -140,6 +146,21 @@ pub async fn tail(
             out.flush()?;
         }
     }
+}
+
+/// `logstream logs --raw`: the whole log as text, as `GET /jobs/{id}/logs/raw` sends it
+/// (streamed: a log of any size, without holding it); returns the job's status, read
+/// after the log.
+pub async fn raw(opts: &ViewOptions, timestamps: bool) -> Result<JobStatus, ViewError> {
+    use futures_util::StreamExt;
+    let (client, job) = opts.client()?;
+    let mut out = io::BufWriter::new(io::stdout());
+    let mut body = std::pin::pin!(client.raw_log(&job, timestamps).await?);
+    while let Some(chunk) = body.next().await {
+        out.write_all(&chunk?)?;
+    }
+    out.flush()?;
+    Ok(client.job(&job).await?.status)
 }
 
 /// `logstream logs`: prints the history (the newest `limit` entries, or all);

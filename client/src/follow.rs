@@ -335,7 +335,7 @@ impl Follow {
         }
         let mut req = self
             .client
-            .request(Method::GET, &path)
+            .stream_request(Method::GET, &path)
             .header("accept", "text/event-stream");
         if let Some(id) = resume {
             req = req.header("last-event-id", id.to_string());

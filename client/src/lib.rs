@@ -195,6 +195,9 @@ impl RetryPolicy {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// Where the streaming function answers (the live stream, the raw log): on AWS its
+    /// own URL, locally the same as `base`.
+    stream_base: String,
     token: Option<String>,
     retry: RetryPolicy,
 }
@@ -305,11 +308,7 @@ impl Client {
     /// A client of the service at `base_url`, sending `token` (an ingest key, a job's
     /// ingest token or a viewer JWT, depending on the routes used) as a bearer token.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let base = base_url.trim().trim_end_matches('/').to_owned();
-        let url = reqwest::Url::parse(&base).map_err(|_| ClientError::InvalidUrl(base.clone()))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(ClientError::InvalidUrl(base));
-        }
+        let base = service_url(base_url)?;
         // An explicit TLS provider, as everywhere in logstream: a binary built alone may
         // not get one through another crate's features. An error means one is installed.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -322,10 +321,18 @@ impl Client {
             .map_err(ClientError::Transport)?;
         Ok(Self {
             http,
+            stream_base: base.clone(),
             base,
             token,
             retry: RetryPolicy::default(),
         })
+    }
+
+    /// The same client with the streaming function at `url` (the live stream and the
+    /// raw log): on AWS its function URL (`SseUrl`), not the HTTP API's.
+    pub fn with_stream_url(mut self, url: &str) -> Result<Self, ClientError> {
+        self.stream_base = service_url(url)?;
+        Ok(self)
     }
 
     /// The same client with another retry policy.
@@ -345,11 +352,48 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let req = self.http.request(method, format!("{}{path}", self.base));
+        self.request_to(&self.base, method, path)
+    }
+
+    /// A request to the streaming function.
+    fn stream_request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request_to(&self.stream_base, method, path)
+    }
+
+    fn request_to(&self, base: &str, method: Method, path: &str) -> RequestBuilder {
+        let req = self.http.request(method, format!("{base}{path}"));
         match &self.token {
             Some(token) => req.bearer_auth(token),
             None => req,
         }
+    }
+
+    /// `GET /jobs/{id}/logs/raw`: the whole log as text (each line's time first with
+    /// `timestamps`), as a stream of chunks. Not retried: a download that breaks
+    /// mid-way is the caller's to start again.
+    pub async fn raw_log(
+        &self,
+        job: &JobId,
+        timestamps: bool,
+    ) -> Result<impl futures_util::Stream<Item = Result<Bytes, ClientError>>, ClientError> {
+        use futures_util::StreamExt;
+        let mut path = format!("/jobs/{job}/logs/raw");
+        if timestamps {
+            path.push_str("?timestamps=true");
+        }
+        let res = self
+            .stream_request(Method::GET, &path)
+            .send()
+            .await
+            .map_err(ClientError::Transport)?;
+        let status = res.status();
+        if status != StatusCode::OK {
+            let body = res.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &body));
+        }
+        Ok(res
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(ClientError::Transport)))
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retry budget is spent.
@@ -553,6 +597,16 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
             message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
         },
     }
+}
+
+/// A service URL without its trailing slash; an error unless `http(s)://host…`.
+fn service_url(raw: &str) -> Result<String, ClientError> {
+    let base = raw.trim().trim_end_matches('/').to_owned();
+    let url = reqwest::Url::parse(&base).map_err(|_| ClientError::InvalidUrl(base.clone()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ClientError::InvalidUrl(base));
+    }
+    Ok(base)
 }
 
 #[cfg(test)]

@@ -116,3 +116,57 @@ async fn logs_exits_like_tail_1_for_a_failed_job_0_for_one_still_running() {
         assert!(done.stdout.contains("==> job failed"), "{}", done.stdout);
     }
 }
+
+#[tokio::test]
+async fn logs_raw_prints_the_raw_log_with_times_on_request_and_exits_like_tail() {
+    let env = env().await;
+    let job = finished_job(&env).await;
+    let done = finish(logs(&env, "alice", &[&job, "--raw"])).await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    // The lines' text only: no markers, no stream prefix.
+    let mut want: Vec<String> = Vec::new();
+    for batch in 0..3 {
+        want.extend((0..400).map(|i| format!("batch{batch} {i}")));
+    }
+    want.push("careful".into());
+    assert_eq!(done.stdout.lines().collect::<Vec<_>>(), want);
+
+    let done = finish(logs(&env, "alice", &[&job, "--raw", "--timestamps"])).await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    let first = done.stdout.lines().next().unwrap();
+    let (time, text) = first.split_once(' ').unwrap();
+    assert_eq!(text, "batch0 0");
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "ISO-8601 UTC with milliseconds: {time}"
+    );
+    assert_eq!(done.stdout.lines().count(), 1201);
+
+    // A failed job exits 1, as `tail` and `logs` do; a wrong pair of flags is usage (2).
+    let (failed, _) = env.create_job("alice").await;
+    env.set_status(&failed, "failed").await;
+    let done = finish(logs(&env, "alice", &[&failed, "--raw"])).await;
+    assert_eq!((done.code, done.stdout.as_str()), (Some(1), ""));
+    let done = finish(logs(&env, "alice", &[&job, "--raw", "--limit", "3"])).await;
+    assert_eq!(done.code, Some(2), "{}", done.stderr);
+    let done = finish(logs(&env, "alice", &[&job, "--timestamps"])).await;
+    assert_eq!(done.code, Some(2), "{}", done.stderr);
+}
+
+#[tokio::test]
+async fn the_raw_log_and_the_live_stream_come_from_the_stream_url() {
+    let env = env().await;
+    let job = finished_job(&env).await;
+    // Everything else from --url; the raw log from where --stream-url says: nothing
+    // listens there, so it fails.
+    let mut cmd = logs(&env, "alice", &[&job, "--raw", "--retry-for", "1"]);
+    cmd.env("LOGSTREAM_STREAM_URL", "http://127.0.0.1:1");
+    let done = finish(cmd).await;
+    assert_eq!(done.code, Some(2), "{}", done.stdout);
+    assert!(done.stderr.contains("no answer"), "{}", done.stderr);
+    let mut cmd = logs(&env, "alice", &[&job, "--raw"]);
+    cmd.env("LOGSTREAM_STREAM_URL", env.server.url());
+    let done = finish(cmd).await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert_eq!(done.stdout.lines().count(), 1201);
+}
