@@ -76,7 +76,12 @@ pub fn write_entry(out: &mut impl Write, entry: &Entry, style: Style) -> io::Res
         }
     };
     let line = match &entry.body {
-        EntryBody::Line { stream, text } => {
+        // On a colour terminal a line that kept its colours shows them (and nothing
+        // else a terminal would act on), then a reset.
+        EntryBody::Line {
+            ansi: Some(ansi), ..
+        } if style.colour => format!("{}{RESET}", only_sgr(ansi)),
+        EntryBody::Line { stream, text, .. } => {
             let text = if style.escape_controls {
                 escape_controls(text)
             } else {
@@ -151,6 +156,36 @@ fn escape_controls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `ansi` with its colour and style changes (`ESC [` digits, `;`, `:` `m`) kept and
+/// every other control shown as text: what the service sends is not trusted to hold
+/// only those.
+fn only_sgr(ansi: &str) -> String {
+    let mut out = String::with_capacity(ansi.len());
+    let mut rest = ansi;
+    while let Some(at) = rest.find(|c: char| c.is_control() && c != '\t') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let sgr_len = tail.strip_prefix("\x1b[").and_then(|params| {
+            let end = params.find(|c: char| !matches!(c, '0'..='9' | ';' | ':'))?;
+            (params[end..].starts_with('m')).then_some(2 + end + 1)
+        });
+        let taken = match sgr_len {
+            Some(len) => {
+                out.push_str(&tail[..len]);
+                len
+            }
+            None => {
+                let c = tail.chars().next().unwrap_or('\u{fffd}');
+                out.push_str(&escape_controls(c.encode_utf8(&mut [0; 4])));
+                c.len_utf8()
+            }
+        };
+        rest = &tail[taken..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A duration as a person reads it: `850ms`, `12.3s`, `4m 05s`, `2h 03m`.
 pub fn human_duration(ms: u64) -> String {
     let secs = ms / 1000;
@@ -165,6 +200,17 @@ pub fn human_duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_colour_changes_reach_the_terminal() {
+        assert_eq!(
+            only_sgr("\x1b[1;31merror\x1b[0m: \x1b[38;5;208mx"),
+            "\x1b[1;31merror\x1b[0m: \x1b[38;5;208mx"
+        );
+        assert_eq!(only_sgr("a\x1b]0;title\x07b"), "a^[]0;title^Gb");
+        assert_eq!(only_sgr("\x1b[2Jcleared\x1b[31"), "^[[2Jcleared^[[31");
+        assert_eq!(only_sgr("tab\tstays"), "tab\tstays");
+    }
 
     #[test]
     fn durations_read_as_a_person_would_say_them() {

@@ -1,6 +1,8 @@
 //! What the sanitizer costs: ns per line for a clean, a secret-bearing and a coloured
 //! line, with no registered secrets and with the most a job may register (100 of
-//! 4 096 bytes), and what building that large sanitizer costs in time and memory.
+//! 4 096 bytes), the text alone (`Batch::line`) and with its colours kept
+//! (`Batch::coloured`, what ingest runs), and what building that large sanitizer costs
+//! in time and memory.
 //!
 //! `cargo run --release -p logstream-core --example sanitize-bench`
 //!
@@ -54,9 +56,23 @@ fn main() {
     ] {
         println!(
             "{name:<18} {:>12.0} {:>12.0} {:>26.0}",
-            ns_per_line(&plain, line),
-            ns_per_line(&few, line),
-            ns_per_line(&large, line)
+            ns_per_line(&plain, line, Mode::Text),
+            ns_per_line(&few, line, Mode::Text),
+            ns_per_line(&large, line, Mode::Text)
+        );
+    }
+    println!();
+    println!("keeping colours too (Batch::coloured, what ingest runs), per line (ns):");
+    for (name, line) in [
+        ("clean, 80 bytes", clean),
+        ("with secrets", secret),
+        ("coloured (SGR)", coloured),
+    ] {
+        println!(
+            "{name:<18} {:>12.0} {:>12.0} {:>26.0}",
+            ns_per_line(&plain, line, Mode::Coloured),
+            ns_per_line(&few, line, Mode::Coloured),
+            ns_per_line(&large, line, Mode::Coloured)
         );
     }
     println!(
@@ -122,14 +138,24 @@ fn build_large(secrets: &[String]) -> (Sanitizer, Duration) {
     (last.expect("five builds"), times[2])
 }
 
-fn ns_per_line(sanitizer: &Sanitizer, line: &str) -> f64 {
+/// What a timing run calls: the text alone, or the text and its colours.
+#[derive(Clone, Copy)]
+enum Mode {
+    Text,
+    Coloured,
+}
+
+fn ns_per_line(sanitizer: &Sanitizer, line: &str, mode: Mode) -> f64 {
     let mut runs: Vec<f64> = (0..5)
         .map(|_| {
             let started = Instant::now();
             for _ in 0..BATCHES {
                 let mut batch = sanitizer.batch();
                 for _ in 0..LINES_PER_BATCH {
-                    black_box(batch.line(black_box(line)));
+                    match mode {
+                        Mode::Text => drop(black_box(batch.line(black_box(line)))),
+                        Mode::Coloured => drop(black_box(batch.coloured(black_box(line)))),
+                    }
                 }
             }
             started.elapsed().as_nanos() as f64 / (BATCHES * LINES_PER_BATCH) as f64

@@ -119,6 +119,10 @@ pub enum EntryBody {
     Line {
         stream: LineStream,
         text: String,
+        /// `text` with the line's colour and style changes (SGR escapes) where they
+        /// were; absent when it had none. See `sanitize::Coloured`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ansi: Option<String>,
     },
     Stage {
         name: String,
@@ -303,6 +307,7 @@ mod tests {
             body: EntryBody::Line {
                 stream: LineStream::Stdout,
                 text: "added 120 packages".into(),
+                ansi: None,
             },
         };
         let stored = StoredEntry {

@@ -161,6 +161,7 @@ mod tests {
                     body: EntryBody::Line {
                         stream: LineStream::Stderr,
                         text: text.to_owned(),
+                        ansi: None,
                     },
                 }
                 .to_stored_json(),

@@ -119,6 +119,7 @@ pub fn stdout_line(text: &str) -> String {
         body: EntryBody::Line {
             stream: LineStream::Stdout,
             text: text.into(),
+            ansi: None,
         },
     }
     .to_stored_json()

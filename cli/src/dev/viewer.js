@@ -25,6 +25,65 @@ function duration(ms) {
   return Math.floor(s / 3600) + "h " + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
 }
 
+// Colours: a line's `ansi` is its text with SGR escapes (the service keeps no other).
+// Each run of text between them becomes a span with textContent and classes only:
+// c-fg-N / c-bg-N for colour N of the 256-colour palette (24-bit colours take the
+// nearest), b, d, i, u for bold, dim, italic, underline. Nothing else is read from it.
+const SGR = /\x1b\[([0-9;:]*)m/g;
+
+function rgb256(r, g, b) {
+  if (r === g && g === b) return r < 8 ? 16 : r > 248 ? 231 : 232 + Math.round((r - 8) / 247 * 23);
+  const q = (v) => Math.round(Math.min(255, Math.max(0, v)) / 255 * 5);
+  return 16 + 36 * q(r) + 6 * q(g) + q(b);
+}
+
+// Applies one SGR's parameters to `st`.
+function applySgr(st, params) {
+  const parts = params === "" ? ["0"] : params.split(";");
+  for (let i = 0; i < parts.length; i++) {
+    const sub = parts[i].split(":").map((x) => (x === "" ? 0 : Number(x)));
+    const n = sub[0];
+    if (n === 38 || n === 48) {
+      let colour = null;
+      if (sub.length > 1) {  // 38:5:N, 38:2:R:G:B, 38:2:CS:R:G:B
+        if (sub[1] === 5) colour = sub[2];
+        else if (sub[1] === 2 && sub.length >= 5) colour = rgb256(...sub.slice(-3));
+      } else if (parts[i + 1] === "5") { colour = Number(parts[i + 2]); i += 2; }
+      else if (parts[i + 1] === "2") { colour = rgb256(Number(parts[i + 2]), Number(parts[i + 3]), Number(parts[i + 4])); i += 4; }
+      if (Number.isInteger(colour) && colour >= 0 && colour < 256) st[n === 38 ? "fg" : "bg"] = colour;
+    } else if (n === 0) { Object.assign(st, { fg: null, bg: null, b: false, d: false, i: false, u: false }); }
+    else if (n === 1) st.b = true; else if (n === 2) st.d = true; else if (n === 3) st.i = true; else if (n === 4) st.u = true;
+    else if (n === 22) { st.b = false; st.d = false; } else if (n === 23) st.i = false; else if (n === 24) st.u = false;
+    else if (n >= 30 && n <= 37) st.fg = n - 30; else if (n === 39) st.fg = null;
+    else if (n >= 40 && n <= 47) st.bg = n - 40; else if (n === 49) st.bg = null;
+    else if (n >= 90 && n <= 97) st.fg = n - 82; else if (n >= 100 && n <= 107) st.bg = n - 92;
+  }
+}
+
+function colouredText(ansi) {
+  const frag = document.createDocumentFragment();
+  const st = { fg: null, bg: null, b: false, d: false, i: false, u: false };
+  const run = (text) => {
+    if (!text) return;
+    const span = document.createElement("span");
+    span.textContent = text;
+    const cls = [];
+    if (st.fg !== null) cls.push("c-fg-" + st.fg);
+    if (st.bg !== null) cls.push("c-bg-" + st.bg);
+    for (const k of ["b", "d", "i", "u"]) if (st[k]) cls.push(k);
+    if (cls.length) span.className = cls.join(" ");
+    frag.append(span);
+  };
+  let last = 0;
+  for (const m of ansi.matchAll(SGR)) {
+    run(ansi.slice(last, m.index));
+    applySgr(st, m[1]);
+    last = m.index + m[0].length;
+  }
+  run(ansi.slice(last));
+  return frag;
+}
+
 // Builds the element for one entry. Text is only ever set with textContent: log lines
 // are untrusted output and must never become markup.
 function render(e) {
@@ -32,7 +91,8 @@ function render(e) {
   el.dataset.id = e.id;
   if (e.kind === "line") {
     el.className = "line " + e.stream;
-    const t = document.createElement("span"); t.className = "t"; t.textContent = e.text;
+    const t = document.createElement("span"); t.className = "t";
+    if (typeof e.ansi === "string") t.append(colouredText(e.ansi)); else t.textContent = e.text;
     el.append(t);
   } else if (e.kind === "stage") {
     el.className = "stage " + e.status;

@@ -395,3 +395,63 @@ async fn adding_secrets_refuses_bad_input_a_full_list_an_ended_job_and_strangers
     let (code, body) = add_secrets(&env, &other, &other_token, &json!({"secrets": ["abcd"]})).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
 }
+
+#[tokio::test]
+async fn colours_are_kept_as_ansi_beside_the_text_everywhere_and_secrets_stay_out() {
+    let env = env().await;
+    let (job, _) = env.create_job_with("alice", &["hunter2"]).await;
+    env.set_status(&job, "running").await;
+    let res = env
+        .post_json(
+            &job,
+            &json!({"lines": [
+                {"text": "\u{1b}[1;31merror\u{1b}[0m: \u{1b}[38;2;255;128;0mhot"},
+                {"text": "plain"},
+                {"text": "pw hun\u{1b}[32mter2\u{1b}[0m \u{1b}]8;;https://x.test\u{7}link\u{1b}]8;;\u{7}"},
+            ]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (_, page) = env.get_as("alice", &format!("/jobs/{job}/logs")).await;
+    let lines: Vec<&Value> = page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "line")
+        .collect();
+    assert_eq!(lines[0]["text"], "error: hot");
+    assert_eq!(
+        lines[0]["ansi"],
+        "\u{1b}[1;31merror\u{1b}[0m: \u{1b}[38;2;255;128;0mhot"
+    );
+    assert_eq!(lines[1]["text"], "plain");
+    assert!(
+        lines[1].get("ansi").is_none(),
+        "no colour, no ansi: {}",
+        lines[1]
+    );
+    assert_eq!(lines[2]["text"], "pw *** link");
+    assert_eq!(lines[2]["ansi"], "pw ***\u{1b}[32m\u{1b}[0m link");
+
+    // The live stream carries it too; the raw log and search read the text only.
+    let mut sse = SseClient::open(
+        &env,
+        &format!("/jobs/{job}/logs/stream?from=start"),
+        &[(
+            "authorization",
+            &format!("Bearer {}", viewer_token("alice", 300)),
+        )],
+    )
+    .await;
+    let mut first = sse.next_entry().await.unwrap();
+    while first.json()["kind"] != "line" {
+        first = sse.next_entry().await.unwrap();
+    }
+    assert_eq!(first.json()["ansi"], lines[0]["ansi"]);
+    let (_, _, raw) = get_text(&env, "alice", &format!("/jobs/{job}/logs/raw")).await;
+    assert_eq!(raw, "error: hot\nplain\npw *** link\n");
+    let (_, found) = env
+        .get_as("alice", &format!("/jobs/{job}/logs?q=31m"))
+        .await;
+    assert_eq!(found["lines"], json!([]), "escape codes are not searched");
+}

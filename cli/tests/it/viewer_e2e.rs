@@ -449,3 +449,73 @@ async fn a_page_opened_before_its_job_exists_waits_for_it_then_follows_it() {
         )
         .await;
 }
+
+#[tokio::test]
+async fn a_lines_colours_show_as_classes_and_hostile_escapes_stay_text() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let hostile = "\u{1b}[31m<img src=x onerror=\"window.pwned=1\">\u{1b}]8;;javascript:window.pwned=2\u{7}link\u{1b}]8;;\u{7}\u{1b}[0m";
+    env.post_json(
+        &job,
+        &json!({"lines": [
+            {"text": "\u{1b}[1;31merror\u{1b}[0m: \u{1b}[38;5;208mwarm\u{1b}[0m \u{1b}[38;2;0;0;255m\u{1b}[4mblue\u{1b}[24m done"},
+            {"text": hostile},
+            {"text": "\u{1b}[3;2mquiet\u{1b}[22;23m \u{1b}[97;41mloud"},
+        ]}),
+    )
+    .await;
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&env.url(&format!("/?job={job}#access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the coloured lines",
+            "return document.getElementById('log').innerText.includes('loud')",
+        )
+        .await;
+    // Each run of text is a span whose classes say its colour and style.
+    let runs = browser
+        .eval(
+            "return [...document.querySelectorAll('.line .t')].map(t => \
+             [...t.childNodes].map(n => [n.textContent, n.className || '']))",
+        )
+        .await;
+    assert_eq!(
+        runs,
+        json!([
+            [
+                ["error", "c-fg-1 b"],
+                [": ", ""],
+                ["warm", "c-fg-208"],
+                [" ", ""],
+                ["blue", "c-fg-21 u"],
+                [" done", "c-fg-21"]
+            ],
+            [["<img src=x onerror=\"window.pwned=1\">link", "c-fg-1"]],
+            [["quiet", "d i"], [" ", ""], ["loud", "c-fg-15 c-bg-1"]]
+        ])
+    );
+    // The markup and the link were text: nothing ran, no element but spans was made.
+    assert_eq!(
+        browser.eval("return window.pwned === undefined").await,
+        json!(true)
+    );
+    assert_eq!(
+        browser
+            .eval("return document.querySelectorAll('#log img, #log a, #log script').length")
+            .await,
+        json!(0)
+    );
+    // A class gives the colour: the palette's red for c-fg-1.
+    assert_eq!(
+        browser
+            .eval("return getComputedStyle(document.querySelector('.c-fg-1')).color")
+            .await,
+        json!("rgb(255, 123, 114)")
+    );
+    browser
+        .screenshot(&std::env::temp_dir().join("logstream-viewer-colours.png"))
+        .await;
+}

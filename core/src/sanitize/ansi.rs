@@ -54,6 +54,63 @@ pub(super) fn strip_controls(raw: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A colour or style change (SGR, `CSI … m`) kept from a line: its place in the
+/// stripped text and its parameters (digits, `;` and `:` only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Sgr {
+    /// Byte offset in the stripped text it applies before.
+    pub at: usize,
+    /// The parameters between `CSI` and `m`: `1;31`, `38;5;208`, `38:2::1:2:3`, ``.
+    pub params: Box<str>,
+}
+
+/// [`strip_controls`], but keeping what a colour or style change said: every SGR
+/// sequence (7-bit `ESC [` or 8-bit CSI, parameters of digits, `;` and `:`, final
+/// `m`) is removed from the text like any other and returned beside it. A line
+/// without a control byte costs what it costs [`strip_controls`]: nothing is
+/// allocated.
+pub(super) fn strip_controls_keeping_sgr(raw: &str) -> (Cow<'_, str>, Vec<Sgr>) {
+    let bytes = raw.as_bytes();
+    let Some(mut at) = find_control(bytes, 0) else {
+        return (Cow::Borrowed(raw), Vec::new());
+    };
+    let mut out = String::with_capacity(raw.len());
+    let mut sgrs = Vec::new();
+    let mut kept_from = 0;
+    loop {
+        out.push_str(&raw[kept_from..at]);
+        kept_from = match sgr_at(bytes, at) {
+            Some((params, end)) => {
+                sgrs.push(Sgr {
+                    at: out.len(),
+                    params: raw[params].into(),
+                });
+                end
+            }
+            None => skip_control(bytes, at),
+        };
+        match find_control(bytes, kept_from) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    out.push_str(&raw[kept_from..]);
+    (Cow::Owned(out), sgrs)
+}
+
+/// The parameters and end of the SGR sequence at `at`, if that is one.
+fn sgr_at(bytes: &[u8], at: usize) -> Option<(std::ops::Range<usize>, usize)> {
+    let from = match (bytes[at], bytes.get(at + 1)) {
+        (ESC, Some(b'[')) | (C1_LEAD, Some(&C1_CSI)) => at + 2,
+        _ => return None,
+    };
+    let params_end = from
+        + bytes[from..]
+            .iter()
+            .position(|b| !matches!(b, b'0'..=b'9' | b';' | b':'))?;
+    (bytes[params_end] == b'm').then_some((from..params_end, params_end + 1))
+}
+
 /// May start something to remove: tested on every byte of a chunk without
 /// branching.
 fn suspect(byte: u8) -> bool {

@@ -156,9 +156,11 @@ mod rules;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
 use memchr::memrchr;
 
-use ansi::strip_controls;
+use ansi::{Sgr, strip_controls, strip_controls_keeping_sgr};
 use literals::{Budget, Literals};
-use redact::{pattern_spans, replace_spans, url_credential_spans};
+use redact::{
+    merge_spans, pattern_spans, place_after_redaction, replace_spans, url_credential_spans,
+};
 use rules::{PATTERN_REGEXES, PATTERN_RULES, PEM_BEGIN, PEM_END, Rule, RuleSet, TRIGGERS};
 
 /// Longest stored line, in bytes, suffix included.
@@ -317,7 +319,80 @@ pub struct Batch<'s> {
     key_lines: u32,
 }
 
+/// What redacting a line does.
+enum Redaction {
+    /// The whole line becomes [`REDACTED`] (inside a private key).
+    Whole,
+    /// These byte ranges become [`REDACTED`] (none: the line stays as it is).
+    Spans(Vec<Range<usize>>),
+}
+
+/// A line made fit to store, with its colours: what [`Batch::coloured`] gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coloured<'a> {
+    /// The line as [`Batch::line`] makes it.
+    pub text: Cow<'a, str>,
+    /// `text` with the line's colour and style changes (SGR, `ESC [ … m`) where they
+    /// were, and no other escape; `None` when the line had none. Removing its escapes
+    /// gives `text` back exactly: what `text` redacts, this does too, also when the
+    /// escapes split a secret (they move to just after its `***`).
+    pub ansi: Option<String>,
+}
+
+/// Longest `ansi` kept: past it, later colour changes are dropped (the text stays).
+pub const MAX_ANSI_BYTES: usize = 4 * MAX_LINE_BYTES;
+
+/// `ansi` without its escapes (every escape sequence and control but tab removed, as
+/// sanitizing does): for a [`Coloured`] line, its `text`.
+pub fn without_escapes(ansi: &str) -> Cow<'_, str> {
+    strip_controls(ansi)
+}
+
 impl Batch<'_> {
+    /// [`line`](Self::line), keeping the line's colours beside its text
+    /// ([`Coloured`]). A line without an escape costs what [`line`](Self::line) does.
+    pub fn coloured<'a>(&mut self, raw: &'a str) -> Coloured<'a> {
+        let (text, mut sgrs) = strip_controls_keeping_sgr(raw);
+        if sgrs.is_empty() {
+            let text = keep_last_carriage_return_segment(text);
+            let text = self.redact(text);
+            return Coloured {
+                text: cut_long_line(text),
+                ansi: None,
+            };
+        }
+        // What a terminal shows of a line rewritten with `\r`: colour changes made
+        // before the shown part still hold at its start; those after it are gone.
+        let (start, end) = visible_segment(&text);
+        sgrs.retain(|sgr| sgr.at <= end);
+        for sgr in &mut sgrs {
+            sgr.at = sgr.at.saturating_sub(start);
+        }
+        let text = keep_last_carriage_return_segment(text);
+        let text = match self.redaction(&text) {
+            Redaction::Whole => {
+                return Coloured {
+                    text: Cow::Borrowed(REDACTED),
+                    ansi: None,
+                };
+            }
+            Redaction::Spans(spans) if spans.is_empty() => text,
+            Redaction::Spans(spans) => {
+                let merged = merge_spans(spans);
+                for sgr in &mut sgrs {
+                    sgr.at = place_after_redaction(sgr.at, &merged);
+                }
+                Cow::Owned(replace_spans(&text, merged))
+            }
+        };
+        if let Some(keep) = cut_point(&text) {
+            sgrs.retain(|sgr| sgr.at <= keep);
+        }
+        let text = cut_long_line(text);
+        let ansi = with_sgrs(&text, &sgrs);
+        Coloured { text, ansi }
+    }
+
     /// Sanitizes one line (given without its trailing newline).
     ///
     /// Returns `Cow::Borrowed` when nothing changed. It may also borrow when
@@ -340,43 +415,48 @@ impl Batch<'_> {
     }
 
     fn redact<'a>(&mut self, text: Cow<'a, str>) -> Cow<'a, str> {
+        match self.redaction(&text) {
+            Redaction::Whole => Cow::Borrowed(REDACTED),
+            Redaction::Spans(spans) if spans.is_empty() => text,
+            Redaction::Spans(spans) => Cow::Owned(replace_spans(&text, spans)),
+        }
+    }
+
+    /// What to redact of `text` (and the private-key state after it).
+    fn redaction(&mut self, text: &str) -> Redaction {
         let mut spans = Vec::new();
         let mut begin_search_from = 0;
         if self.key_lines > 0 {
-            if let Some(end) = PEM_END.find(&text) {
+            if let Some(end) = PEM_END.find(text) {
                 self.key_lines = 0;
                 spans.push(0..end.end());
                 begin_search_from = end.end();
             } else if self.key_lines < MAX_PRIVATE_KEY_LINES {
                 self.key_lines += 1;
-                return Cow::Borrowed(REDACTED);
+                return Redaction::Whole;
             } else {
                 // Longer than any key: the block ends by itself, and this line
                 // is sanitized as any other.
                 self.key_lines = 0;
             }
         }
-        let Some(rules) = self.sanitizer.scan(&text, &mut spans) else {
+        let Some(rules) = self.sanitizer.scan(text, &mut spans) else {
             // Still follow a block that starts here, or its body would leak.
-            self.private_key_spans(&text, begin_search_from, &mut spans);
-            return Cow::Borrowed(REDACTED);
+            self.private_key_spans(text, begin_search_from, &mut spans);
+            return Redaction::Whole;
         };
         for (rule, regex) in PATTERN_RULES.iter().zip(PATTERN_REGEXES.iter()) {
             if rules.contains(*rule) {
-                pattern_spans(*rule, regex, &text, &mut spans);
+                pattern_spans(*rule, regex, text, &mut spans);
             }
         }
         if rules.contains(Rule::UrlCredentials) {
-            url_credential_spans(&text, &mut spans);
+            url_credential_spans(text, &mut spans);
         }
         if rules.contains(Rule::PrivateKey) {
-            self.private_key_spans(&text, begin_search_from, &mut spans);
+            self.private_key_spans(text, begin_search_from, &mut spans);
         }
-        if spans.is_empty() {
-            text
-        } else {
-            Cow::Owned(replace_spans(&text, spans))
-        }
+        Redaction::Spans(spans)
     }
 
     /// Blocks that end on this line are redacted whole; a block that does not
@@ -405,15 +485,10 @@ impl Batch<'_> {
 /// Keeps what a terminal shows of a line rewritten with `\r`: the text after
 /// the last `\r`, or when that is empty, the text before the trailing `\r`s.
 fn keep_last_carriage_return_segment(text: Cow<'_, str>) -> Cow<'_, str> {
-    let Some(last) = memrchr(b'\r', text.as_bytes()) else {
+    if memrchr(b'\r', text.as_bytes()).is_none() {
         return text;
-    };
-    let end = if last + 1 < text.len() {
-        text.len()
-    } else {
-        text.trim_end_matches('\r').len()
-    };
-    let start = memrchr(b'\r', &text.as_bytes()[..end]).map_or(0, |at| at + 1);
+    }
+    let (start, end) = visible_segment(&text);
     match text {
         Cow::Borrowed(text) => Cow::Borrowed(&text[start..end]),
         Cow::Owned(mut text) => {
@@ -424,15 +499,58 @@ fn keep_last_carriage_return_segment(text: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
-fn cut_long_line(text: Cow<'_, str>) -> Cow<'_, str> {
+/// The part of `text` [`keep_last_carriage_return_segment`] keeps, as byte offsets.
+fn visible_segment(text: &str) -> (usize, usize) {
+    let Some(last) = memrchr(b'\r', text.as_bytes()) else {
+        return (0, text.len());
+    };
+    let end = if last + 1 < text.len() {
+        text.len()
+    } else {
+        text.trim_end_matches('\r').len()
+    };
+    let start = memrchr(b'\r', &text.as_bytes()[..end]).map_or(0, |at| at + 1);
+    (start, end)
+}
+
+/// Where [`cut_long_line`] cuts `text`; `None` when it keeps it whole.
+fn cut_point(text: &str) -> Option<usize> {
     if text.len() <= MAX_LINE_BYTES {
-        return text;
+        return None;
     }
     // The suffix holds the number of bytes removed, which is at most the
     // whole length, so sizing it for the whole length is always enough.
     let longest_suffix =
         TRUNCATED_PREFIX.len() + decimal_digits(text.len()) + TRUNCATED_SUFFIX.len();
-    let keep = text.floor_char_boundary(MAX_LINE_BYTES - longest_suffix);
+    Some(text.floor_char_boundary(MAX_LINE_BYTES - longest_suffix))
+}
+
+/// `text` with each SGR put back at its place; `None` without any. Past
+/// [`MAX_ANSI_BYTES`] the remaining changes are left out.
+fn with_sgrs(text: &str, sgrs: &[Sgr]) -> Option<String> {
+    if sgrs.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + sgrs.len() * 8);
+    let mut from = 0;
+    for sgr in sgrs {
+        if text.len() + out.len() - from + sgr.params.len() + 3 > MAX_ANSI_BYTES {
+            break;
+        }
+        out.push_str(&text[from..sgr.at]);
+        out.push_str("\x1b[");
+        out.push_str(&sgr.params);
+        out.push('m');
+        from = sgr.at;
+    }
+    out.push_str(&text[from..]);
+    Some(out)
+}
+
+fn cut_long_line(text: Cow<'_, str>) -> Cow<'_, str> {
+    let Some(keep) = cut_point(&text) else {
+        return text;
+    };
     let removed = text.len() - keep;
     let mut out = String::with_capacity(MAX_LINE_BYTES);
     out.push_str(&text[..keep]);
@@ -456,6 +574,92 @@ mod tests {
 
     fn sanitize(line: &str) -> String {
         Sanitizer::new(&[]).batch().line(line).into_owned()
+    }
+
+    /// Text and ansi of `line` sanitized with `secrets`; checks the two agree.
+    fn coloured(line: &str, secrets: &[&str]) -> (String, Option<String>) {
+        let secrets: Vec<String> = secrets.iter().map(|s| (*s).to_owned()).collect();
+        let sanitizer = Sanitizer::new(&secrets);
+        let out = sanitizer.batch().coloured(line);
+        assert_eq!(out.text, sanitizer.batch().line(line), "{line:?}");
+        if let Some(ansi) = &out.ansi {
+            assert_eq!(without_escapes(ansi), out.text, "{ansi:?}");
+        }
+        (out.text.into_owned(), out.ansi)
+    }
+
+    #[test]
+    fn colours_are_kept_beside_the_text_and_nothing_else_is() {
+        assert_eq!(coloured("plain", &[]), ("plain".into(), None));
+        assert_eq!(
+            coloured("\x1b[1;31merror\x1b[0m: it \x1b[38;5;208mbroke", &[]),
+            (
+                "error: it broke".into(),
+                Some("\x1b[1;31merror\x1b[0m: it \x1b[38;5;208mbroke".into())
+            )
+        );
+        // 24-bit colour with colons; 8-bit CSI written as 7-bit.
+        assert_eq!(
+            coloured("\x1b[38:2::255:0:0mred\u{9b}4mline", &[]).1,
+            Some("\x1b[38:2::255:0:0mred\x1b[4mline".into())
+        );
+        // Every other escape goes, a link's target included; no SGR left: no ansi.
+        assert_eq!(
+            coloured(
+                "\x1b]8;;https://x.test\x07link\x1b]8;;\x07 \x1b[2K\x1b[?25lok",
+                &[]
+            ),
+            ("link ok".into(), None)
+        );
+        // Not an SGR: other final bytes, other parameter bytes.
+        assert_eq!(coloured("\x1b[31;Xm\x1b[5Aa", &[]), ("ma".into(), None));
+    }
+
+    #[test]
+    fn a_secret_split_by_colour_codes_is_redacted_in_both() {
+        let (text, ansi) = coloured("key hun\x1b[31mte\x1b[1mr2\x1b[0m end", &["hunter2"]);
+        assert_eq!(text, "key *** end");
+        let ansi = ansi.unwrap();
+        assert_eq!(ansi, "key ***\x1b[31m\x1b[1m\x1b[0m end");
+        let (text, ansi) = coloured(
+            &format!(
+                "token {}\x1b[32m{}",
+                &GITHUB_TOKEN[..10],
+                &GITHUB_TOKEN[10..]
+            ),
+            &[],
+        );
+        assert_eq!(text, "token ***");
+        assert_eq!(ansi.unwrap(), "token ***\x1b[32m");
+    }
+
+    #[test]
+    fn colours_follow_progress_bars_cuts_and_private_keys() {
+        // Colour set before the shown part of a `\r` line still holds at its start.
+        assert_eq!(
+            coloured("\x1b[32m 50%\r\x1b[1m100%\x1b[0m", &[]),
+            ("100%".into(), Some("\x1b[32m\x1b[1m100%\x1b[0m".into()))
+        );
+        // A change past the cut is gone with the text it applied to.
+        let long = format!("\x1b[31m{}\x1b[0m", "x".repeat(MAX_LINE_BYTES * 2));
+        let (text, ansi) = coloured(&long, &[]);
+        let ansi = ansi.unwrap();
+        assert!(ansi.starts_with("\x1b[31mxxx") && !ansi.contains("\x1b[0m"));
+        assert!(text.len() <= MAX_LINE_BYTES);
+        // Inside a private key the line is `***`, without colour.
+        let sanitizer = Sanitizer::new(&[]);
+        let mut batch = sanitizer.batch();
+        let _ = batch.coloured("-----BEGIN PRIVATE KEY-----");
+        let inside = batch.coloured("\x1b[31mMIIEvQIBADANBgkqhkiG9w0BAQEFAASC");
+        assert_eq!((inside.text.as_ref(), inside.ansi), (REDACTED, None));
+    }
+
+    #[test]
+    fn ansi_stays_bounded_however_many_colour_changes_a_line_has() {
+        let line = "\x1b[38;5;123mx".repeat(MAX_LINE_BYTES);
+        let (text, ansi) = coloured(&line, &[]);
+        assert!(text.len() <= MAX_LINE_BYTES);
+        assert!(ansi.unwrap().len() <= MAX_ANSI_BYTES);
     }
 
     fn sanitize_with(secrets: &[&str], line: &str) -> String {

@@ -87,24 +87,45 @@ pub(super) fn url_credential_spans(text: &str, spans: &mut Vec<Range<usize>>) {
 }
 
 /// Replaces each group of overlapping or touching `spans` by one [`REDACTED`].
-pub(super) fn replace_spans(text: &str, mut spans: Vec<Range<usize>>) -> String {
-    spans.sort_unstable_by_key(|span| span.start);
+pub(super) fn replace_spans(text: &str, spans: Vec<Range<usize>>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut kept_from = 0;
-    let mut spans = spans.into_iter();
-    let mut current = spans.next();
-    while let Some(mut merged) = current.take() {
-        for next in spans.by_ref() {
-            if next.start > merged.end {
-                current = Some(next);
-                break;
-            }
-            merged.end = merged.end.max(next.end);
-        }
-        out.push_str(&text[kept_from..merged.start]);
+    for span in merge_spans(spans) {
+        out.push_str(&text[kept_from..span.start]);
         out.push_str(REDACTED);
-        kept_from = merged.end;
+        kept_from = span.end;
     }
     out.push_str(&text[kept_from..]);
     out
+}
+
+/// `spans` sorted, overlapping or touching ones made one: what [`replace_spans`]
+/// replaces, each by one [`REDACTED`].
+pub(super) fn merge_spans(mut spans: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    spans.sort_unstable_by_key(|span| span.start);
+    let mut merged: Vec<Range<usize>> = Vec::with_capacity(spans.len());
+    for span in spans {
+        match merged.last_mut() {
+            Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
+            _ => merged.push(span),
+        }
+    }
+    merged
+}
+
+/// Where a place `at` of a text lies once [`replace_spans`] replaced `merged` (from
+/// [`merge_spans`]): shifted by what came before it; inside a span, just after that
+/// span's [`REDACTED`], so nothing placed there falls inside a secret.
+pub(super) fn place_after_redaction(at: usize, merged: &[Range<usize>]) -> usize {
+    let mut shift: isize = 0;
+    for span in merged {
+        if at <= span.start {
+            break;
+        }
+        if at < span.end {
+            return (span.start as isize + shift) as usize + REDACTED.len();
+        }
+        shift += REDACTED.len() as isize - span.len() as isize;
+    }
+    (at as isize + shift) as usize
 }

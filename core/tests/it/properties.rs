@@ -9,7 +9,7 @@ use logstream_core::batch::{BodyFormat, MAX_SEQ, parse_body};
 use logstream_core::fuzzing;
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::LineStream;
-use logstream_core::sanitize::{MAX_LINE_BYTES, Sanitizer};
+use logstream_core::sanitize::{MAX_ANSI_BYTES, MAX_LINE_BYTES, Sanitizer, without_escapes};
 use proptest::prelude::*;
 
 /// Text shaped like build output: printable runs, ANSI fragments, carriage returns,
@@ -18,6 +18,9 @@ fn log_text() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
         "[ -~]{0,40}",
         Just("\u{1b}[31m".to_owned()),
+        Just("\u{1b}[1;38;5;208m".to_owned()),
+        Just("\u{9b}4m".to_owned()),
+        Just("\u{1b}[0m".to_owned()),
         Just("\u{1b}]0;title\u{7}".to_owned()),
         Just("\u{1b}".to_owned()),
         Just("\r".to_owned()),
@@ -73,11 +76,45 @@ proptest! {
     }
 
     #[test]
+    fn a_coloured_line_strips_back_to_its_text_and_keeps_only_colour_codes(
+        before in log_text(),
+        after in log_text(),
+        secret in "[A-Za-z0-9_.!-]{4,40}",
+        split in any::<prop::sample::Index>(),
+    ) {
+        let sanitizer = Sanitizer::new(std::slice::from_ref(&secret));
+        let cut = split.index(secret.len() + 1).min(secret.len());
+        let line = format!("{before}{}\u{1b}[31m{}{after}", &secret[..cut], &secret[cut..]);
+        let out = sanitizer.batch().coloured(&line);
+        prop_assert_eq!(&out.text, &sanitizer.batch().line(&line));
+        if let Some(ansi) = &out.ansi {
+            prop_assert_eq!(without_escapes(ansi), out.text.clone());
+            prop_assert!(ansi.len() <= MAX_ANSI_BYTES);
+            // With the escapes out it is the text, which holds no secret; and what is
+            // left in is SGR syntax only (below), which can spell no more of one than
+            // the digits, `;`, `:` and `m` of a colour code.
+            prop_assert!(!out.text.contains(secret.as_str()), "{:?} -> {:?}", line, out.text);
+            // Every escape left is `ESC [` digits, `;` or `:`, then `m`.
+            for piece in ansi.split('\u{1b}').skip(1) {
+                let params = piece.strip_prefix('[');
+                let sgr = params.and_then(|p| {
+                    let end = p.find(|c: char| !matches!(c, '0'..='9' | ';' | ':'))?;
+                    p[end..].starts_with('m').then_some(())
+                });
+                prop_assert!(sgr.is_some(), "not an SGR in {:?}", ansi);
+            }
+            let stray = ansi.chars().any(|c| c.is_control() && c != '\t' && c != '\u{1b}');
+            prop_assert!(!stray, "a control other than ESC in {:?}", ansi);
+        }
+    }
+
+    #[test]
     fn arbitrary_text_never_panics_the_sanitizer(line in any::<String>(), secrets in prop::collection::vec(any::<String>(), 0..4)) {
         let sanitizer = Sanitizer::new(&secrets);
         let mut batch = sanitizer.batch();
         let _ = batch.line(&line);
         let _ = batch.line("");
+        let _ = batch.coloured(&line);
     }
 
     #[test]

@@ -296,11 +296,13 @@ impl IngestState {
             let entries: Vec<ToAppend> = lines
                 .iter()
                 .map(|line| {
+                    let coloured = batch.coloured(&line.text);
                     ToAppend::new(&NewEntry {
                         ts: line.ts.unwrap_or(now),
                         body: EntryBody::Line {
                             stream: line.stream,
-                            text: batch.line(&line.text).into_owned(),
+                            text: coloured.text.into_owned(),
+                            ansi: coloured.ansi,
                         },
                     })
                 })

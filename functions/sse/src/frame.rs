@@ -129,6 +129,7 @@ mod tests {
             EntryBody::Line {
                 stream: LineStream::Stdout,
                 text: "a\nb".into(),
+                ansi: None,
             },
         );
         let i = info(&e);

@@ -464,6 +464,7 @@ fn size_notice(limit: u64) -> String {
         body: EntryBody::Line {
             stream: LineStream::System,
             text: format!("log exceeded the limit of {limit} bytes; further output is discarded"),
+            ansi: None,
         },
     }
     .to_stored_json()

@@ -87,6 +87,7 @@ pub async fn append_lines(store: &LogStore, job: &JobId, from: usize, count: usi
                             LineStream::Stdout
                         },
                         text: text(k, width),
+                        ansi: None,
                     },
                 }
                 .to_stored_json()
