@@ -170,3 +170,19 @@ async fn the_raw_log_and_the_live_stream_come_from_the_stream_url() {
     assert_eq!(done.code, Some(0), "{}", done.stderr);
     assert_eq!(done.stdout.lines().count(), 1201);
 }
+
+#[tokio::test]
+async fn logs_shows_a_lines_own_colours_on_a_colour_terminal_and_its_text_elsewhere() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.post_json(
+        &job,
+        &json!({"lines": [{"text": "\u{1b}[1;32mok\u{1b}[0m \u{1b}]0;title\u{7}done"}]}),
+    )
+    .await;
+    let done = finish(logs(&env, "alice", &[&job, "--color", "always"])).await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert_eq!(done.stdout, "\u{1b}[1;32mok\u{1b}[0m done\u{1b}[0m\n");
+    let done = finish(logs(&env, "alice", &[&job, "--color", "never"])).await;
+    assert_eq!(done.stdout, "ok done\n");
+}
