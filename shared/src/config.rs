@@ -84,6 +84,9 @@ pub struct Config {
     pub segment_secs: u64,
     /// `LOGSTREAM_MAX_JOB_BYTES`: stored text per job; past it lines are dropped.
     pub max_job_bytes: u64,
+    /// `LOGSTREAM_KEEP_COLOR`: lines keep their colours as `ansi` beside `text`
+    /// (default on; `0` or `false` turns it off).
+    pub keep_color: bool,
 }
 
 impl Config {
@@ -208,6 +211,7 @@ impl Config {
                 "LOGSTREAM_MAX_JOB_BYTES",
                 1 << 30,
             )?,
+            keep_color: switch(get("LOGSTREAM_KEEP_COLOR"), "LOGSTREAM_KEEP_COLOR", true)?,
         })
     }
 
@@ -279,6 +283,19 @@ fn invalid(var: &'static str, reason: String) -> ConfigError {
     ConfigError::Invalid { var, reason }
 }
 
+/// An on/off setting: `1`/`true`/`on` or `0`/`false`/`off` (any case).
+fn switch(raw: Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match raw.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "on") => Ok(true),
+        Some("0" | "false" | "off") => Ok(false),
+        Some(_) => Err(invalid(
+            var,
+            format!("expected 1 or 0, got {:?}", raw.unwrap_or_default()),
+        )),
+    }
+}
+
 fn positive(raw: Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
     match raw {
         None => Ok(default),
@@ -340,6 +357,11 @@ mod tests {
             (86_400, 50_000, 20)
         );
         assert!(c.redis_url.is_none() && c.ingest_key.is_none() && c.cors_origins.is_empty());
+        assert!(c.keep_color);
+        for (off, on) in [("0", "1"), ("false", "TRUE"), ("off", "on")] {
+            assert!(!config(&[("LOGSTREAM_KEEP_COLOR", off)]).unwrap().keep_color);
+            assert!(config(&[("LOGSTREAM_KEEP_COLOR", on)]).unwrap().keep_color);
+        }
         assert_eq!(
             c.require_redis_url(),
             Err(ConfigError::Missing("REDIS_URL"))
@@ -370,6 +392,7 @@ mod tests {
                 "wss://abc.execute-api.eu-west-1.amazonaws.com",
             ),
             ("LOGSTREAM_WS_PUSH_TIMEOUT_MS", "0"),
+            ("LOGSTREAM_KEEP_COLOR", "maybe"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).unwrap_err().to_string();

@@ -455,3 +455,24 @@ async fn colours_are_kept_as_ansi_beside_the_text_everywhere_and_secrets_stay_ou
         .await;
     assert_eq!(found["lines"], json!([]), "escape codes are not searched");
 }
+
+#[tokio::test]
+async fn keep_color_0_stores_the_text_alone() {
+    let env = env_with(&[
+        ("REDIS_URL", &shared_redis_url()),
+        ("LOGSTREAM_KEEP_COLOR", "0"),
+    ])
+    .await;
+    let (job, _) = env.create_job("alice").await;
+    let res = env
+        .post_json(
+            &job,
+            &json!({"lines": [{"text": "\u{1b}[31mred\u{1b}[0m"}]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (_, page) = env.get_as("alice", &format!("/jobs/{job}/logs")).await;
+    let line = &page["lines"][0];
+    assert_eq!(line["text"], "red");
+    assert!(line.get("ansi").is_none(), "{line}");
+}

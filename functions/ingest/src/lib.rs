@@ -76,6 +76,8 @@ pub struct IngestState {
     push: Option<WsPush>,
     /// Notified when a job's segment is due and the archiver runs in this process.
     wake_archiver: Option<Arc<Notify>>,
+    /// Lines keep their colours as `ansi` (`LOGSTREAM_KEEP_COLOR`).
+    keep_color: bool,
 }
 
 impl IngestState {
@@ -92,7 +94,16 @@ impl IngestState {
             jobs: JobCache::default(),
             push,
             wake_archiver: None,
+            keep_color: true,
         })
+    }
+
+    /// Stores lines' colours as `ansi`, or not (`LOGSTREAM_KEEP_COLOR=0`).
+    pub fn keeping_color(mut self: Arc<Self>, keep: bool) -> Arc<Self> {
+        if let Some(state) = Arc::get_mut(&mut self) {
+            state.keep_color = keep;
+        }
+        self
     }
 
     /// Notifies `wake` when a job's segment becomes due (the archiver is in this
@@ -117,7 +128,9 @@ impl IngestState {
             .ws_management()
             .await
             .map(|client| WsPush::new(client, bound));
-        Ok(Self::with_push(store, key, push).waking_archiver(clients.archiver_wakeup()))
+        Ok(Self::with_push(store, key, push)
+            .waking_archiver(clients.archiver_wakeup())
+            .keeping_color(config.keep_color))
     }
 
     pub fn store(&self) -> &LogStore {
@@ -296,13 +309,18 @@ impl IngestState {
             let entries: Vec<ToAppend> = lines
                 .iter()
                 .map(|line| {
-                    let coloured = batch.coloured(&line.text);
+                    let (text, ansi) = if self.keep_color {
+                        let coloured = batch.coloured(&line.text);
+                        (coloured.text.into_owned(), coloured.ansi)
+                    } else {
+                        (batch.line(&line.text).into_owned(), None)
+                    };
                     ToAppend::new(&NewEntry {
                         ts: line.ts.unwrap_or(now),
                         body: EntryBody::Line {
                             stream: line.stream,
-                            text: coloured.text.into_owned(),
-                            ansi: coloured.ansi,
+                            text,
+                            ansi,
                         },
                     })
                 })
