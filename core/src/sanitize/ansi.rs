@@ -60,8 +60,9 @@ pub(super) fn strip_controls(raw: &str) -> Cow<'_, str> {
 pub(super) struct Sgr {
     /// Byte offset in the stripped text it applies before.
     pub at: usize,
-    /// The parameters between `CSI` and `m`: `1;31`, `38;5;208`, `38:2::1:2:3`, ``.
-    pub params: Box<str>,
+    /// Where its parameters (between `CSI` and `m`: `1;31`, `38;5;208`,
+    /// `38:2::1:2:3`, ``) are in the raw line.
+    pub params: std::ops::Range<usize>,
 }
 
 /// [`strip_controls`], but keeping what a colour or style change said: every SGR
@@ -83,7 +84,7 @@ pub(super) fn strip_controls_keeping_sgr(raw: &str) -> (Cow<'_, str>, Vec<Sgr>) 
             Some((params, end)) => {
                 sgrs.push(Sgr {
                     at: out.len(),
-                    params: raw[params].into(),
+                    params,
                 });
                 end
             }

@@ -389,7 +389,7 @@ impl Batch<'_> {
             sgrs.retain(|sgr| sgr.at <= keep);
         }
         let text = cut_long_line(text);
-        let ansi = with_sgrs(&text, &sgrs);
+        let ansi = with_sgrs(&text, raw, &sgrs);
         Coloured { text, ansi }
     }
 
@@ -525,21 +525,22 @@ fn cut_point(text: &str) -> Option<usize> {
     Some(text.floor_char_boundary(MAX_LINE_BYTES - longest_suffix))
 }
 
-/// `text` with each SGR put back at its place; `None` without any. Past
-/// [`MAX_ANSI_BYTES`] the remaining changes are left out.
-fn with_sgrs(text: &str, sgrs: &[Sgr]) -> Option<String> {
+/// `text` with each SGR (its parameters read from `raw`) put back at its place; `None`
+/// without any. Past [`MAX_ANSI_BYTES`] the remaining changes are left out.
+fn with_sgrs(text: &str, raw: &str, sgrs: &[Sgr]) -> Option<String> {
     if sgrs.is_empty() {
         return None;
     }
     let mut out = String::with_capacity(text.len() + sgrs.len() * 8);
     let mut from = 0;
     for sgr in sgrs {
-        if text.len() + out.len() - from + sgr.params.len() + 3 > MAX_ANSI_BYTES {
+        let params = &raw[sgr.params.clone()];
+        if text.len() + out.len() - from + params.len() + 3 > MAX_ANSI_BYTES {
             break;
         }
         out.push_str(&text[from..sgr.at]);
         out.push_str("\x1b[");
-        out.push_str(&sgr.params);
+        out.push_str(params);
         out.push('m');
         from = sgr.at;
     }
