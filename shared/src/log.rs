@@ -505,8 +505,30 @@ impl Tiers<'_> {
                 };
                 let archived = self.archive.page(&manifest, cursor, limit).await?;
                 // `redis` starts at the stream's head (the cursor is older): enough to
-                // fill the page from where the archive stops.
-                Ok(self.forward(archived.entries, redis.entries).limited(limit))
+                // fill the page from where the archive stops. Where the archive stops
+                // must be where Redis begins: a manifest that lists less than Redis has
+                // let go of would leave a hole, which is an error, never a shorter log.
+                let from_archive = !archived.entries.is_empty();
+                let page = self.forward(archived.entries, redis.entries).limited(limit);
+                let joined = page.entries.windows(2).all(|w| match (w[0].n(), w[1].n()) {
+                    (Some(a), Some(b)) => b == a + 1,
+                    _ => true,
+                });
+                // Nothing archived after the cursor: the page must begin where the
+                // archive ends.
+                let starts_right = from_archive
+                    || page
+                        .entries
+                        .first()
+                        .and_then(StoredEntry::n)
+                        .is_none_or(|n| n == manifest.end_n());
+                if !joined || !starts_right {
+                    return Err(LogError::Unlisted {
+                        job: self.job.clone(),
+                        from: self.redis_from,
+                    });
+                }
+                Ok(page)
             }
             Cursor::At(n) => {
                 if n >= self.redis_from {

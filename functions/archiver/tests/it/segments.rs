@@ -510,3 +510,52 @@ async fn a_search_reads_at_most_its_budget_and_says_where_to_go_on() {
     assert_eq!(line_texts(&found.entries), [text(7, 40)]);
     assert_eq!(found.next, None);
 }
+
+/// Copies folder `from` into `to`, recursively.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reader_whose_archive_lists_less_than_redis_let_go_of_errs_instead_of_skipping() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let (written, stale) = (TempDir::new(), TempDir::new());
+    let archive = Archive::dir(&written.0);
+    let archiver = archiver(&store, &archive);
+    let j = job("stale-manifest");
+    write_job(&store, &j, "alice", 150, 40, false).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(1));
+    // A copy of the archive as it was then: its manifest lists entries 1-100 only.
+    copy_tree(&written.0, &stale.0);
+    append_lines(&store, &j, 150, 400, 40).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(4));
+    let log = JobLog::new(store.clone(), Some(archive));
+    let all = walk_back(&log, &j).await;
+    assert_eq!(all.len(), 551);
+    assert_dense(&all);
+
+    // Read over the stale copy, a page after entry 100 (or 50) would jump to Redis's
+    // oldest entry, far past 101; it is an error instead.
+    let behind = JobLog::new(store, Some(Archive::dir(&stale.0)));
+    for after in [&all[49], &all[99]] {
+        let read = behind.page(&j, Cursor::After(after.id), 100).await;
+        assert!(
+            matches!(read, Err(LogError::Unlisted { .. })),
+            "after entry {:?}: {:?}",
+            after.n(),
+            read.map(
+                |found| found.map(|(_, _, page)| page.entries.first().and_then(StoredEntry::n))
+            )
+        );
+    }
+}
