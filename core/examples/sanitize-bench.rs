@@ -49,31 +49,23 @@ fn main() {
         "{:<18} {:>12} {:>12} {:>26}",
         "line", "no secrets", "3 secrets", "100 x 4096-byte secrets"
     );
-    for (name, line) in [
-        ("clean, 80 bytes", clean),
-        ("with secrets", secret),
-        ("coloured (SGR)", coloured),
-    ] {
-        println!(
-            "{name:<18} {:>12.0} {:>12.0} {:>26.0}",
-            ns_per_line(&plain, line, Mode::Text),
-            ns_per_line(&few, line, Mode::Text),
-            ns_per_line(&large, line, Mode::Text)
-        );
-    }
-    println!();
-    println!("keeping colours too (Batch::coloured, what ingest runs), per line (ns):");
-    for (name, line) in [
-        ("clean, 80 bytes", clean),
-        ("with secrets", secret),
-        ("coloured (SGR)", coloured),
-    ] {
-        println!(
-            "{name:<18} {:>12.0} {:>12.0} {:>26.0}",
-            ns_per_line(&plain, line, Mode::Coloured),
-            ns_per_line(&few, line, Mode::Coloured),
-            ns_per_line(&large, line, Mode::Coloured)
-        );
+    for mode in [Mode::Text, Mode::Coloured] {
+        if let Mode::Coloured = mode {
+            println!();
+            println!("keeping colours too (Batch::coloured, what ingest runs), per line (ns):");
+        }
+        for (name, line) in [
+            ("clean, 80 bytes", clean),
+            ("with secrets", secret),
+            ("coloured (SGR)", coloured),
+        ] {
+            println!(
+                "{name:<18} {:>12.0} {:>12.0} {:>26.0}",
+                ns_per_line(&plain, line, mode),
+                ns_per_line(&few, line, mode),
+                ns_per_line(&large, line, mode)
+            );
+        }
     }
     println!(
         "{:<18} {:>12} {:>12} {:>26}",

@@ -150,6 +150,19 @@ pub struct Ending {
 }
 
 impl Ending {
+    /// How a job in `status` ended, with what it recorded; `None` while it has not.
+    pub fn of_job(
+        status: JobStatus,
+        exit_code: Option<i64>,
+        duration_ms: Option<u64>,
+    ) -> Option<Self> {
+        status.is_terminal().then_some(Self {
+            status,
+            exit_code,
+            duration_ms,
+        })
+    }
+
     /// An ending known only by its status.
     pub fn of(status: JobStatus) -> Self {
         Self {

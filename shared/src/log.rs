@@ -106,13 +106,7 @@ impl From<&Manifest> for JobInfo {
 impl JobInfo {
     /// How the job ended; `None` while it runs.
     pub fn ending(&self) -> Option<logstream_core::model::Ending> {
-        self.status
-            .is_terminal()
-            .then_some(logstream_core::model::Ending {
-                status: self.status,
-                exit_code: self.exit_code,
-                duration_ms: self.duration_ms,
-            })
+        logstream_core::model::Ending::of_job(self.status, self.exit_code, self.duration_ms)
     }
 }
 

@@ -42,15 +42,7 @@ async fn get_job_reports_status_and_times() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     env.set_status(&job, "running").await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let res = env
-        .http
-        .put(env.url(&format!("/jobs/{job}/status")))
-        .bearer_auth(INGEST_KEY)
-        .json(&json!({"status": "ready", "exit_code": 0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    env.end_with(&job, "ready", 0).await;
     let (_, body) = env.get_as("alice", &format!("/jobs/{job}")).await;
     assert_eq!(body["status"], "ready");
     let (created, finished) = (

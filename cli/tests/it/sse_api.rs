@@ -135,15 +135,7 @@ async fn a_finished_job_replays_then_says_done_at_once() {
     let env = env().await;
     let (job, _) = env.create_job("alice").await;
     env.post_lines(&job, "l", 2).await;
-    let res = env
-        .http
-        .put(env.url(&format!("/jobs/{job}/status")))
-        .bearer_auth(INGEST_KEY)
-        .json(&json!({"status": "failed", "exit_code": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    env.end_with(&job, "failed", 2).await;
     let mut client = SseClient::open(&env, &stream_path(&job, "alice", "from=start"), &[]).await;
     expect_log(&mut client, "l 0").await;
     expect_log(&mut client, "l 1").await;

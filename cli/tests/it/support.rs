@@ -190,6 +190,19 @@ impl Env {
         (code, res.json().await.expect("json"))
     }
 
+    /// Ends the job with `status` and `exit_code` (`PUT …/status`); asserts 200.
+    pub async fn end_with(&self, job: &str, status: &str, exit_code: i64) {
+        let res = self
+            .http
+            .put(self.url(&format!("/jobs/{job}/status")))
+            .bearer_auth(INGEST_KEY)
+            .json(&json!({ "status": status, "exit_code": exit_code }))
+            .send()
+            .await
+            .expect("PUT status");
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
     /// The job's manifest in this server's archive folder, once it exists.
     pub fn manifest(&self, job: &str) -> Option<Value> {
         let path = self

@@ -236,15 +236,7 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
         "only the stderr line is marked as stderr"
     );
 
-    let res = env
-        .http
-        .put(env.url(&format!("/jobs/{job}/status")))
-        .bearer_auth(INGEST_KEY)
-        .json(&json!({"status": "ready", "exit_code": 0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    env.end_with(&job, "ready", 0).await;
     // The final status with the exit code and how long the job ran.
     browser
         .wait_for(

@@ -229,15 +229,7 @@ async fn a_failed_job_ends_with_done_failed() {
     let (job, _) = env.create_job("alice").await;
     let mut client = connect(&env, &job, "alice").await;
     // With the exit code the pipeline reports.
-    let res = env
-        .http
-        .put(env.url(&format!("/jobs/{job}/status")))
-        .bearer_auth(INGEST_KEY)
-        .json(&json!({"status": "failed", "exit_code": 137}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    env.end_with(&job, "failed", 137).await;
     let (entries, mut done) = entries_until_done(&mut client).await;
     assert!(done["duration_ms"].is_u64(), "{done}");
     done["duration_ms"] = json!(0);
