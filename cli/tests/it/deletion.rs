@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
+use crate::team_access::{HIDDEN, READ, read_statuses};
 use logstream_testkit::fixtures::viewer_token_with;
 
 /// A server on the shared Redis whose archiver writes segments of 100 entries at least
@@ -76,28 +77,6 @@ fn archived_files(env: &Env, job: &str) -> Vec<String> {
     out
 }
 
-/// The status of every read route of `job` for `token`.
-async fn read_statuses(env: &Env, job: &str, token: &str) -> Vec<u16> {
-    let mut out = Vec::new();
-    for path in [
-        format!("/jobs/{job}"),
-        format!("/jobs/{job}/logs"),
-        format!("/jobs/{job}/logs?q=line"),
-        format!("/jobs/{job}/logs/raw"),
-        format!("/jobs/{job}/logs/stream?from=start"),
-    ] {
-        let res = env
-            .http
-            .get(env.url(&path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("GET");
-        out.push(res.status().as_u16());
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_deleted_job_is_gone_from_both_tiers_and_its_streams_and_sockets_end() {
     let env = segmented_env().await;
@@ -146,7 +125,7 @@ async fn a_deleted_job_is_gone_from_both_tiers_and_its_streams_and_sockets_end()
     );
     assert!(next_text(&mut ws).await.is_none(), "the socket is closed");
 
-    assert_eq!(read_statuses(&env, &job, &alice).await, [404; 5]);
+    assert_eq!(read_statuses(&env, &job, &alice).await, HIDDEN);
     assert_eq!(
         redis_keys(&env, &job).await,
         [format!("job:{{{job}}}:deleted")],
@@ -263,7 +242,7 @@ async fn only_the_owner_or_the_ingest_key_deletes_and_deleting_again_is_204() {
     let (code, _) = delete(&env, &job_id("never"), Some(INGEST_KEY)).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     // Nothing of that touched the job.
-    assert_eq!(read_statuses(&env, &job, &alice).await, [200; 5]);
+    assert_eq!(read_statuses(&env, &job, &alice).await, READ);
 
     let (code, body) = delete(&env, &job, Some(INGEST_KEY)).await;
     assert_eq!(code, StatusCode::NO_CONTENT, "{body}");
@@ -274,7 +253,7 @@ async fn only_the_owner_or_the_ingest_key_deletes_and_deleting_again_is_204() {
     let (code, _) = delete(&env, &job, Some(&viewer_token("mallory", 300))).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     for token in [&alice, &member, &link] {
-        assert_eq!(read_statuses(&env, &job, token).await, [404; 5]);
+        assert_eq!(read_statuses(&env, &job, token).await, HIDDEN);
     }
 }
 

@@ -26,7 +26,7 @@ async fn create_in_org(env: &Env, owner: &str, org: &Value) -> (StatusCode, Valu
 
 /// The status of every read route of `job` for `token`: info, a page, a search, the
 /// raw log, the SSE stream and a WebSocket connection.
-async fn read_statuses(env: &Env, job: &str, token: &str) -> Vec<u16> {
+pub async fn read_statuses(env: &Env, job: &str, token: &str) -> Vec<u16> {
     let mut out = Vec::new();
     for path in [
         format!("/jobs/{job}"),
@@ -64,8 +64,8 @@ async fn read_statuses(env: &Env, job: &str, token: &str) -> Vec<u16> {
     out
 }
 
-const READ: [u16; 6] = [200, 200, 200, 200, 200, 101];
-const HIDDEN: [u16; 6] = [404, 404, 404, 404, 404, 404];
+pub const READ: [u16; 6] = [200, 200, 200, 200, 200, 101];
+pub const HIDDEN: [u16; 6] = [404, 404, 404, 404, 404, 404];
 
 #[tokio::test]
 async fn members_of_the_jobs_org_read_it_everywhere_and_others_get_404() {
