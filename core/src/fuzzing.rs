@@ -12,15 +12,22 @@
 //! | [`splitter`] | no panic; one line per `\n` (the last one optional), none containing `\n`; UTF-8 text comes back as sent, CRLF as LF; the `text/plain` body parser agrees |
 //! | [`batch`] | no panic; accepted batches are within the limits and survive a round trip through the wire format; refusals are 400 or 413, never 500 |
 //! | [`ids`] | no panic; entry ids and job ids accepted exactly by their grammar, and round-trip through `Display` |
+//! | [`markers`] | no panic; a batch made into entries line by line, the job's state handed on, gives what the whole batch gives; no marker line is stored as a line; a mask's value never comes through in a later entry |
 //!
 //! Behind the `fuzzing` feature: nothing here belongs in a deployed function.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::batch::{BodyFormat, MAX_LINES_PER_REQUEST, MAX_SEQ, parse_body, split_lines};
+use std::borrow::Cow;
+
+use crate::batch::{BodyFormat, MAX_LINES_PER_REQUEST, MAX_SEQ, RawLine, parse_body, split_lines};
+use crate::entries::{self, Job, MaskRefused, Options, UNNAMED};
 use crate::ids::{EntryId, JobId, MAX_JOB_ID_LEN};
-use crate::model::{JobStatus, LineStream};
-use crate::sanitize::{MAX_LINE_BYTES, Sanitizer, TRUNCATED_PREFIX, TRUNCATED_SUFFIX};
+use crate::markers::{self, Marker, Open};
+use crate::model::{EntryBody, JobStatus, LineStream, NewEntry};
+use crate::sanitize::{
+    MAX_LINE_BYTES, Sanitizer, TRUNCATED_PREFIX, TRUNCATED_SUFFIX, without_escapes,
+};
 
 /// Bytes a secret is drawn from: token-like text, never `*` (the redaction mark) nor
 /// anything the sanitizer itself writes around a redaction.
@@ -240,5 +247,127 @@ fn job_id(raw: &str) {
             assert_eq!(id.to_string(), raw);
         }
         Err(_) => assert!(!valid, "refused {raw:?}"),
+    }
+}
+
+/// Input: lines of build output, one per `\n`; a line whose length is a multiple of 7
+/// is a `system` line (markers are not read there). They are made into entries as one
+/// batch, and again one line per batch with the job's state (private-key carry, open
+/// groups, secrets and masks) handed from each to the next, as the job's requests
+/// would be: the entries and masks must be the same. Each line's entries must not
+/// contain a mask registered by an earlier line (masks that only the sanitizer's own
+/// words or redaction marks could hold are not checked), and a marker line's own text
+/// is never stored as a line.
+pub fn markers(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let lines: Vec<RawLine<'_>> = text
+        .split('\n')
+        .map(|line| RawLine {
+            stream: if line.len().is_multiple_of(7) {
+                LineStream::System
+            } else {
+                LineStream::Stdout
+            },
+            text: Cow::Borrowed(line),
+            ts: Some(1),
+        })
+        .collect();
+    let options = Options {
+        colour: true,
+        markers: true,
+        now: 1,
+    };
+    let plain = Sanitizer::new(&[]);
+    let whole = entries::build(
+        Job {
+            sanitizer: &plain,
+            secrets: &[],
+            carry: 0,
+            open: &Open::default(),
+        },
+        &lines,
+        options,
+    );
+    let (mut secrets, mut carry, mut open) = (Vec::<String>::new(), 0, Open::default());
+    let mut stepped: Vec<NewEntry> = Vec::new();
+    for line in &lines {
+        let sanitizer = Sanitizer::new(&secrets);
+        let built = entries::build(
+            Job {
+                sanitizer: &sanitizer,
+                secrets: &secrets,
+                carry,
+                open: &open,
+            },
+            std::slice::from_ref(line),
+            options,
+        );
+        let marker = (line.stream != LineStream::System)
+            .then(|| markers::parse(&line.text))
+            .flatten();
+        for entry in &built.entries {
+            for secret in secrets.iter().filter(|s| checkable_mask(s)) {
+                for shown in shown_texts(entry) {
+                    assert!(
+                        !shown.contains(secret.as_str()),
+                        "mask {secret:?} came through: {line:?} -> {entry:?}"
+                    );
+                }
+            }
+            // A marker line's own text is never a line: a section's end may leave what
+            // followed it on its line, a refused mask a notice, nothing else.
+            if let (Some(marker), EntryBody::Line { stream, text, .. }) = (&marker, &entry.body) {
+                let allowed = match marker {
+                    Marker::SectionEnd { .. } => *stream == line.stream,
+                    Marker::AddMask(_) => {
+                        *stream == LineStream::System
+                            && MaskRefused::ALL.iter().any(|r| r.notice() == *text)
+                    }
+                    _ => false,
+                };
+                assert!(
+                    allowed,
+                    "marker line stored as a line: {line:?} -> {entry:?}"
+                );
+            }
+        }
+        carry = built.carry;
+        if let Some(after) = built.open {
+            open = after;
+        }
+        secrets.extend(built.masks);
+        stepped.extend(built.entries);
+    }
+    assert_eq!(whole.entries, stepped, "one batch vs one line per batch");
+    assert_eq!(whole.masks, secrets);
+    assert_eq!(whole.carry, carry);
+}
+
+/// Whether a leak of mask `secret` could be told from the sanitizer's own words: the
+/// redaction mark, the cut note, the notices and the unnamed stage.
+fn checkable_mask(secret: &str) -> bool {
+    let own = [UNNAMED, TRUNCATED_PREFIX, TRUNCATED_SUFFIX];
+    !secret.contains('*')
+        && !own.iter().any(|own| own.contains(secret))
+        && !MaskRefused::ALL.iter().any(|r| r.notice().contains(secret))
+}
+
+/// What a reader sees of `entry`: a line's text (the cut note removed) and its
+/// colours' text, a stage's name.
+fn shown_texts(entry: &NewEntry) -> Vec<Cow<'_, str>> {
+    match &entry.body {
+        EntryBody::Line { text, ansi, .. } => {
+            let body = match text.rfind(TRUNCATED_PREFIX) {
+                Some(at) if text.ends_with(TRUNCATED_SUFFIX) => &text[..at],
+                _ => &text[..],
+            };
+            let mut shown = vec![Cow::Borrowed(body)];
+            if let Some(ansi) = ansi {
+                shown.push(without_escapes(ansi));
+            }
+            shown
+        }
+        EntryBody::Stage { name, .. } => vec![Cow::Borrowed(name.as_str())],
+        EntryBody::Status { .. } => Vec::new(),
     }
 }

@@ -87,6 +87,9 @@ pub struct Config {
     /// `LOGSTREAM_KEEP_COLOR`: lines keep their colours as `ansi` beside `text`
     /// (default on; `0` or `false` turns it off).
     pub keep_color: bool,
+    /// `LOGSTREAM_MARKERS`: build markers (`::group::`, GitLab sections,
+    /// `::add-mask::`) are read (default on; `0` or `false` turns it off).
+    pub markers: bool,
 }
 
 impl Config {
@@ -212,6 +215,7 @@ impl Config {
                 1 << 30,
             )?,
             keep_color: switch(get("LOGSTREAM_KEEP_COLOR"), "LOGSTREAM_KEEP_COLOR", true)?,
+            markers: switch(get("LOGSTREAM_MARKERS"), "LOGSTREAM_MARKERS", true)?,
         })
     }
 
@@ -357,10 +361,12 @@ mod tests {
             (86_400, 50_000, 20)
         );
         assert!(c.redis_url.is_none() && c.ingest_key.is_none() && c.cors_origins.is_empty());
-        assert!(c.keep_color);
+        assert!(c.keep_color && c.markers);
         for (off, on) in [("0", "1"), ("false", "TRUE"), ("off", "on")] {
             assert!(!config(&[("LOGSTREAM_KEEP_COLOR", off)]).unwrap().keep_color);
             assert!(config(&[("LOGSTREAM_KEEP_COLOR", on)]).unwrap().keep_color);
+            assert!(!config(&[("LOGSTREAM_MARKERS", off)]).unwrap().markers);
+            assert!(config(&[("LOGSTREAM_MARKERS", on)]).unwrap().markers);
         }
         assert_eq!(
             c.require_redis_url(),

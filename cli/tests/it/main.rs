@@ -15,6 +15,7 @@ mod history_api;
 mod ingest_api;
 mod log_features;
 mod logs_command;
+mod markers;
 mod openapi;
 mod run_command;
 mod sse_api;

@@ -44,3 +44,8 @@ fn the_batch_parser_corpus_passes() {
 fn the_id_parser_corpus_passes() {
     replay("ids", fuzzing::ids);
 }
+
+#[test]
+fn the_markers_corpus_passes() {
+    replay("markers", fuzzing::markers);
+}

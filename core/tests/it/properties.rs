@@ -248,3 +248,37 @@ proptest! {
         fuzzing::ids(parts.join("&").as_bytes());
     }
 }
+
+/// Build output with markers in it: groups, GitLab sections (with and without their
+/// erase escapes), masks of token-like values and the same values in later text.
+fn marked_output() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        "[ -~]{0,12}",
+        Just("\n".to_owned()),
+        Just("\n::group::".to_owned()),
+        Just("\n::endgroup::".to_owned()),
+        Just("\n  ::add-mask::".to_owned()),
+        Just("\n\u{1b}[0Ksection_start:1700000000:".to_owned()),
+        Just("\nsection_end:1700000001:".to_owned()),
+        Just("[collapsed=true]".to_owned()),
+        Just("\r\u{1b}[0K".to_owned()),
+        Just("\u{1b}[36;1m".to_owned()),
+        Just("tok-9f8e7d6c".to_owned()),
+        Just("pass%25word".to_owned()),
+        Just("pass%word".to_owned()),
+        Just("-----BEGIN PRIVATE KEY-----".to_owned()),
+        Just("-----END PRIVATE KEY-----".to_owned()),
+    ];
+    prop::collection::vec(piece, 0..40).prop_map(|p| p.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn markers_give_the_same_entries_however_a_log_is_split_and_masks_hold(
+        text in marked_output(),
+    ) {
+        fuzzing::markers(text.as_bytes());
+    }
+}

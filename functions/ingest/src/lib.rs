@@ -38,8 +38,10 @@ use http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 
 use logstream_core::batch::{BodyFormat, LineBatch, RawLine, parse_body};
+use logstream_core::entries;
 use logstream_core::ids::random_hex;
 use logstream_core::ids::{EntryId, JobId};
+use logstream_core::markers::Open;
 use logstream_core::model::{
     Ending, EntryBody, JobStatus, LineStream, NewEntry, StageStatus, StoredEntry, now_ms,
     numbered_json,
@@ -51,20 +53,15 @@ use logstream_shared::auth::pipeline::{
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
 use logstream_shared::store::{
-    AppendOutcome, Appended, LogStore, NewJob, SecretsOutcome, Socket, StatusOutcome, StoreError,
-    ToAppend,
+    AppendBatch, AppendOutcome, Appended, LogStore, NewJob, SecretsOutcome, Socket, StatusOutcome,
+    StoreError, ToAppend,
 };
 use logstream_shared::web::error::ApiError;
 use logstream_shared::web::{ApiQuery, BodyBytes, JobPath, finish, parse_json};
 
 use push::{WsPush, done_message, entries_messages};
 
-/// Most literal secrets one job may register, and their length bounds.
-pub const MAX_SECRETS: usize = 100;
-pub const MIN_SECRET_LEN: usize = 4;
-pub const MAX_SECRET_LEN: usize = 4096;
-/// Longest owner id and stage name.
-pub const MAX_NAME_LEN: usize = 256;
+pub use logstream_core::entries::{MAX_NAME_LEN, MAX_SECRET_LEN, MAX_SECRETS, MIN_SECRET_LEN};
 /// Longest organisation id.
 pub const MAX_ORG_LEN: usize = 128;
 
@@ -78,6 +75,8 @@ pub struct IngestState {
     wake_archiver: Option<Arc<Notify>>,
     /// Lines keep their colours as `ansi` (`LOGSTREAM_KEEP_COLOR`).
     keep_color: bool,
+    /// Build markers are read (`LOGSTREAM_MARKERS`).
+    markers: bool,
 }
 
 impl IngestState {
@@ -95,6 +94,7 @@ impl IngestState {
             push,
             wake_archiver: None,
             keep_color: true,
+            markers: true,
         })
     }
 
@@ -102,6 +102,14 @@ impl IngestState {
     pub fn keeping_color(mut self: Arc<Self>, keep: bool) -> Arc<Self> {
         if let Some(state) = Arc::get_mut(&mut self) {
             state.keep_color = keep;
+        }
+        self
+    }
+
+    /// Reads build markers in lines, or not (`LOGSTREAM_MARKERS=0`).
+    pub fn reading_markers(mut self: Arc<Self>, read: bool) -> Arc<Self> {
+        if let Some(state) = Arc::get_mut(&mut self) {
+            state.markers = read;
         }
         self
     }
@@ -130,7 +138,8 @@ impl IngestState {
             .map(|client| WsPush::new(client, bound));
         Ok(Self::with_push(store, key, push)
             .waking_archiver(clients.archiver_wakeup())
-            .keeping_color(config.keep_color))
+            .keeping_color(config.keep_color)
+            .reading_markers(config.markers))
     }
 
     pub fn store(&self) -> &LogStore {
@@ -161,8 +170,39 @@ struct JobSettings {
     token_hash: String,
     /// The job's write check (`JobMeta::write_check`) when these settings were read.
     check: String,
+    /// The job's literal secrets, which `::add-mask::` adds to.
+    secrets: Vec<String>,
     /// Shared by every job without literal secrets (see [`sanitizer_for`]).
     sanitizer: Arc<Sanitizer>,
+    /// The groups and sections the job's markers left open, as this instance last
+    /// saw them: a batch with markers starts from here, and is made again when the
+    /// store has moved on.
+    open: Mutex<Open>,
+}
+
+impl JobSettings {
+    fn last_open(&self) -> Open {
+        self.open
+            .lock()
+            .map(|open| open.clone())
+            .unwrap_or_default()
+    }
+
+    fn remember_open(&self, open: Open) {
+        if let Ok(mut last) = self.open.lock() {
+            *last = open;
+        }
+    }
+
+    fn new(token_hash: String, check: String, secrets: Vec<String>) -> Self {
+        Self {
+            sanitizer: sanitizer_for(&secrets),
+            token_hash,
+            check,
+            secrets,
+            open: Mutex::default(),
+        }
+    }
 }
 
 /// The sanitizer every job without registered secrets shares.
@@ -184,7 +224,8 @@ fn sanitizer_for(secrets: &[String]) -> Arc<Sanitizer> {
 
 /// Per-process cache of [`JobSettings`]. Bounded, and cleared when full, which only
 /// costs one extra read per active job: at most [`JOB_CACHE_CAP`] jobs, whose own
-/// sanitizers weigh at most [`JOB_CACHE_OWN_SANITIZER_BYTES`] together. A job
+/// sanitizers (and the secrets they were built from) weigh at most
+/// [`JOB_CACHE_OWN_SANITIZER_BYTES`] together. A job
 /// that has ended is dropped: it takes no more writes. Without these bounds a warm
 /// instance grew by ~70 kB per job it had seen, past a 256 MB Lambda's memory at a
 /// few thousand jobs (found by `logstream soak`).
@@ -203,12 +244,12 @@ struct CachedJobs {
 const JOB_CACHE_CAP: usize = 4096;
 const JOB_CACHE_OWN_SANITIZER_BYTES: usize = 32 * 1024 * 1024;
 
-/// The bytes of `settings`' sanitizer when it is the job's own, else 0.
+/// The bytes of `settings`' sanitizer and secrets when it is the job's own, else 0.
 fn own_sanitizer_bytes(settings: &JobSettings) -> usize {
     if Arc::ptr_eq(&settings.sanitizer, plain_sanitizer()) {
         0
     } else {
-        settings.sanitizer.memory_bytes()
+        settings.sanitizer.memory_bytes() + settings.secrets.iter().map(String::len).sum::<usize>()
     }
 }
 
@@ -251,11 +292,11 @@ impl IngestState {
             self.jobs.forget(job);
             return Ok(None);
         };
-        let settings = Arc::new(JobSettings {
-            check: meta.write_check(),
-            token_hash: meta.token_hash,
-            sanitizer: sanitizer_for(&meta.secrets),
-        });
+        let settings = Arc::new(JobSettings::new(
+            meta.token_hash.clone(),
+            meta.write_check(),
+            meta.secrets,
+        ));
         // An ended job takes no more writes: not worth keeping.
         if !meta.status.is_terminal() {
             self.jobs.put(job, settings.clone());
@@ -290,8 +331,11 @@ impl IngestState {
         }
     }
 
-    /// Sanitizes and appends `lines` as one batch, reloading the job's settings once if
-    /// the job was recreated since they were cached.
+    /// Makes `lines` into entries ([`entries::build`]) and appends them as one batch,
+    /// reloading the job's settings if they changed since they were cached (the job
+    /// was recreated, or took secrets), and making the batch again from the job's
+    /// private-key carry and open groups when it did not start where the job's last
+    /// batch left them (that batch may have landed on another instance).
     async fn append_lines(
         &self,
         job: &JobId,
@@ -299,46 +343,68 @@ impl IngestState {
         seq: Option<u64>,
         lines: &[RawLine<'_>],
     ) -> Result<(AppendOutcome, Vec<ToAppend>), ApiError> {
-        let now = now_ms();
-        // Most batches start outside a private key; one that does not is told so by
-        // the store (the carry lives with the job, since the batch before may have
-        // landed on another instance) and is sanitized again.
+        let options = entries::Options {
+            colour: self.keep_color,
+            markers: self.markers,
+            now: now_ms(),
+        };
+        // Most batches start outside a private key and have no markers.
         let mut carry = 0;
-        for _ in 0..3 {
-            let mut batch = settings.sanitizer.batch_resuming(carry);
-            let entries: Vec<ToAppend> = lines
-                .iter()
-                .map(|line| {
-                    let (text, ansi) = if self.keep_color {
-                        let coloured = batch.coloured(&line.text);
-                        (coloured.text.into_owned(), coloured.ansi)
-                    } else {
-                        (batch.line(&line.text).into_owned(), None)
-                    };
-                    ToAppend::new(&NewEntry {
-                        ts: line.ts.unwrap_or(now),
-                        body: EntryBody::Line {
-                            stream: line.stream,
-                            text,
-                            ansi,
-                        },
-                    })
-                })
-                .collect();
-            let ends_at = batch.carry();
-            match self
+        let mut open = settings.last_open();
+        for _ in 0..4 {
+            let built = entries::build(
+                entries::Job {
+                    sanitizer: &settings.sanitizer,
+                    secrets: &settings.secrets,
+                    carry,
+                    open: &open,
+                },
+                lines,
+                options,
+            );
+            let batch: Vec<ToAppend> = built.entries.iter().map(ToAppend::new).collect();
+            let outcome = self
                 .store
-                .append_carrying(job, &settings.check, seq, Some((carry, ends_at)), &entries)
-                .await?
-            {
-                AppendOutcome::Carry(stored) => carry = stored,
+                .append_batch(
+                    job,
+                    &AppendBatch {
+                        check: &settings.check,
+                        seq,
+                        carry: Some((carry, built.carry)),
+                        open: built
+                            .open
+                            .as_ref()
+                            .map(|after| (open.to_stored(), after.to_stored())),
+                        masks: &built.masks,
+                        entries: &batch,
+                    },
+                )
+                .await?;
+            match outcome {
+                AppendOutcome::Carry { pem, open: stored } => {
+                    carry = pem;
+                    open = Open::from_stored(&stored);
+                }
                 AppendOutcome::Stale => {
                     settings = self
                         .load_settings(job)
                         .await?
                         .ok_or_else(ApiError::job_not_found)?;
+                    open = settings.last_open();
                 }
-                outcome => return Ok((outcome, entries)),
+                outcome => {
+                    if matches!(outcome, AppendOutcome::Appended(_)) {
+                        if let Some(after) = built.open {
+                            settings.remember_open(after);
+                        }
+                        // The job's write check changed: this instance reads it again
+                        // on its next write, as others learn from the append script.
+                        if !built.masks.is_empty() {
+                            self.jobs.forget(job);
+                        }
+                    }
+                    return Ok((outcome, batch));
+                }
             }
         }
         Err(ApiError::conflict(
@@ -624,11 +690,7 @@ async fn create_job(
     }
     state.jobs.put(
         &job,
-        Arc::new(JobSettings {
-            token_hash: hash,
-            check: generation,
-            sanitizer: sanitizer_for(&req.secrets),
-        }),
+        Arc::new(JobSettings::new(hash, generation, req.secrets)),
     );
     tracing::info!(job_id = %job, "job created");
     Ok((
@@ -708,7 +770,7 @@ async fn post_logs(
             state.jobs.forget(&job);
             Err(finished(status))
         }
-        AppendOutcome::NotFound | AppendOutcome::Stale | AppendOutcome::Carry(_) => {
+        AppendOutcome::NotFound | AppendOutcome::Stale | AppendOutcome::Carry { .. } => {
             Err(ApiError::job_not_found())
         }
     }
@@ -845,7 +907,7 @@ async fn post_event(
                 "the job was recreated during the request; retry",
             ))
         }
-        AppendOutcome::NotFound | AppendOutcome::Duplicate | AppendOutcome::Carry(_) => {
+        AppendOutcome::NotFound | AppendOutcome::Duplicate | AppendOutcome::Carry { .. } => {
             Err(ApiError::job_not_found())
         }
     }
@@ -974,11 +1036,11 @@ mod tests {
     }
 
     fn settings(secrets: &[String]) -> Arc<JobSettings> {
-        Arc::new(JobSettings {
-            token_hash: String::new(),
-            check: String::new(),
-            sanitizer: sanitizer_for(secrets),
-        })
+        Arc::new(JobSettings::new(
+            String::new(),
+            String::new(),
+            secrets.to_vec(),
+        ))
     }
 
     #[test]

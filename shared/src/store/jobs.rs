@@ -16,8 +16,8 @@ use super::scripts::{
 pub const SHARE_RECORD_SECS: u64 = 8 * 24 * 3600;
 use super::sockets::Socket;
 use super::{
-    AppendOutcome, Appended, JobMeta, LogStore, NewJob, SecretsOutcome, StatusOutcome, StoreError,
-    ToAppend,
+    AppendBatch, AppendOutcome, Appended, JobMeta, LogStore, NewJob, SecretsOutcome, StatusOutcome,
+    StoreError, ToAppend,
 };
 
 impl LogStore {
@@ -84,7 +84,7 @@ impl LogStore {
     /// Appends a batch of entries (each the JSON of a [`NewEntry`]) in one round trip,
     /// all or nothing (but for lines past the job's size limit). `gen` guards against a
     /// recreated job id ('' skips the check). Decodes each entry for its size: the
-    /// ingest path, which built them, uses [`append_carrying`](Self::append_carrying).
+    /// ingest path, which built them, uses [`append_batch`](Self::append_batch).
     pub async fn append(
         &self,
         job: &JobId,
@@ -103,31 +103,50 @@ impl LogStore {
                 })
             })
             .collect::<Result<_, StoreError>>()?;
-        self.append_carrying(job, generation, seq, None, &entries)
-            .await
-    }
-
-    /// [`append`](Self::append) for a batch sanitized from private-key carry `from`
-    /// that ends at carry `to` (see `logstream_core::sanitize::Batch::carry`): appended
-    /// only when the job's stored carry is `from`, which then becomes `to`, in the same
-    /// round trip. Otherwise [`AppendOutcome::Carry`] with the stored one.
-    pub async fn append_carrying(
-        &self,
-        job: &JobId,
-        generation: &str,
-        seq: Option<u64>,
-        carry: Option<(u32, u32)>,
-        entries: &[ToAppend],
-    ) -> Result<AppendOutcome, StoreError> {
         if entries.is_empty() {
             return Err(StoreError::Corrupt("append called with no entries".into()));
         }
+        self.append_batch(
+            job,
+            &AppendBatch {
+                check: generation,
+                seq,
+                carry: None,
+                open: None,
+                masks: &[],
+                entries: &entries,
+            },
+        )
+        .await
+    }
+
+    /// Appends `batch` (see [`AppendBatch`]): only when the job's stored private-key
+    /// carry and open groups are those the batch was made from, which then become those
+    /// it ends at, in the same round trip; otherwise [`AppendOutcome::Carry`] with the
+    /// stored ones. A batch may have no entries (its lines were all markers): its `seq`
+    /// and masks are still recorded.
+    pub async fn append_batch(
+        &self,
+        job: &JobId,
+        batch: &AppendBatch<'_>,
+    ) -> Result<AppendOutcome, StoreError> {
         let keys = JobKeys::new(job);
-        let seq = seq.map(|s| s.to_string()).unwrap_or_default();
+        let seq = batch.seq.map(|s| s.to_string()).unwrap_or_default();
         let r = self.retention;
-        let (from, to) = carry.map_or((String::new(), String::new()), |(from, to)| {
-            (from.to_string(), to.to_string())
-        });
+        let (from, to) = batch
+            .carry
+            .map_or((String::new(), String::new()), |(from, to)| {
+                (from.to_string(), to.to_string())
+            });
+        let (open_from, open_to) = batch.open.clone().unwrap_or_default();
+        let masks = if batch.masks.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(batch.masks)
+                .map_err(|e| StoreError::Corrupt(format!("masks: {e}")))?
+        };
+        let entries = batch.entries;
+        let generation = batch.check;
         let notice = size_notice(r.max_job_bytes);
         let reply: Vec<String> = self
             .run(|mut c| {
@@ -144,7 +163,10 @@ impl LogStore {
                     .arg(r.max_job_bytes)
                     .arg(&notice)
                     .arg(r.segment_lines.max(1))
-                    .arg(r.segment_bytes.max(1));
+                    .arg(r.segment_bytes.max(1))
+                    .arg(&open_from)
+                    .arg(&open_to)
+                    .arg(&masks);
                 for entry in entries {
                     inv.arg(entry.text_bytes).arg(&entry.json);
                 }
@@ -189,11 +211,12 @@ impl LogStore {
             [tag] if tag == "duplicate" => Ok(AppendOutcome::Duplicate),
             [tag] if tag == "missing" => Ok(AppendOutcome::NotFound),
             [tag] if tag == "stale" => Ok(AppendOutcome::Stale),
-            [tag, carry] if tag == "carry" => {
-                Ok(AppendOutcome::Carry(carry.parse().map_err(|_| {
-                    StoreError::Corrupt("private-key carry".into())
-                })?))
-            }
+            [tag, pem, open] if tag == "carry" => Ok(AppendOutcome::Carry {
+                pem: pem
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("private-key carry".into()))?,
+                open: open.clone(),
+            }),
             [tag, status] if tag == "terminal" => {
                 Ok(AppendOutcome::Terminal(parse_status(status)?))
             }

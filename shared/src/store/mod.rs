@@ -210,9 +210,33 @@ pub enum AppendOutcome {
     Terminal(JobStatus),
     /// The job id was recreated since the caller read its settings: nothing appended.
     Stale,
-    /// The batch was sanitized from another private-key carry than the job's, which
-    /// this is: nothing appended; sanitize again from it.
-    Carry(u32),
+    /// The batch was made from another private-key carry or other open groups than the
+    /// job's, which these are: nothing appended; make it again from them.
+    Carry {
+        /// The private-key carry (`logstream_core::sanitize::Batch::carry`).
+        pem: u32,
+        /// The open groups and sections (`logstream_core::markers::Open::to_stored`).
+        open: String,
+    },
+}
+
+/// A batch for [`LogStore::append_batch`]: its entries, and the job state they were
+/// made from and lead to (`logstream_core::entries::Built`).
+#[derive(Debug, Clone)]
+pub struct AppendBatch<'a> {
+    /// The job's write check (`JobMeta::write_check`) the batch was made under; ''
+    /// skips the check.
+    pub check: &'a str,
+    pub seq: Option<u64>,
+    /// The private-key carry the batch was sanitized from, and where it ends; `None`:
+    /// no check.
+    pub carry: Option<(u32, u32)>,
+    /// The open groups and sections (stored form) before and after the batch, for a
+    /// batch with group or section markers; `None`: no check.
+    pub open: Option<(String, String)>,
+    /// Secrets the batch's `::add-mask::` lines register.
+    pub masks: &'a [String],
+    pub entries: &'a [ToAppend],
 }
 
 /// An entry to append: its stored JSON ([`NewEntry::to_stored_json`]) and the text

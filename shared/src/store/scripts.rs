@@ -58,9 +58,17 @@ end
 /// would pass it is replaced by the `notice` entry (a `system` line), and it and every
 /// later line of the job are dropped (stage and status entries, size 0, still go in).
 ///
+/// The same check and update hold for the groups and sections the job's build markers
+/// left open (`mk`, `logstream_core::markers::Open`), for a batch that had such a
+/// marker; `carry` then answers both. Secrets registered by the batch's
+/// `::add-mask::` lines join the job's `secrets` (and count in `sv`, as [`ADD_SECRETS`]
+/// does); the caller checked the limit against the secrets the write check vouches
+/// for.
+///
 /// KEYS: meta, logs, ws, idx. ARGV: gen, seq or '', ttl, cap ('0': none), carry
 /// sanitized from or '' (no check), carry after or '', size limit, notice, segment
-/// lines, segment bytes, then each entry as its text bytes and its JSON. Answers `ok`,
+/// lines, segment bytes, open markers before ('' no check) and after, the masks (a JSON
+/// array, or ''), then each entry as its text bytes and its JSON. Answers `ok`,
 /// the first and last ids and the first `n` ('' when nothing was stored), the lines
 /// accepted and dropped, whether the notice went in, whether a segment became due (the
 /// entries or bytes not yet archived crossed a multiple of the segment size), then the
@@ -72,7 +80,7 @@ pub(super) static APPEND: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(concat!(
         r"
 local m = redis.call('HMGET', KEYS[1], 'status', 'gen', 'seq', 'pem', 'n', 'bytes', 'trunc',
-  'stored', 'arch_n', 'arch_b', 'sv')
+  'stored', 'arch_n', 'arch_b', 'sv', 'mk')
 if not m[1] then return {'missing'} end
 local check = m[2]
 if m[11] then check = (m[2] or '') .. '#' .. m[11] end
@@ -81,10 +89,25 @@ if ARGV[2] ~= '' then
   if m[3] and tonumber(ARGV[2]) <= tonumber(m[3]) then return {'duplicate'} end
 end
 if m[1] == 'ready' or m[1] == 'failed' then return {'terminal', m[1]} end
-local pem = m[4] or '0'
-if ARGV[5] ~= '' and pem ~= ARGV[5] then return {'carry', pem} end
+local pem, mk = m[4] or '0', m[12] or '{}'
+if (ARGV[5] ~= '' and pem ~= ARGV[5]) or (ARGV[11] ~= '' and mk ~= ARGV[11]) then
+  return {'carry', pem, mk}
+end
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'seq', ARGV[2]) end
 if ARGV[6] ~= '' and ARGV[6] ~= pem then redis.call('HSET', KEYS[1], 'pem', ARGV[6]) end
+if ARGV[12] ~= '' and ARGV[12] ~= mk then redis.call('HSET', KEYS[1], 'mk', ARGV[12]) end
+if ARGV[13] ~= '' then
+  local have = {}
+  local cur = redis.call('HGET', KEYS[1], 'secrets')
+  if cur and cur ~= '[]' then have = cjson.decode(cur) end
+  local seen = {}
+  for _, s in ipairs(have) do seen[s] = true end
+  for _, s in ipairs(cjson.decode(ARGV[13])) do
+    if not seen[s] then seen[s] = true; have[#have + 1] = s end
+  end
+  redis.call('HSET', KEYS[1], 'secrets', cjson.encode(have))
+  redis.call('HINCRBY', KEYS[1], 'sv', 1)
+end
 local n = tonumber(m[5] or '0')
 local bytes = tonumber(m[6] or '0')
 local trunc = m[7] == '1'
@@ -98,7 +121,7 @@ local pending_b = stored - tonumber(m[10] or '0')
         add_entry_lua!(),
         r"
 local accepted, dropped, notice = 0, 0, 0
-for i = 11, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   local size = tonumber(ARGV[i])
   if size > 0 and (trunc or bytes + size > limit) then
     dropped = dropped + 1
