@@ -1,8 +1,9 @@
 //! What the sanitizer costs: ns per line for a clean, a secret-bearing and a coloured
 //! line, with no registered secrets and with the most a job may register (100 of
 //! 4 096 bytes), the text alone (`Batch::line`) and with its colours kept
-//! (`Batch::coloured`, what ingest runs), and what building that large sanitizer costs
-//! in time and memory.
+//! (`Batch::coloured`), whole batches made into entries as ingest makes them
+//! (`entries::build`, build markers off and on), and what building that large
+//! sanitizer costs in time and memory.
 //!
 //! `cargo run --release -p logstream-core --example sanitize-bench`
 //!
@@ -14,6 +15,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use std::borrow::Cow;
+
+use logstream_core::batch::RawLine;
+use logstream_core::entries::{self, Job, Options};
+use logstream_core::markers::Open;
+use logstream_core::model::LineStream;
 use logstream_core::sanitize::Sanitizer;
 
 /// Lines per timing run; one [`Batch`](logstream_core::sanitize::Batch) per request
@@ -49,10 +56,25 @@ fn main() {
         "{:<18} {:>12} {:>12} {:>26}",
         "line", "no secrets", "3 secrets", "100 x 4096-byte secrets"
     );
-    for mode in [Mode::Text, Mode::Coloured] {
-        if let Mode::Coloured = mode {
-            println!();
-            println!("keeping colours too (Batch::coloured, what ingest runs), per line (ns):");
+    for mode in [
+        Mode::Text,
+        Mode::Coloured,
+        Mode::Entries { markers: false },
+        Mode::Entries { markers: true },
+    ] {
+        match mode {
+            Mode::Text => {}
+            Mode::Coloured => {
+                println!();
+                println!("keeping colours too (Batch::coloured), per line (ns):");
+            }
+            Mode::Entries { markers } => {
+                println!();
+                println!(
+                    "made into entries as ingest does (entries::build, colours kept, markers {}), per line (ns):",
+                    if markers { "on" } else { "off" }
+                );
+            }
         }
         for (name, line) in [
             ("clean, 80 bytes", clean),
@@ -130,23 +152,53 @@ fn build_large(secrets: &[String]) -> (Sanitizer, Duration) {
     (last.expect("five builds"), times[2])
 }
 
-/// What a timing run calls: the text alone, or the text and its colours.
+/// What a timing run calls: the text alone, the text and its colours, or a whole
+/// batch made into entries.
 #[derive(Clone, Copy)]
 enum Mode {
     Text,
     Coloured,
+    Entries { markers: bool },
 }
 
 fn ns_per_line(sanitizer: &Sanitizer, line: &str, mode: Mode) -> f64 {
+    let lines: Vec<RawLine<'_>> = (0..LINES_PER_BATCH)
+        .map(|_| RawLine {
+            stream: LineStream::Stdout,
+            text: Cow::Borrowed(line),
+            ts: None,
+        })
+        .collect();
+    let open = Open::default();
     let mut runs: Vec<f64> = (0..5)
         .map(|_| {
             let started = Instant::now();
             for _ in 0..BATCHES {
                 let mut batch = sanitizer.batch();
-                for _ in 0..LINES_PER_BATCH {
-                    match mode {
-                        Mode::Text => drop(black_box(batch.line(black_box(line)))),
-                        Mode::Coloured => drop(black_box(batch.coloured(black_box(line)))),
+                match mode {
+                    Mode::Text => {
+                        for _ in 0..LINES_PER_BATCH {
+                            drop(black_box(batch.line(black_box(line))));
+                        }
+                    }
+                    Mode::Coloured => {
+                        for _ in 0..LINES_PER_BATCH {
+                            drop(black_box(batch.coloured(black_box(line))));
+                        }
+                    }
+                    Mode::Entries { markers } => {
+                        let job = Job {
+                            sanitizer,
+                            secrets: &[],
+                            carry: 0,
+                            open: &open,
+                        };
+                        let options = Options {
+                            colour: true,
+                            markers,
+                            now: 1,
+                        };
+                        drop(black_box(entries::build(job, black_box(&lines), options)));
                     }
                 }
             }
