@@ -1,9 +1,13 @@
 //! The log-viewer page `logstream dev` serves at `/`: plain HTML, CSS and JavaScript
-//! compiled into the binary, no build step. It follows a job with EventSource
-//! (`/jobs/{id}/logs/stream`), loads earlier lines through the history route, and
-//! shows stages, stderr and the final status. `/?job=ID#access_token=JWT` opens a job
-//! at once; the token is read once and removed from the address bar (the tab keeps it
-//! in `sessionStorage`), so a copied link never carries it.
+//! compiled into the binary, no build step. The log itself is `<logstream-viewer>`
+//! (`/logstream-viewer.js`, an ES module, and `/logstream-viewer.css`), the element a
+//! frontend embeds: a virtual list over the job's numbered entries (only the rows on
+//! screen are in the DOM; pages are fetched with `?at=N` as they scroll into view), live
+//! over EventSource with frames drawn once per animation frame, colour, folding stages,
+//! per-line times, search over the whole job, permalinks (`#L120`) and "first error".
+//! `/?job=ID#access_token=JWT` opens a job at once; the token is read once and removed
+//! from the address bar (the tab keeps it in `sessionStorage`), so a copied link never
+//! carries it.
 //!
 //! Every file goes out with a Content-Security-Policy that allows scripts, styles and
 //! requests from this origin only (no inline script, no `eval`), refuses framing
@@ -18,6 +22,9 @@ use axum::routing::get;
 const PAGE: &str = include_str!("viewer.html");
 const SCRIPT: &str = include_str!("viewer.js");
 const STYLE: &str = include_str!("viewer.css");
+/// The `<logstream-viewer>` element: the module and its style sheet.
+pub const ELEMENT_SCRIPT: &str = include_str!("logstream-viewer.js");
+pub const ELEMENT_STYLE: &str = include_str!("logstream-viewer.css");
 
 /// The page's policy: its own files and its own origin's API, nothing else.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -59,5 +66,15 @@ pub fn routes() -> Router {
         .route(
             "/viewer.css",
             get(|| async { (headers("text/css; charset=utf-8"), STYLE).into_response() }),
+        )
+        .route(
+            "/logstream-viewer.js",
+            get(|| async {
+                (headers("text/javascript; charset=utf-8"), ELEMENT_SCRIPT).into_response()
+            }),
+        )
+        .route(
+            "/logstream-viewer.css",
+            get(|| async { (headers("text/css; charset=utf-8"), ELEMENT_STYLE).into_response() }),
         )
 }

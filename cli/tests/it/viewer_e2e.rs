@@ -1,7 +1,9 @@
 //! The log-viewer page of `logstream dev` in a real headless Chromium, driven over
 //! the WebDriver protocol by Debian's chromedriver (both installed by
 //! `scripts/ensure-deps --test`): the page shows the history, then lines posted after
-//! it opened, stderr marked, stages, and the final status.
+//! it opened, stderr marked, stages, and the final status; on a big log it keeps the
+//! DOM small, opens permalinks, loads earlier pages as they scroll into view, searches,
+//! folds and finds the first error.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -180,7 +182,7 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
     browser
         .wait_for(
             "the history",
-            "return document.getElementById('log').innerText.includes('history line two')",
+            "return document.querySelector('.lv-log').innerText.includes('history line two')",
         )
         .await;
     let address = browser.eval("return location.href").await;
@@ -192,7 +194,7 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
     // Log text is text: shown as written, never run (the page's CSP forbids inline
     // script too, and the page works under it: its own script is a file).
     let shown = browser
-        .eval("return [...document.querySelectorAll('.line')].map(e => e.textContent)")
+        .eval("return [...document.querySelectorAll('.line .t')].map(e => e.textContent)")
         .await;
     assert!(
         shown.as_array().unwrap().iter().any(|t| t == hostile),
@@ -200,7 +202,7 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
     );
     assert_eq!(
         browser
-            .eval("return [typeof window.pwned, document.querySelectorAll('#log img, #log script').length]")
+            .eval("return [typeof window.pwned, document.querySelectorAll('.lv-log img, .lv-log script').length]")
             .await,
         json!(["undefined", 0])
     );
@@ -218,7 +220,7 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
     browser
         .wait_for(
             "the live lines",
-            "return document.getElementById('log').innerText.includes('live stderr line')",
+            "return document.querySelector('.lv-log').innerText.includes('live stderr line')",
         )
         .await;
     browser
@@ -228,7 +230,7 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
         )
         .await;
     let stderr_marked = browser
-        .eval("return [...document.querySelectorAll('.line.stderr')].map(e => e.textContent).join('|')")
+        .eval("return [...document.querySelectorAll('.line.stderr .t')].map(e => e.textContent).join('|')")
         .await;
     assert_eq!(
         stderr_marked,
@@ -241,11 +243,11 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
     browser
         .wait_for(
             "the final status",
-            r"return /^ready \(exit code 0, [0-9.]+m?s\)$/.test(document.getElementById('status').textContent)",
+            r"return /^ready \(exit code 0, [0-9.]+m?s\)$/.test(document.querySelector('.lv-status').textContent)",
         )
         .await;
     let lines = browser
-        .eval("return document.getElementById('log').innerText")
+        .eval("return document.querySelector('.lv-log').innerText")
         .await;
     let text = lines.as_str().unwrap();
     for expected in [
@@ -273,6 +275,8 @@ async fn the_page_is_sent_with_a_csp_no_framing_and_no_referrer() {
         ("/", "text/html"),
         ("/viewer.js", "text/javascript"),
         ("/viewer.css", "text/css"),
+        ("/logstream-viewer.js", "text/javascript"),
+        ("/logstream-viewer.css", "text/css"),
     ] {
         let res = env.http.get(env.url(path)).send().await.unwrap();
         assert_eq!(res.status(), reqwest::StatusCode::OK, "{path}");
@@ -325,7 +329,7 @@ async fn an_older_link_with_the_token_in_the_query_loses_it_at_once() {
     browser
         .wait_for(
             "the line",
-            "return document.getElementById('log').innerText.includes('seen 0')",
+            "return document.querySelector('.lv-log').innerText.includes('seen 0')",
         )
         .await;
     assert_eq!(
@@ -347,7 +351,7 @@ async fn the_share_button_makes_a_link_that_opens_the_job_without_an_account() {
     browser
         .wait_for(
             "the line",
-            "return document.getElementById('log').innerText.includes('shared line 0')",
+            "return document.querySelector('.lv-log').innerText.includes('shared line 0')",
         )
         .await;
     browser
@@ -380,7 +384,7 @@ async fn the_share_button_makes_a_link_that_opens_the_job_without_an_account() {
     browser
         .wait_for(
             "the line through the link",
-            "return document.getElementById('log').innerText.includes('shared line 0')",
+            "return document.querySelector('.lv-log').innerText.includes('shared line 0')",
         )
         .await;
     assert_eq!(
@@ -405,7 +409,7 @@ async fn a_page_opened_before_its_job_exists_waits_for_it_then_follows_it() {
     browser
         .wait_for(
             "the page saying it waits",
-            "return document.getElementById('msg').textContent.startsWith('Waiting for job')",
+            "return document.querySelector('.lv-msg').textContent.startsWith('Waiting for job')",
         )
         .await;
 
@@ -424,12 +428,12 @@ async fn a_page_opened_before_its_job_exists_waits_for_it_then_follows_it() {
     browser
         .wait_for(
             "the job's first line",
-            "return document.getElementById('log').innerText.includes('first 0')",
+            "return document.querySelector('.lv-log').innerText.includes('first 0')",
         )
         .await;
     assert_eq!(
         browser
-            .eval("return document.getElementById('msg').textContent")
+            .eval("return document.querySelector('.lv-msg').textContent")
             .await,
         json!("")
     );
@@ -437,7 +441,7 @@ async fn a_page_opened_before_its_job_exists_waits_for_it_then_follows_it() {
     browser
         .wait_for(
             "a line posted after",
-            "return document.getElementById('log').innerText.includes('live 0')",
+            "return document.querySelector('.lv-log').innerText.includes('live 0')",
         )
         .await;
 }
@@ -464,7 +468,7 @@ async fn a_lines_colours_show_as_classes_and_hostile_escapes_stay_text() {
     browser
         .wait_for(
             "the coloured lines",
-            "return document.getElementById('log').innerText.includes('loud')",
+            "return document.querySelector('.lv-log').innerText.includes('loud')",
         )
         .await;
     // Each run of text is a span whose classes say its colour and style.
@@ -496,7 +500,9 @@ async fn a_lines_colours_show_as_classes_and_hostile_escapes_stay_text() {
     );
     assert_eq!(
         browser
-            .eval("return document.querySelectorAll('#log img, #log a, #log script').length")
+            .eval(
+                "return document.querySelectorAll('.lv-log img, .lv-log a, .lv-log script').length"
+            )
             .await,
         json!(0)
     );
@@ -510,4 +516,223 @@ async fn a_lines_colours_show_as_classes_and_hostile_escapes_stay_text() {
     browser
         .screenshot(&std::env::temp_dir().join("logstream-viewer-colours.png"))
         .await;
+}
+
+/// Posts `texts` as stdout lines (stderr where `stderr` says so), 500 per request.
+async fn post_many(env: &Env, job: &str, texts: &[String], stderr: impl Fn(usize) -> bool) {
+    for (chunk, lines) in texts.chunks(500).enumerate() {
+        let lines: Vec<Value> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let stream = if stderr(chunk * 500 + i) {
+                    "stderr"
+                } else {
+                    "stdout"
+                };
+                json!({"stream": stream, "text": text})
+            })
+            .collect();
+        let res = env.post_json(job, &json!({ "lines": lines })).await;
+        assert_eq!(res.status(), reqwest::StatusCode::OK);
+    }
+}
+
+/// The entry numbers of the rows in the DOM, in order.
+async fn rows(browser: &Browser) -> Vec<u64> {
+    let shown = browser
+        .eval(
+            "return [...document.querySelectorAll('.lv-rows .row')].map(r => Number(r.dataset.n))",
+        )
+        .await;
+    serde_json::from_value(shown).unwrap()
+}
+
+#[tokio::test]
+async fn a_big_log_opens_at_a_permalink_with_few_rows_and_loads_searches_folds_and_finds_errors() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    // 20 000 entries, entry n = line n - 1: a group (two markers, two stage entries)
+    // around lines 100-300, one stderr line at 15 000.
+    let texts: Vec<String> = (0..20_000)
+        .map(|i| match i {
+            100 => "::group::Compile".to_owned(),
+            300 => "::endgroup::".to_owned(),
+            _ => format!("big {i}"),
+        })
+        .collect();
+    post_many(&env, &job, &texts, |i| i == 15_000).await;
+
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&env.url(&format!("/?job={job}#access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the newest lines",
+            "return document.querySelector('.lv-log').innerText.includes('big 19999')",
+        )
+        .await;
+    let shown = rows(&browser).await;
+    assert!(
+        shown.len() < 150 && shown.last() == Some(&20_000),
+        "only the rows on screen, newest last: {} rows",
+        shown.len()
+    );
+
+    // A permalink opens the page at its line, fetched with `at`.
+    browser.goto(&env.url(&format!("/?job={job}#L12345"))).await;
+    browser
+        .wait_for(
+            "line 12345, marked",
+            "const r = document.querySelector('.row.target'); \
+             return !!r && r.dataset.n === '12345' && r.querySelector('.t').textContent === 'big 12344'",
+        )
+        .await;
+    assert_eq!(browser.eval("return location.hash").await, json!("#L12345"));
+    // Clicking a line number makes it the permalink.
+    browser
+        .eval("document.querySelector('.row[data-n=\"12350\"] .ln').click(); return null")
+        .await;
+    assert_eq!(browser.eval("return location.hash").await, json!("#L12350"));
+
+    // Scrolled to the top, the first lines are fetched by themselves.
+    browser
+        .eval("document.querySelector('.lv-log').scrollTop = 0; return null")
+        .await;
+    browser
+        .wait_for(
+            "the first line",
+            "const r = document.querySelector('.row[data-n=\"1\"] .t'); return !!r && r.textContent === 'big 0'",
+        )
+        .await;
+    assert!(rows(&browser).await.len() < 150);
+
+    // The group folds: the row after it is the one after its end. (A new `#L` on the
+    // open job moves to that line.)
+    browser.eval("location.hash = '#L101'; return null").await;
+    browser
+        .wait_for(
+            "the group's line",
+            "const r = document.querySelector('.row.target'); return !!r && r.dataset.n === '101'",
+        )
+        .await;
+    browser
+        .eval("document.querySelector('.row[data-n=\"101\"] .t').click(); return null")
+        .await;
+    browser
+        .wait_for(
+            "the group folded",
+            "const r = document.querySelector('.row[data-n=\"101\"]'); \
+             return !!r && r.classList.contains('folded') && r.nextElementSibling.dataset.n === '302'",
+        )
+        .await;
+    let stage = browser
+        .eval("return document.querySelector('.row[data-n=\"101\"] .t').textContent")
+        .await;
+    assert_eq!(stage, json!("▸ Compile — started (200 entries hidden)"));
+
+    // Search runs on the server over the whole job: the match is far below the screen.
+    browser
+        .eval(
+            "const q = document.querySelector('.lv-q'); q.value = 'BIG 17000'; \
+             q.dispatchEvent(new Event('input')); \
+             document.querySelector('.lv-next').click(); return null",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the match",
+            "const r = document.querySelector('.row.current'); return !!r && r.dataset.n === '17001'",
+        )
+        .await;
+
+    // The first error: the stderr line.
+    browser
+        .eval("document.querySelector('.lv-error').click(); return null")
+        .await;
+    browser
+        .wait_for(
+            "the first error",
+            "const r = document.querySelector('.row.target'); return !!r && r.dataset.n === '15001' \
+             && r.classList.contains('stderr')",
+        )
+        .await;
+
+    // Times on demand.
+    browser
+        .eval("document.querySelector('.lv-times').click(); return null")
+        .await;
+    let time = browser
+        .eval("const t = document.querySelector('.row.target .ts'); return [getComputedStyle(t).display, t.textContent]")
+        .await;
+    assert_ne!(time[0], json!("none"));
+    let shape: String = time[1]
+        .as_str()
+        .unwrap()
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(shape, "99:99:99.999", "{time}");
+}
+
+#[tokio::test]
+async fn a_burst_of_ten_thousand_lines_is_drawn_at_once_and_followed_only_from_the_bottom() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&env.url(&format!("/?job={job}#access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the job",
+            "return document.querySelector('.lv-status').textContent === 'running'",
+        )
+        .await;
+    let lines: Vec<Value> = (0..10_000)
+        .map(|i| json!({"text": format!("burst {i}")}))
+        .collect();
+    let started = Instant::now();
+    let res = env.post_json(&job, &json!({ "lines": lines })).await;
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let posted = started.elapsed();
+    browser
+        .wait_for(
+            "the burst's last line, followed",
+            "return document.querySelector('.lv-log').innerText.includes('burst 9999')",
+        )
+        .await;
+    eprintln!(
+        "10 000 lines: POST answered in {posted:?}, last line on screen {:?} after the POST began",
+        started.elapsed()
+    );
+    assert!(rows(&browser).await.len() < 150);
+
+    // A reader who scrolled up is not pulled down: new lines wait behind a button.
+    browser
+        .eval("document.querySelector('.lv-log').scrollTop = 0; return null")
+        .await;
+    browser
+        .wait_for(
+            "the top",
+            "return !!document.querySelector('.row[data-n=\"2\"] .t')",
+        )
+        .await;
+    env.post_lines(&job, "after scrolling", 1).await;
+    browser
+        .wait_for(
+            "the new-lines button",
+            "return !document.querySelector('.lv-newer').hidden",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("return document.querySelector('.lv-log').scrollTop")
+            .await,
+        json!(0)
+    );
 }
