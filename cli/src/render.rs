@@ -3,7 +3,8 @@
 //! stdout lines are printed as they are. stderr lines are red on a colour terminal;
 //! without colour they carry a `[stderr] ` prefix so they stay distinguishable in a
 //! file or a pipe (`system` lines likewise carry `[system] `). Stage events and status
-//! changes are `==> ` markers. Colour follows `--color`: `auto` means a terminal and no
+//! changes are `==> ` markers; a stage's end says how long it ran when its start was
+//! printed too (a [`Printer`] remembers the starts). Colour follows `--color`: `auto` means a terminal and no
 //! `NO_COLOR` (<https://no-color.org>), `always` and `never` say what they mean.
 //!
 //! The service strips escape sequences from stored lines, but other control
@@ -11,6 +12,7 @@
 //! build cannot rewrite what the reader sees.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 use logstream_core::model::{Entry, EntryBody, JobStatus, LineStream, StageStatus};
@@ -66,8 +68,56 @@ const DIM: &str = "\x1b[2m";
 const BOLD: &str = "\x1b[1m";
 const RESET: &str = "\x1b[0m";
 
-/// Writes one entry as a line of text.
-pub fn write_entry(out: &mut impl Write, entry: &Entry, style: Style) -> io::Result<()> {
+/// Prints entries one after another, remembering when each open stage started, so that
+/// its end says how long it ran (`==> stage build succeeded (after 4.1s)`).
+#[derive(Debug)]
+pub struct Printer {
+    style: Style,
+    started: HashMap<String, u64>,
+}
+
+/// Most stage starts a [`Printer`] remembers (a build that never ends its stages cannot
+/// grow it without bound).
+const MAX_OPEN_STAGES: usize = 1024;
+
+impl Printer {
+    pub fn new(style: Style) -> Self {
+        Self {
+            style,
+            started: HashMap::new(),
+        }
+    }
+
+    /// Writes `entry` as a line of text.
+    pub fn write(&mut self, out: &mut impl Write, entry: &Entry) -> io::Result<()> {
+        let took = match &entry.body {
+            EntryBody::Stage {
+                name,
+                status: StageStatus::Started,
+            } => {
+                if self.started.len() >= MAX_OPEN_STAGES {
+                    self.started.clear();
+                }
+                self.started.insert(name.clone(), entry.ts);
+                None
+            }
+            EntryBody::Stage { name, .. } => self
+                .started
+                .remove(name)
+                .map(|at| entry.ts.saturating_sub(at)),
+            _ => None,
+        };
+        write_entry(out, entry, self.style, took)
+    }
+}
+
+/// Writes one entry as a line of text; `took`: how long the stage it ends ran.
+fn write_entry(
+    out: &mut impl Write,
+    entry: &Entry,
+    style: Style,
+    took: Option<u64>,
+) -> io::Result<()> {
     let paint = |colour: &str, text: &str| -> String {
         if style.colour {
             format!("{colour}{text}{RESET}")
@@ -103,7 +153,10 @@ pub fn write_entry(out: &mut impl Write, entry: &Entry, style: Style) -> io::Res
                 StageStatus::Skipped => (DIM, "skipped"),
             };
             let name = escape_controls(name);
-            paint(colour, &format!("==> stage {name} {word}"))
+            let after = took.map_or(String::new(), |ms| {
+                format!(" (after {})", human_duration(ms))
+            });
+            paint(colour, &format!("==> stage {name} {word}{after}"))
         }
         EntryBody::Status {
             status,
@@ -230,8 +283,29 @@ mod tests {
             colour,
             escape_controls: true,
         };
-        write_entry(&mut out, &entry(json), style).unwrap();
+        Printer::new(style).write(&mut out, &entry(json)).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_stages_end_says_how_long_it_ran_when_its_start_was_printed() {
+        let style = Style {
+            colour: false,
+            escape_controls: false,
+        };
+        let mut printer = Printer::new(style);
+        let mut out = Vec::new();
+        for json in [
+            r#"{"id":"1-0","ts":1000,"kind":"stage","name":"build","status":"started"}"#,
+            r#"{"id":"1-1","ts":5100,"kind":"stage","name":"build","status":"succeeded"}"#,
+            r#"{"id":"1-2","ts":6000,"kind":"stage","name":"test","status":"failed"}"#,
+        ] {
+            printer.write(&mut out, &entry(json)).unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "==> stage build started\n==> stage build succeeded (after 4.1s)\n==> stage test failed\n"
+        );
     }
 
     #[test]

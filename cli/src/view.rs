@@ -24,7 +24,7 @@ use reqwest::StatusCode;
 use logstream_core::ids::{EntryId, InvalidJobId, JobId};
 use logstream_core::model::JobStatus;
 
-use crate::render::{ColorChoice, Style, write_entry};
+use crate::render::{ColorChoice, Printer, Style};
 use logstream_client::follow::{FollowEvent, FollowStart};
 use logstream_client::{Client, ClientError, PageCursor, RetryPolicy};
 
@@ -125,9 +125,10 @@ pub async fn tail(
     };
     let mut follow = client.follow(&job, start);
     let mut out = io::BufWriter::new(io::stdout());
+    let mut printer = Printer::new(style);
     loop {
         match follow.next().await? {
-            Some(FollowEvent::Entry(entry)) => write_entry(&mut out, &entry, style)?,
+            Some(FollowEvent::Entry(entry)) => printer.write(&mut out, &entry)?,
             Some(FollowEvent::Done(status)) => {
                 out.flush()?;
                 return Ok(status);
@@ -171,7 +172,7 @@ pub async fn logs(
     json: bool,
 ) -> Result<JobStatus, ViewError> {
     let (client, job) = opts.client()?;
-    let style = Style::for_stdout(opts.colour);
+    let mut printer = Printer::new(Style::for_stdout(opts.colour));
     let mut out = io::BufWriter::new(io::stdout());
     let mut print = |raw: &serde_json::value::RawValue| -> Result<(), ViewError> {
         if json {
@@ -179,7 +180,7 @@ pub async fn logs(
             out.write_all(b"\n")?;
         } else {
             let entry = logstream_client::decode_entry(raw.get())?;
-            write_entry(&mut out, &entry, style)?;
+            printer.write(&mut out, &entry)?;
         }
         Ok(())
     };

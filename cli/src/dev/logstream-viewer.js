@@ -94,6 +94,13 @@ export function duration(ms) {
   return Math.floor(s / 3600) + "h " + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
 }
 
+// A time of day in the reader's time zone, to the millisecond: 14:03:07.412.
+function clock(ms) {
+  const d = new Date(ms);
+  const two = (v) => String(v).padStart(2, "0");
+  return `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, "0")}`;
+}
+
 function cmpId(a, b) {
   const [am, as] = a.split("-").map(BigInt), [bm, bs] = b.split("-").map(BigInt);
   return am === bm ? (as < bs ? -1 : as > bs ? 1 : 0) : (am < bm ? -1 : 1);
@@ -451,7 +458,9 @@ export class LogstreamViewer extends HTMLElement {
     row.dataset.n = n;
     const ln = el("span", "ln", String(n));
     ln.title = "link to line " + n;
-    row.append(ln, el("span", "ts", e ? new Date(e.ts).toISOString().slice(11, 23) : ""));
+    const ts = el("span", "ts", e ? clock(e.ts) : "");
+    if (e) ts.title = new Date(e.ts).toISOString();
+    row.append(ln, ts);
     const t = el("span", "t");
     if (!e) {
       row.classList.add("pending");
@@ -486,18 +495,17 @@ export class LogstreamViewer extends HTMLElement {
   }
 
   // How long the stage that entry `n` ends ran: from its `started` entry, when that is
-  // among the entries held.
+  // among the entries held and at most 10 000 entries before.
   stageDuration(n, e) {
     if (this.stageTimes.has(n)) return this.stageTimes.get(n);
+    let took = null;
     for (let m = n - 1; m >= Math.max(1, n - 20 * PAGE); m--) {
       const s = this.entry(m);
-      if (!s) return null;
-      if (s.kind === "stage" && s.name === e.name && s.status === "started") {
-        this.stageTimes.set(n, e.ts - s.ts);
-        return e.ts - s.ts;
-      }
+      if (!s) return null;  // not held (yet): asked again at the next draw
+      if (s.kind === "stage" && s.name === e.name && s.status === "started") { took = e.ts - s.ts; break; }
     }
-    return null;
+    this.stageTimes.set(n, took);
+    return took;
   }
 
   // Shows entry `n` a third of the way down the screen, unfolding what hides it.
@@ -563,9 +571,20 @@ export class LogstreamViewer extends HTMLElement {
       const top = this.entry(this.nAt(this.firstRow()));
       from = top ? top.id : null;
     }
-    const cursor = dir > 0 ? "&after=" + encodeURIComponent(from || "0-0") : (from ? "&before=" + encodeURIComponent(from) : "");
-    const page = await this.fetchPage(`q=${encodeURIComponent(q)}&limit=1${cursor}`);
-    const hit = page.lines[0];
+    let cursor = dir > 0 ? "&after=" + encodeURIComponent(from || "0-0") : (from ? "&before=" + encodeURIComponent(from) : "");
+    const gen = this.gen;
+    let hit;
+    // A request reads a bounded part of the job: one that found nothing yet says where
+    // it stopped (`has_more` and the next cursor), and the search goes on from there.
+    for (;;) {
+      const page = await this.fetchPage(`q=${encodeURIComponent(q)}&limit=1${cursor}`);
+      if (gen !== this.gen || q !== this.q.value) return;
+      hit = page.lines[0];
+      const next = dir > 0 ? page.next_after : page.next_before;
+      if (hit || !page.has_more || !next) break;
+      this.found.textContent = "searching…";
+      cursor = (dir > 0 ? "&after=" : "&before=") + encodeURIComponent(next);
+    }
     if (!hit) { this.found.textContent = dir > 0 ? "no more matches below" : "no more matches above"; return; }
     this.store(hit);
     this.match = { q, id: hit.id, n: hit.n };

@@ -213,14 +213,14 @@ pub async fn exit_code(child: &mut Child) -> Option<i32> {
         .code()
 }
 
-/// `lines` with the job's duration on its `==> job …` line written `_`
-/// (`==> job ready (after 32ms)` → `==> job ready (after _)`): what a test can expect.
+/// `lines` with the durations on their `==> ` lines written `_` (`==> job ready (after
+/// 32ms)` → `==> job ready (after _)`, a stage's end likewise): what a test can expect.
 pub fn any_duration<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> Vec<String> {
     lines
         .into_iter()
         .map(|line| {
             let line = line.as_ref();
-            match (line.starts_with("==> job "), line.find("after ")) {
+            match (line.starts_with("==> "), line.rfind("after ")) {
                 (true, Some(at)) if line.ends_with(')') => {
                     format!("{}after _)", &line[..at])
                 }

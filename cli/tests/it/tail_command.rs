@@ -65,7 +65,7 @@ async fn tail_from_start_prints_lines_and_markers_then_exits_0_on_ready() {
             "[stderr] warning: unused",
             "live 0",
             "live 1",
-            "==> stage build succeeded",
+            "==> stage build succeeded (after _)",
             "==> job ready (after _)",
         ]
     );

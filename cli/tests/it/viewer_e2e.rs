@@ -736,3 +736,245 @@ async fn a_burst_of_ten_thousand_lines_is_drawn_at_once_and_followed_only_from_t
         json!(0)
     );
 }
+
+/// Measures, does not check: what the page costs on big logs, for the README. Run with
+/// `cargo test -p logstream-cli --test it viewer_e2e::measure -- --ignored --nocapture`
+/// (the service is the test build, so its ingest is slower than a release build's).
+#[tokio::test]
+#[ignore = "a measurement, not a test: prints figures"]
+async fn measure_the_viewer_on_big_logs() {
+    let env = env().await;
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 3600);
+    let probe = "window.__lag = 0; window.__long = []; \
+        new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__long.push(e.duration); }) \
+          .observe({ type: 'longtask', buffered: true }); \
+        let last = performance.now(); \
+        setInterval(() => { const now = performance.now(); window.__lag = Math.max(window.__lag, now - last - 50); last = now; }, 50); \
+        return null";
+    let report = "return { lag_ms: Math.round(window.__lag), long_tasks: window.__long.length, \
+        long_total_ms: Math.round(window.__long.reduce((a, b) => a + b, 0)), \
+        long_max_ms: Math.round(Math.max(0, ...window.__long)), \
+        heap_mb: Math.round(performance.memory.usedJSHeapSize / 1e6), \
+        dom_nodes: document.getElementsByTagName('*').length }";
+
+    // 200 000 lines posted live to an open page.
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    browser
+        .goto(&env.url(&format!("/?job={job}#access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the job",
+            "return document.querySelector('.lv-status').textContent === 'running'",
+        )
+        .await;
+    browser.eval(probe).await;
+    let started = Instant::now();
+    for batch in 0..400 {
+        let lines: Vec<Value> = (0..500)
+            .map(
+                |i| json!({"text": format!("live {} compiling crate number {i}", batch * 500 + i)}),
+            )
+            .collect();
+        let res = env.post_json(&job, &json!({ "lines": lines })).await;
+        assert_eq!(res.status(), reqwest::StatusCode::OK);
+    }
+    let posted = started.elapsed();
+    browser
+        .wait_for(
+            "the last live line",
+            "return document.querySelector('.lv-log').innerText.includes('live 199999 ')",
+        )
+        .await;
+    eprintln!(
+        "200 000 lines live: posted in {posted:?}, last on screen after {:?}; page: {}",
+        started.elapsed(),
+        browser.eval(report).await
+    );
+
+    // A job of 1 000 000 lines, opened afterwards.
+    let (big, _) = env.create_job("alice").await;
+    let started = Instant::now();
+    for batch in 0..2000 {
+        let lines: Vec<Value> = (0..500)
+            .map(|i| json!({"text": format!("line {} of a very big job", batch * 500 + i)}))
+            .collect();
+        let res = env.post_json(&big, &json!({ "lines": lines })).await;
+        assert_eq!(res.status(), reqwest::StatusCode::OK);
+    }
+    eprintln!("1 000 000 lines posted in {:?}", started.elapsed());
+    let started = Instant::now();
+    browser
+        .goto(&env.url(&format!("/?job={big}#access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the newest line",
+            "return document.querySelector('.lv-log').innerText.includes('line 999999 ')",
+        )
+        .await;
+    eprintln!(
+        "1 000 000: newest lines on screen after {:?}",
+        started.elapsed()
+    );
+    browser.eval(probe).await;
+    for (what, hash, script) in [
+        (
+            "permalink #L500000",
+            "#L500000",
+            "const r = document.querySelector('.row.target'); return !!r && r.dataset.n === '500000' && !r.classList.contains('pending')",
+        ),
+        (
+            "permalink #L1",
+            "#L1",
+            "const r = document.querySelector('.row.target'); return !!r && r.dataset.n === '1' && !r.classList.contains('pending')",
+        ),
+    ] {
+        let started = Instant::now();
+        browser
+            .eval(&format!("location.hash = '{hash}'; return null"))
+            .await;
+        browser.wait_for(what, script).await;
+        eprintln!("1 000 000: {what} shown after {:?}", started.elapsed());
+    }
+    // Dragging the scrollbar through the whole log: 20 jumps, each drawn and fetched.
+    let started = Instant::now();
+    for step in 1..=20 {
+        browser
+            .eval(&format!(
+                "const l = document.querySelector('.lv-log'); l.scrollTop = l.scrollHeight * {step} / 21; return null"
+            ))
+            .await;
+        browser
+            .wait_for(
+                "the rows at that place",
+                "return document.querySelectorAll('.row.pending').length === 0",
+            )
+            .await;
+    }
+    eprintln!(
+        "1 000 000: 20 scrollbar jumps through the log, each drawn, in {:?}; page: {}",
+        started.elapsed(),
+        browser.eval(report).await
+    );
+    browser.eval("location.hash = '#L2'; return null").await;
+    browser
+        .wait_for(
+            "the top",
+            "const r = document.querySelector('.row.target'); return !!r && r.dataset.n === '2'",
+        )
+        .await;
+    let started = Instant::now();
+    browser
+        .eval(
+            "const q = document.querySelector('.lv-q'); q.value = 'line 777777 '; \
+             q.dispatchEvent(new Event('input')); document.querySelector('.lv-next').click(); return null",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the match",
+            "const r = document.querySelector('.row.current'); return !!r && r.dataset.n === '777778'",
+        )
+        .await;
+    eprintln!(
+        "1 000 000: search from the top to line 777 778 in {:?}",
+        started.elapsed()
+    );
+}
+
+/// A frontend's page on another origin, embedding `<logstream-viewer>` from
+/// `logstream dev` (module, style sheet, REST and stream, all cross-origin): what its
+/// script does is in the fragment-reading `embed.js` below, five lines of which are the
+/// README's example.
+const EMBED_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>a frontend</title></head>
+<body><h1>Build 42</h1><logstream-viewer id="log" style="height: 600px"></logstream-viewer>
+<script type="module" src="/embed.js"></script></body></html>"#;
+const EMBED_SCRIPT: &str = r#"
+const params = new URLSearchParams(location.hash.slice(1));
+history.replaceState(null, "", location.pathname);
+const service = params.get("service");
+const css = document.createElement("link");
+css.rel = "stylesheet"; css.href = service + "/logstream-viewer.css";
+document.head.append(css);
+await import(service + "/logstream-viewer.js");
+const viewer = document.getElementById("log");
+viewer.tokenProvider = async () => params.get("token");
+viewer.setAttribute("api", service);
+viewer.setAttribute("stream", service);
+viewer.setAttribute("job", params.get("job"));
+"#;
+
+/// Serves the embedding page on a port of its own: another origin than the service's.
+async fn embedding_site() -> String {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/embed.html",
+            get(|| async { ([("content-type", "text/html; charset=utf-8")], EMBED_PAGE) }),
+        )
+        .route(
+            "/embed.js",
+            get(|| async { ([("content-type", "text/javascript")], EMBED_SCRIPT) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    origin
+}
+
+#[tokio::test]
+async fn a_page_on_another_origin_embeds_the_viewer_module_with_cors() {
+    let site = embedding_site().await;
+    let env = env_with(&[
+        ("REDIS_URL", &shared_redis_url()),
+        ("LOGSTREAM_CORS_ORIGINS", &site),
+    ])
+    .await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    env.post_lines(&job, "before", 3).await;
+    let browser = Browser::start().await;
+    let service = env.url("");
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&format!(
+            "{site}/embed.html#service={service}&job={job}&token={token}"
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the history, fetched cross-origin",
+            "const l = document.querySelector('logstream-viewer .lv-log'); return !!l && l.innerText.includes('before 2')",
+        )
+        .await;
+    env.post_lines(&job, "live", 1).await;
+    browser
+        .wait_for(
+            "a live line over the cross-origin stream",
+            "return document.querySelector('logstream-viewer .lv-log').innerText.includes('live 0')",
+        )
+        .await;
+    env.end_with(&job, "failed", 3).await;
+    browser
+        .wait_for(
+            "the final status",
+            "return document.querySelector('logstream-viewer .lv-status').textContent.startsWith('failed (exit code 3')",
+        )
+        .await;
+    // Its style sheet applied: the failed status in the error colour.
+    assert_eq!(
+        browser
+            .eval("return getComputedStyle(document.querySelector('logstream-viewer .lv-status')).color")
+            .await,
+        json!("rgb(255, 123, 114)")
+    );
+    assert_eq!(
+        browser.eval("return location.href").await,
+        json!(format!("{site}/embed.html")),
+        "no token in the address bar"
+    );
+}
