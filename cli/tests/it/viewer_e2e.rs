@@ -264,8 +264,7 @@ async fn the_viewer_page_follows_a_job_live_to_its_final_status() {
             "{expected:?} shown exactly once in:\n{text}"
         );
     }
-    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("viewer.png");
-    browser.screenshot(&shot).await;
+    browser.screenshot(&shot_path("viewer")).await;
 }
 
 #[tokio::test]
@@ -513,9 +512,12 @@ async fn a_lines_colours_show_as_classes_and_hostile_escapes_stay_text() {
             .await,
         json!("rgb(255, 123, 114)")
     );
-    browser
-        .screenshot(&std::env::temp_dir().join("logstream-viewer-colours.png"))
-        .await;
+    browser.screenshot(&shot_path("viewer-colours")).await;
+}
+
+/// Where a test's screenshot goes: `target/tmp/NAME.png`, for a person to look at.
+fn shot_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.png"))
 }
 
 /// Posts `texts` as stdout lines (stderr where `stderr` says so), 500 per request.
@@ -591,6 +593,7 @@ async fn a_big_log_opens_at_a_permalink_with_few_rows_and_loads_searches_folds_a
         )
         .await;
     assert_eq!(browser.eval("return location.hash").await, json!("#L12345"));
+    browser.screenshot(&shot_path("viewer-permalink")).await;
     // Clicking a line number makes it the permalink.
     browser
         .eval("document.querySelector('.row[data-n=\"12350\"] .ln').click(); return null")
@@ -632,6 +635,7 @@ async fn a_big_log_opens_at_a_permalink_with_few_rows_and_loads_searches_folds_a
         .eval("return document.querySelector('.row[data-n=\"101\"] .t').textContent")
         .await;
     assert_eq!(stage, json!("▸ Compile — started (200 entries hidden)"));
+    browser.screenshot(&shot_path("viewer-folded")).await;
 
     // Search runs on the server over the whole job: the match is far below the screen.
     browser
@@ -647,6 +651,7 @@ async fn a_big_log_opens_at_a_permalink_with_few_rows_and_loads_searches_folds_a
             "const r = document.querySelector('.row.current'); return !!r && r.dataset.n === '17001'",
         )
         .await;
+    browser.screenshot(&shot_path("viewer-search")).await;
 
     // The first error: the stderr line.
     browser
@@ -675,6 +680,9 @@ async fn a_big_log_opens_at_a_permalink_with_few_rows_and_loads_searches_folds_a
         .map(|c| if c.is_ascii_digit() { '9' } else { c })
         .collect();
     assert_eq!(shape, "99:99:99.999", "{time}");
+    browser
+        .screenshot(&shot_path("viewer-first-error-with-times"))
+        .await;
 }
 
 #[tokio::test]
@@ -735,6 +743,9 @@ async fn a_burst_of_ten_thousand_lines_is_drawn_at_once_and_followed_only_from_t
             .await,
         json!(0)
     );
+    browser
+        .screenshot(&shot_path("viewer-new-lines-waiting"))
+        .await;
 }
 
 /// Measures, does not check: what the page costs on big logs, for the README. Run with
@@ -977,4 +988,78 @@ async fn a_page_on_another_origin_embeds_the_viewer_module_with_cors() {
         json!(format!("{site}/embed.html")),
         "no token in the address bar"
     );
+}
+
+/// Writes `docs/viewer.png`, the README's picture of the page: a build log with colours,
+/// a folded group, a failed stage, times shown and a search. Run with
+/// `cargo test -p logstream-cli --test it viewer_e2e::readme -- --ignored`.
+#[tokio::test]
+#[ignore = "writes the README's screenshot"]
+async fn readme_screenshot() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    let texts = [
+        "::group::Install dependencies",
+        "\u{1b}[2mnpm\u{1b}[22m \u{1b}[36mci\u{1b}[39m",
+        "added 412 packages, and audited 413 packages in 6s",
+        "\u{1b}[32mfound 0 vulnerabilities\u{1b}[39m",
+        "::endgroup::",
+        "\u{1b}[0Ksection_start:1700000000:build\r\u{1b}[0K\u{1b}[36;1mBuild\u{1b}[0m",
+        "\u{1b}[1m> web@1.4.0 build\u{1b}[22m",
+        "\u{1b}[1m> vite build\u{1b}[22m",
+        "\u{1b}[36mvite v5.4.2 \u{1b}[32mbuilding for production...\u{1b}[39m",
+        "transforming (1024) src/components/LogView.tsx",
+        "\u{1b}[32m✓\u{1b}[39m 1187 modules transformed.",
+        "dist/assets/index-4f2a9c.js   \u{1b}[1m\u{1b}[33m512.31 kB\u{1b}[39m\u{1b}[22m │ gzip: 160.02 kB",
+        "\u{1b}[32m✓ built in 4.12s\u{1b}[39m",
+        "\u{1b}[0Ksection_end:1700000004:build\r\u{1b}[0K",
+        "::group::Test",
+        "\u{1b}[32m ✓ \u{1b}[39msrc/log.test.ts \u{1b}[2m(24 tests)\u{1b}[22m",
+        "\u{1b}[31m ✗ \u{1b}[39msrc/viewer.test.ts > follows only at the bottom",
+        "\u{1b}[31mAssertionError: expected 1832 to equal 0\u{1b}[39m",
+        "\u{1b}[2m Test Files \u{1b}[22m \u{1b}[1m\u{1b}[31m1 failed\u{1b}[39m\u{1b}[22m | \u{1b}[1m\u{1b}[32m11 passed\u{1b}[39m\u{1b}[22m",
+    ];
+    for text in texts {
+        let stream = if text.contains("AssertionError") {
+            "stderr"
+        } else {
+            "stdout"
+        };
+        env.post_json(&job, &json!({"lines": [{"stream": stream, "text": text}]}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    env.http
+        .post(env.url(&format!("/jobs/{job}/events")))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"type": "stage", "name": "Test", "status": "failed"}))
+        .send()
+        .await
+        .unwrap();
+    env.end_with(&job, "failed", 1).await;
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&env.url(&format!("/?job={job}#access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the end",
+            "return document.querySelector('.lv-status').textContent.startsWith('failed')",
+        )
+        .await;
+    browser
+        .eval(
+            "document.querySelector('.row.stage.foldable .t').click(); \
+             document.querySelector('.lv-times').click(); \
+             const q = document.querySelector('.lv-q'); q.value = 'modules'; \
+             q.dispatchEvent(new Event('input')); return null",
+        )
+        .await;
+    browser
+        .wait_for("the fold", "return !!document.querySelector('.row.folded')")
+        .await;
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/viewer.png");
+    browser.screenshot(&out).await;
 }
