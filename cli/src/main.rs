@@ -134,9 +134,10 @@ enum Command {
         /// with --create: the service then picks an id and it is printed on stderr.
         #[arg(long, value_name = "ID", required_unless_present = "create")]
         job: Option<String>,
-        /// Create the job first (needs the deployment's ingest key). A job that already
-        /// exists is used as it is, so a retried pipeline step does not fail.
-        #[arg(long, requires = "owner")]
+        /// Create the job first (needs the deployment's ingest key and --owner). A job
+        /// that already exists is used as it is, so a retried pipeline step does not
+        /// fail.
+        #[arg(long)]
         create: bool,
         /// With --create: the user (the viewer JWT's `sub`) who may read the job.
         #[arg(long, value_name = "USER")]
@@ -319,6 +320,15 @@ async fn main() -> ExitCode {
             retry_for: secs,
             command,
         } => {
+            // Checked here rather than by clap, whose usage line would list every flag
+            // given, those that came from the environment included, as if required.
+            if create && owner.is_none() {
+                eprintln!(
+                    "error: --create needs --owner USER (the user, the viewer JWT's `sub`, who may read the job)\n\n\
+                     For more information, try 'logstream run --help'."
+                );
+                return ExitCode::from(2);
+            }
             client_tracing();
             let mut secrets = Vec::new();
             for var in &secret_env {

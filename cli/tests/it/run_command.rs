@@ -435,6 +435,33 @@ async fn create_makes_a_job_its_owner_can_read_and_reuses_an_existing_one() {
 }
 
 #[tokio::test]
+async fn create_without_owner_says_what_is_missing_and_nothing_else() {
+    let env = env().await;
+    let mut cmd = logstream(&env.server.url());
+    // The ingest key and the URL come from the environment (as `logstream` sets them).
+    cmd.args([
+        "run",
+        "--create",
+        "--job",
+        &job_id("no-owner"),
+        "--",
+        "true",
+    ]);
+    let done = finish(cmd).await;
+    assert_eq!(done.code, Some(2), "a usage error: {}", done.stderr);
+    assert!(
+        done.stderr.contains("--create needs --owner USER"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        !done.stderr.contains("--ingest-key") && !done.stderr.contains("--url"),
+        "flags the environment gave are not listed as required: {}",
+        done.stderr
+    );
+}
+
+#[tokio::test]
 async fn a_finished_job_is_refused_before_the_command_runs() {
     let env = env().await;
     let (job, _) = env.create_job("alice").await;
