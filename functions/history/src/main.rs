@@ -1,6 +1,7 @@
 //! The history Lambda: configuration, the clients made once (one Redis connection, an
 //! HTTP client for the JWKS and an S3 client for the archive, both made on first use),
-//! the router. Nothing else.
+//! the router. Nothing else. Served one invocation at a time, or as many at once as
+//! `AWS_LAMBDA_MAX_CONCURRENCY` says (Lambda Managed Instances).
 
 use logstream_shared::clients::Clients;
 use logstream_shared::config::{Config, exit_on_error};
@@ -13,9 +14,8 @@ async fn main() -> Result<(), lambda_http::Error> {
         "logstream-history",
         logstream_history::HistoryState::build(&clients).await,
     );
-    lambda_http::run(logstream_history::router(
-        state,
-        &clients.config().cors_origins,
+    lambda_http::run_concurrent(logstream_shared::web::lambda::buffered(
+        logstream_history::router(state, &clients.config().cors_origins),
     ))
     .await
 }

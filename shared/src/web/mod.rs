@@ -22,6 +22,7 @@ use crate::auth::jwt::{Viewer, ViewerAuth};
 use crate::auth::pipeline::bearer;
 
 pub mod error;
+pub mod lambda;
 
 pub use error::ApiError;
 

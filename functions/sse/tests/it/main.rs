@@ -1,3 +1,4 @@
 //! The sse function's integration tests, one binary.
 
+mod concurrent;
 mod streaming;
