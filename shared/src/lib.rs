@@ -12,6 +12,7 @@
 //! | [`config`] | settings from the environment, checked at start |
 //! | [`clients`] | the clients a process makes once from its settings; every function's state is built from them |
 //! | [`telemetry`] | tracing setup for the Lambda mains and the CLI |
+//! | [`runtime_api`] | `TCP_NODELAY` on the Lambda runtime client's own connections (a streamed response's first frame waited ~40 ms) |
 //! | `wsapi` | API Gateway's WebSocket management API (feature `ws`): pushing to and closing connections |
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod log;
+pub mod runtime_api;
 pub mod store;
 pub mod telemetry;
 pub mod web;

@@ -37,6 +37,12 @@ const HANDOFF_SECS: &str = "3";
 struct Viewer {
     /// The `text` of each `log` frame, in order.
     lines: Vec<String>,
+    /// When each arrived (ms since the epoch).
+    arrived: Vec<u64>,
+    /// When the invocation was handed out, and when the first byte after the prelude
+    /// arrived.
+    handed_at: Option<Instant>,
+    first_body_at: Option<Instant>,
     /// Bytes after the prelude not yet parsed into frames.
     rest: String,
     /// The response's prelude (status and headers).
@@ -49,9 +55,13 @@ struct Viewer {
 
 #[derive(Default)]
 struct Api {
-    event: String,
+    /// The invocations' events, handed out in turn, `limit` in all.
+    events: Vec<String>,
+    limit: usize,
     handed_out: Mutex<usize>,
     deadline_ms: Mutex<u64>,
+    /// When set, each invocation's deadline is this long after it is handed out.
+    lifetime_ms: u64,
     viewers: Mutex<HashMap<String, Viewer>>,
 }
 
@@ -61,16 +71,22 @@ async fn next(State(api): State<Arc<Api>>) -> Response {
         *handed += 1;
         *handed
     };
-    if n > VIEWERS {
+    if n > api.limit {
         // Every viewer is out: the other pollers wait until the process is stopped.
         return std::future::pending().await;
     }
     let id = format!("viewer-{n}");
-    api.viewers
-        .lock()
-        .unwrap()
-        .insert(id.clone(), Viewer::default());
-    let deadline = *api.deadline_ms.lock().unwrap();
+    api.viewers.lock().unwrap().insert(
+        id.clone(),
+        Viewer {
+            handed_at: Some(Instant::now()),
+            ..Viewer::default()
+        },
+    );
+    let deadline = match api.lifetime_ms {
+        0 => *api.deadline_ms.lock().unwrap(),
+        ms => logstream_core::model::now_ms() + ms,
+    };
     let mut headers = HeaderMap::new();
     headers.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
     headers.insert("lambda-runtime-deadline-ms", HeaderValue::from(deadline));
@@ -82,7 +98,8 @@ async fn next(State(api): State<Arc<Api>>) -> Response {
         "lambda-runtime-trace-id",
         HeaderValue::from_static("Root=1-00000000-000000000000000000000000"),
     );
-    (StatusCode::OK, headers, api.event.clone()).into_response()
+    let event = api.events[(n - 1) % api.events.len()].clone();
+    (StatusCode::OK, headers, event).into_response()
 }
 
 /// Reads a streamed response as it comes: the prelude up to the eight NUL bytes, then
@@ -107,6 +124,9 @@ async fn response(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bod
             viewer.rest.push_str(&String::from_utf8_lossy(&after));
             data = &[];
         }
+        if viewer.first_body_at.is_none() && !(viewer.rest.is_empty() && data.is_empty()) {
+            viewer.first_body_at = Some(Instant::now());
+        }
         viewer.rest.push_str(&String::from_utf8_lossy(data));
         while let Some(end) = viewer.rest.find("\n\n") {
             let frame: String = viewer.rest.drain(..end + 2).collect();
@@ -117,6 +137,7 @@ async fn response(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bod
                 viewer
                     .lines
                     .push(entry["text"].as_str().unwrap_or("").to_owned());
+                viewer.arrived.push(logstream_core::model::now_ms());
             }
         }
     }
@@ -131,6 +152,30 @@ async fn error(State(api): State<Arc<Api>>, Path(id): Path<String>, body: String
         viewer.error = Some(body);
     }
     StatusCode::ACCEPTED
+}
+
+/// Starts the sse binary under the Runtime API at `addr`, `concurrency` invocations at
+/// once.
+fn sse_process(addr: SocketAddr, redis_url: &str, concurrency: usize) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_logstream-sse"));
+    command.env_clear();
+    if concurrency > 1 {
+        command.env("AWS_LAMBDA_MAX_CONCURRENCY", concurrency.to_string());
+    }
+    command
+        .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "logstream-sse")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/logstream-sse")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "concurrent")
+        .env("REDIS_URL", redis_url)
+        .env("LOGSTREAM_JWT_SECRET", EXAMPLE_JWT_SECRET)
+        .env("LOGSTREAM_SSE_HANDOFF_SECS", HANDOFF_SECS)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the sse binary")
 }
 
 async fn runtime_api(api: Arc<Api>) -> SocketAddr {
@@ -206,28 +251,14 @@ async fn many_viewers_in_one_process_share_one_redis_reader_and_each_gets_every_
         .unwrap();
 
     let api = Arc::new(Api {
-        event: fixture("sse.function-url.json"),
+        events: vec![fixture("sse.function-url.json")],
+        limit: VIEWERS,
         ..Api::default()
     });
     *api.deadline_ms.lock().unwrap() =
         logstream_core::model::now_ms() + DEADLINE.as_millis() as u64;
     let addr = runtime_api(api.clone()).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_logstream-sse"))
-        .env_clear()
-        .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
-        .env("AWS_LAMBDA_MAX_CONCURRENCY", VIEWERS.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "logstream-sse")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/logstream-sse")
-        .env("AWS_LAMBDA_LOG_STREAM_NAME", "concurrent")
-        .env("REDIS_URL", redis.url())
-        .env("LOGSTREAM_JWT_SECRET", EXAMPLE_JWT_SECRET)
-        .env("LOGSTREAM_SSE_HANDOFF_SECS", HANDOFF_SECS)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the sse binary");
+    let mut child = sse_process(addr, &redis.url(), VIEWERS);
     let started = Instant::now();
 
     let every_viewer_has = |n: usize| {
@@ -300,5 +331,199 @@ async fn many_viewers_in_one_process_share_one_redis_reader_and_each_gets_every_
             "{id} ended {ended:?} after the start, past its deadline"
         );
     }
+    let _ = child.kill().await;
+}
+
+/// Measures, does not check: 1 000 viewers of 10 jobs in one sse process (concurrent
+/// mode), 100 lines/s per job for 10 s. Prints Redis connections, the process's RSS and
+/// the delivery delay from append to frame. Run with
+/// `cargo test --release -p logstream-sse --test it concurrent::measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: prints figures"]
+async fn measure_a_thousand_viewers_of_ten_jobs_in_one_process() {
+    const JOBS: usize = 10;
+    const PER_JOB: usize = 100;
+    let redis = RedisServer::start().unwrap();
+    let clients = lambda_clients(&[("REDIS_URL", &redis.url())]);
+    let store: LogStore = clients.store().unwrap();
+    let sample = fixture("sse.function-url.json");
+    let mut events = Vec::new();
+    let mut jobs = Vec::new();
+    for j in 0..JOBS {
+        let job = JobId::parse(&format!("measure-{j}")).unwrap();
+        seed_job(&store, &job, "user_2abc").await;
+        events.push(sample.replace("build-1234", job.as_str()));
+        jobs.push(job);
+    }
+    let api = Arc::new(Api {
+        events,
+        limit: JOBS * PER_JOB,
+        ..Api::default()
+    });
+    *api.deadline_ms.lock().unwrap() = logstream_core::model::now_ms() + 120_000;
+    let addr = runtime_api(api.clone()).await;
+    let mut child = sse_process(addr, &redis.url(), JOBS * PER_JOB);
+    let pid = child.id().unwrap();
+    wait_until("every viewer's stream", Duration::from_secs(60), || {
+        let viewers = api.viewers.lock().unwrap();
+        viewers.len() == JOBS * PER_JOB && viewers.values().all(|v| v.prelude.is_some())
+    })
+    .await;
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+                line.split_whitespace().nth(1)?.parse().ok()
+            })
+            .unwrap_or(0)
+    };
+    let idle_rss = rss(pid);
+    // 100 lines/s per job: 10 lines every 100 ms, for 10 s.
+    let sent_at = Instant::now();
+    for tick in 0..100u64 {
+        for job in &jobs {
+            let lines: Vec<String> = (0..10)
+                .map(|i| {
+                    logstream_testkit::fixtures::stdout_line(&format!(
+                        "t={} #{}",
+                        logstream_core::model::now_ms(),
+                        tick * 10 + i
+                    ))
+                })
+                .collect();
+            store.append(job, "", None, &lines).await.unwrap();
+        }
+        tokio::time::sleep_until((sent_at + Duration::from_millis(100 * (tick + 1))).into()).await;
+    }
+    wait_until(
+        "every line at every viewer",
+        Duration::from_secs(30),
+        || {
+            api.viewers
+                .lock()
+                .unwrap()
+                .values()
+                .all(|v| v.lines.len() >= 1000)
+        },
+    )
+    .await;
+    let readers = client_list(redis.port())
+        .await
+        .iter()
+        .filter(|c| c.contains("cmd=xread"))
+        .count();
+    let connections = client_list(redis.port()).await.len();
+    let busy_rss = rss(pid);
+    let mut delays: Vec<u64> = Vec::new();
+    for viewer in api.viewers.lock().unwrap().values() {
+        for (text, at) in viewer.lines.iter().zip(&viewer.arrived) {
+            if let Some(sent) = text
+                .strip_prefix("t=")
+                .and_then(|t| t.split(' ').next())
+                .and_then(|t| t.parse::<u64>().ok())
+            {
+                delays.push(at.saturating_sub(sent));
+            }
+        }
+    }
+    delays.sort_unstable();
+    let pct = |p: f64| delays[((delays.len() as f64 - 1.0) * p) as usize];
+    eprintln!(
+        "{} viewers of {JOBS} jobs in one process: {readers} blocking readers, {connections} Redis \
+         connections in all (2 the test's); RSS {} MB with every stream open, {} MB after \
+         10 s at 100 lines/s per job; delivery of {} frames: p50 {} ms, p99 {} ms, max {} ms",
+        JOBS * PER_JOB,
+        idle_rss / 1024,
+        busy_rss / 1024,
+        delays.len(),
+        pct(0.5),
+        pct(0.99),
+        delays.last().copied().unwrap_or(0),
+    );
+    let _ = child.kill().await;
+}
+
+/// Measures, does not check: the delay of the first live line of a stream, one
+/// invocation at a time as on on-demand Lambda, 20 invocations in one process: each
+/// viewer's stream is open and idle for 300 ms, then one line is appended. Run with
+/// `cargo test --release -p logstream-sse --test it concurrent::first -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: prints figures"]
+async fn first_live_line_delay_one_invocation_at_a_time() {
+    const RUNS: usize = 20;
+    let redis = RedisServer::start().unwrap();
+    let clients = lambda_clients(&[("REDIS_URL", &redis.url())]);
+    let store: LogStore = clients.store().unwrap();
+    let job = JobId::parse("build-1234").unwrap();
+    seed_job(&store, &job, "user_2abc").await;
+    // One line to replay: each stream's first frame.
+    store
+        .append(&job, "", None, &numbered_lines(1))
+        .await
+        .unwrap();
+    let api = Arc::new(Api {
+        events: vec![fixture("sse.function-url.json")],
+        limit: RUNS,
+        // Each stream hands off (3 s before its deadline) 1.5 s after it began.
+        lifetime_ms: 4_500,
+        ..Api::default()
+    });
+    let addr = runtime_api(api.clone()).await;
+    let mut child = sse_process(addr, &redis.url(), 1);
+    let mut delays = Vec::new();
+    let mut firsts = Vec::new();
+    for run in 1..=RUNS {
+        let id = format!("viewer-{run}");
+        wait_until("the stream", Duration::from_secs(20), || {
+            api.viewers
+                .lock()
+                .unwrap()
+                .get(&id)
+                .is_some_and(|v| v.prelude.is_some())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = api.viewers.lock().unwrap()[&id].lines.len();
+        let sent = logstream_core::model::now_ms();
+        store
+            .append(
+                &job,
+                "",
+                None,
+                &[logstream_testkit::fixtures::stdout_line(&format!(
+                    "t={sent}"
+                ))],
+            )
+            .await
+            .unwrap();
+        wait_until("the line", Duration::from_secs(5), || {
+            api.viewers.lock().unwrap()[&id].lines.len() > seen
+        })
+        .await;
+        let viewers = api.viewers.lock().unwrap();
+        let viewer = &viewers[&id];
+        delays.push(viewer.arrived.last().unwrap().saturating_sub(sent));
+        firsts.push((viewer.first_body_at.unwrap() - viewer.handed_at.unwrap()).as_millis() as u64);
+    }
+    let mut sorted = firsts.clone();
+    sorted.sort_unstable();
+    eprintln!(
+        "first frame of a stream (invocation handed out -> first byte after the prelude), \
+         {RUNS} invocations one at a time: p50 {} ms, max {} ms, over 30 ms in {} of {RUNS}; \
+         each (ms): {firsts:?}",
+        sorted[RUNS / 2],
+        sorted[RUNS - 1],
+        firsts.iter().filter(|&&d| d > 30).count(),
+    );
+    let mut sorted = delays.clone();
+    sorted.sort_unstable();
+    eprintln!(
+        "first live line of a stream, {RUNS} invocations one at a time: p50 {} ms, max {} ms, \
+         over 30 ms in {} of {RUNS}; each (ms): {delays:?}",
+        sorted[RUNS / 2],
+        sorted[RUNS - 1],
+        delays.iter().filter(|&&d| d > 30).count(),
+    );
     let _ = child.kill().await;
 }
