@@ -12,6 +12,7 @@
 //! | [`config`] | settings from the environment, checked at start |
 //! | [`clients`] | the clients a process makes once from its settings; every function's state is built from them |
 //! | [`telemetry`] | tracing setup for the Lambda mains and the CLI |
+//! | [`metrics`] | counters and timings as CloudWatch Embedded Metric Format lines, at most one per 10 s |
 //! | [`runtime_api`] | `TCP_NODELAY` on the Lambda runtime client's own connections (a streamed response's first frame waited ~40 ms) |
 //! | `wsapi` | API Gateway's WebSocket management API (feature `ws`): pushing to and closing connections |
 
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod log;
+pub mod metrics;
 pub mod runtime_api;
 pub mod store;
 pub mod telemetry;

@@ -69,6 +69,7 @@ use logstream_shared::archive::{
 };
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
+use logstream_shared::metrics::{self, Counter};
 use logstream_shared::store::{JobMeta, LogStore, StoreError};
 
 /// `detail-type` of the event that archives one job.
@@ -288,6 +289,9 @@ impl Archiver {
             more = report.more,
             "archiver done"
         );
+        metrics::count(Counter::JobsArchived, report.archived.len() as u64);
+        metrics::count(Counter::ArchiveErrors, report.failed.len() as u64);
+        metrics::flush_if_due();
         Ok(report)
     }
 

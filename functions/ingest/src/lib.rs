@@ -52,6 +52,7 @@ use logstream_shared::auth::pipeline::{
 };
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
+use logstream_shared::metrics::{self, Counter, Timing};
 use logstream_shared::store::{
     AppendBatch, AppendOutcome, Appended, LogStore, NewJob, SecretsOutcome, Socket, StatusOutcome,
     StoreError, ToAppend,
@@ -728,6 +729,7 @@ async fn post_logs(
     headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<Accepted>, ApiError> {
+    let started = std::time::Instant::now();
     let settings = state.authorize(&headers, &job).await?;
     let format = match body_kind(&headers)? {
         BodyKind::PlainText => BodyFormat::PlainText(match query.stream.as_deref() {
@@ -751,6 +753,17 @@ async fn post_logs(
             if appended.notice {
                 tracing::warn!(dropped = appended.dropped, "job reached its size limit");
             }
+            metrics::count(Counter::Batches, 1);
+            metrics::count(Counter::LinesIngested, appended.accepted as u64);
+            metrics::count(Counter::LinesDropped, appended.dropped as u64);
+            metrics::count(
+                Counter::BytesIngested,
+                batch[..appended.accepted.min(batch.len())]
+                    .iter()
+                    .map(|entry| entry.text_bytes)
+                    .sum(),
+            );
+            metrics::time(Timing::BatchLatency, started.elapsed());
             Ok(Json(Accepted {
                 accepted: appended.accepted,
                 dropped: appended.dropped,

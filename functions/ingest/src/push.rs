@@ -57,6 +57,7 @@ use tokio::sync::Notify;
 
 use logstream_core::ids::JobId;
 use logstream_core::model::{Ending, StoredEntry, now_ms};
+use logstream_shared::metrics::{self, Counter};
 use logstream_shared::store::{LogStore, Socket};
 
 /// Largest message sent to one connection: API Gateway refuses more than 128 KB.
@@ -307,6 +308,12 @@ impl WsPush {
             .filter(|(_, o)| **o == Some(Outcome::Gone))
             .map(|(c, _)| (*c).to_owned())
             .collect();
+        let delivered = outcomes
+            .values()
+            .filter(|o| **o == Some(Outcome::Delivered))
+            .count();
+        metrics::count(Counter::WsPushes, (delivered * messages.len()) as u64);
+        metrics::count(Counter::WsGone, gone.len() as u64);
         if !gone.is_empty() {
             drop_gone(store, job, &gone).await;
         }

@@ -57,6 +57,7 @@ use logstream_shared::auth::jwt::{Viewer, ViewerAuth};
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
 use logstream_shared::log::{JobLog, LogError};
+use logstream_shared::metrics::{self, Counter, Timing};
 use logstream_shared::runtime_api::RuntimeSockets;
 use logstream_shared::store::LogStore;
 use logstream_shared::web::error::ApiError;
@@ -232,6 +233,7 @@ async fn stream(
     // Before the runtime sends this stream over the connection it took the invocation
     // from (under Lambda; nothing elsewhere).
     state.runtime.nodelay();
+    metrics::count(Counter::StreamsOpened, 1);
     let viewer =
         authenticate_reader(&state.viewers, state.log.store(), &job, &headers, &uri).await?;
     let start = start_point(&headers, &query)?;
@@ -430,7 +432,15 @@ impl Follower {
             tokio::select! {
                 msg = feed.recv() => {
                     let result = match msg {
-                        Ok(FeedMsg::Entries(entries)) => self.send(&entries).await,
+                        Ok(FeedMsg::Entries(entries)) => {
+                            let sent = self.send(&entries).await;
+                            // From the newest entry's append (its id's time) to its frame.
+                            if let Some(last) = entries.last() {
+                                let lag = now_ms().saturating_sub(last.id.ms);
+                                metrics::time(Timing::DeliveryLag, Duration::from_millis(lag));
+                            }
+                            sent
+                        }
                         Ok(FeedMsg::Failed) | Err(broadcast::error::RecvError::Closed) => return Stop::HandOff,
                         Err(broadcast::error::RecvError::Lagged(_)) => match self.replay().await {
                             Ok(stop) => stop,
@@ -446,6 +456,7 @@ impl Follower {
                     if self.emit(Bytes::from_static(frame::HEARTBEAT)).await.is_err() {
                         return Stop::Gone;
                     }
+                    metrics::flush_if_due();
                     quiet_until = Instant::now() + self.heartbeat;
                 }
                 () = &mut handoff => return Stop::HandOff,

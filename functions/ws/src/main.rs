@@ -16,7 +16,11 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run_concurrent(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
             let state = state.clone();
-            async move { Ok::<_, Error>(logstream_ws::handle(&state, event.payload).await) }
+            async move {
+                let answer = logstream_ws::handle(&state, event.payload).await;
+                logstream_shared::metrics::flush_if_due();
+                Ok::<_, Error>(answer)
+            }
         },
     ))
     .await

@@ -83,6 +83,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "redis unavailable");
+                crate::metrics::count(crate::metrics::Counter::RedisErrors, 1);
                 Self::unavailable("log store unavailable, retry later")
             }
             StoreError::Redis(_) | StoreError::Corrupt(_) => {

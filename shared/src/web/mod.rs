@@ -182,6 +182,13 @@ async fn openapi() -> impl axum::response::IntoResponse {
 pub fn finish(routes: Router, cors_origins: &[HeaderValue]) -> Router {
     let router = routes
         .route("/openapi.json", axum::routing::get(openapi))
+        // After each answer, the metric line when one is due (`crate::metrics`).
+        .layer(axum::middleware::map_response(
+            |response: axum::response::Response| async move {
+                crate::metrics::flush_if_due();
+                response
+            },
+        ))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
