@@ -5,7 +5,8 @@
 //!
 //! Namespace `logstream`, one dimension, `Function` (the function's name from
 //! `AWS_LAMBDA_FUNCTION_NAME`). Outside Lambda nothing is written unless
-//! `LOGSTREAM_METRICS=1`.
+//! `LOGSTREAM_METRICS=1`. `LOGSTREAM_METRICS_SECS` changes the interval (whole seconds,
+//! at least 1; anything else is the default).
 //!
 //! | metric | unit | by |
 //! |---|---|---|
@@ -198,15 +199,22 @@ struct Process {
     metrics: Metrics,
     /// The function's name; `None`: write nothing (outside Lambda, unasked).
     function: Option<String>,
+    every: Duration,
 }
 
 static PROCESS: LazyLock<Process> = LazyLock::new(|| {
     let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok().or_else(|| {
         (std::env::var("LOGSTREAM_METRICS").as_deref() == Ok("1")).then(|| "logstream".into())
     });
+    let every = std::env::var("LOGSTREAM_METRICS_SECS")
+        .ok()
+        .and_then(|secs| secs.parse::<u64>().ok())
+        .filter(|&secs| secs >= 1)
+        .map_or(FLUSH_EVERY, Duration::from_secs);
     Process {
         metrics: Metrics::default(),
         function,
+        every,
     }
 });
 
@@ -233,7 +241,7 @@ pub fn flush_if_due() {
     let Some(function) = &PROCESS.function else {
         return;
     };
-    if PROCESS.metrics.due(FLUSH_EVERY)
+    if PROCESS.metrics.due(PROCESS.every)
         && let Some(doc) = PROCESS
             .metrics
             .take(function, logstream_core::model::now_ms())

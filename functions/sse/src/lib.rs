@@ -382,6 +382,8 @@ impl Follower {
     async fn run(mut self) {
         let stop = self.follow().await;
         tracing::debug!(job_id = %self.job, ?stop, "stream closed");
+        // A stream's end is often its invocation's: what it counted goes out now.
+        metrics::flush_if_due();
     }
 
     async fn follow(&mut self) -> Stop {

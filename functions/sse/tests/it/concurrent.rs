@@ -4,8 +4,9 @@
 //! each of the runtime's pollers with an invocation (request id, deadline), and each
 //! streamed `POST …/invocation/{id}/response` (metadata prelude, eight NUL bytes, then
 //! the body) is read as it arrives. The viewers of one job in one process share one
-//! Redis reader, each gets every line once and in order, and each stream ends cleanly
-//! at its own invocation's deadline hand-off.
+//! Redis reader, each gets every line once and in order, each stream ends cleanly at its
+//! own invocation's deadline hand-off, and the process's metrics come out as CloudWatch
+//! EMF lines on stdout.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -154,9 +155,17 @@ async fn error(State(api): State<Arc<Api>>, Path(id): Path<String>, body: String
     StatusCode::ACCEPTED
 }
 
+/// The metric lines (CloudWatch EMF documents) a process wrote on stdout.
+type Emf = Arc<Mutex<Vec<serde_json::Value>>>;
+
 /// Starts the sse binary under the Runtime API at `addr`, `concurrency` invocations at
-/// once.
-fn sse_process(addr: SocketAddr, redis_url: &str, concurrency: usize) -> tokio::process::Child {
+/// once, metric lines at most once a second; its stdout is read, and the metric lines
+/// kept.
+fn sse_process(
+    addr: SocketAddr,
+    redis_url: &str,
+    concurrency: usize,
+) -> (tokio::process::Child, Emf) {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_logstream-sse"));
     command.env_clear();
     if concurrency > 1 {
@@ -173,9 +182,25 @@ fn sse_process(addr: SocketAddr, redis_url: &str, concurrency: usize) -> tokio::
         .env("LOGSTREAM_JWT_SECRET", EXAMPLE_JWT_SECRET)
         .env("LOGSTREAM_SSE_HANDOFF_SECS", HANDOFF_SECS)
         .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the sse binary")
+        .env("LOGSTREAM_METRICS_SECS", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("the sse binary");
+    let emf = Emf::default();
+    let stdout = child.stdout.take().expect("stdout");
+    let kept = emf.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&line)
+                && doc.get("_aws").is_some()
+            {
+                kept.lock().unwrap().push(doc);
+            }
+        }
+    });
+    (child, emf)
 }
 
 async fn runtime_api(api: Arc<Api>) -> SocketAddr {
@@ -258,7 +283,7 @@ async fn many_viewers_in_one_process_share_one_redis_reader_and_each_gets_every_
     *api.deadline_ms.lock().unwrap() =
         logstream_core::model::now_ms() + DEADLINE.as_millis() as u64;
     let addr = runtime_api(api.clone()).await;
-    let mut child = sse_process(addr, &redis.url(), VIEWERS);
+    let (mut child, emf) = sse_process(addr, &redis.url(), VIEWERS);
     let started = Instant::now();
 
     let every_viewer_has = |n: usize| {
@@ -323,6 +348,41 @@ async fn many_viewers_in_one_process_share_one_redis_reader_and_each_gets_every_
         },
     )
     .await;
+    // What the process measured went out as CloudWatch EMF lines on stdout: at most one
+    // a second here, and one when a stream ends.
+    let streams_counted = || -> u64 {
+        emf.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|doc| doc["StreamsOpened"].as_u64())
+            .sum()
+    };
+    wait_until("the metric line", Duration::from_secs(5), || {
+        streams_counted() == VIEWERS as u64
+    })
+    .await;
+    for doc in emf.lock().unwrap().iter() {
+        assert_eq!(doc["Function"], "logstream-sse");
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "logstream");
+        assert_eq!(directive["Dimensions"], serde_json::json!([["Function"]]));
+    }
+    let lag_samples: u64 = emf
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|doc| {
+            doc["DeliveryLag"]["Counts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|n| n.as_u64())
+        .sum();
+    assert!(
+        lag_samples > 0,
+        "delivery lags of the live lines were measured"
+    );
     for (id, viewer) in api.viewers.lock().unwrap().iter() {
         assert_eq!(viewer.error, None, "{id}");
         let ended = viewer.ended.unwrap() - started;
@@ -362,7 +422,7 @@ async fn measure_a_thousand_viewers_of_ten_jobs_in_one_process() {
     });
     *api.deadline_ms.lock().unwrap() = logstream_core::model::now_ms() + 120_000;
     let addr = runtime_api(api.clone()).await;
-    let mut child = sse_process(addr, &redis.url(), JOBS * PER_JOB);
+    let (mut child, _emf) = sse_process(addr, &redis.url(), JOBS * PER_JOB);
     let pid = child.id().unwrap();
     wait_until("every viewer's stream", Duration::from_secs(60), || {
         let viewers = api.viewers.lock().unwrap();
@@ -470,7 +530,7 @@ async fn first_live_line_delay_one_invocation_at_a_time() {
         ..Api::default()
     });
     let addr = runtime_api(api.clone()).await;
-    let mut child = sse_process(addr, &redis.url(), 1);
+    let (mut child, _emf) = sse_process(addr, &redis.url(), 1);
     let mut delays = Vec::new();
     let mut firsts = Vec::new();
     for run in 1..=RUNS {
