@@ -73,83 +73,88 @@ pub fn build(job: Job<'_>, lines: &[RawLine<'_>], options: Options) -> Built {
     let mut stages: Vec<StageChange> = Vec::new();
     for line in lines {
         let ts = line.ts.unwrap_or(options.now);
-        let sanitizer = masked.as_ref().unwrap_or(job.sanitizer);
-        let marker = if options.markers && line.stream != LineStream::System {
-            markers::parse(&line.text)
-        } else {
-            None
-        };
-        let Some(marker) = marker else {
-            let mut batch = sanitizer.batch_resuming(carry);
-            entries.push(line_entry(&mut batch, line.stream, &line.text, ts, options));
-            carry = batch.carry();
-            continue;
-        };
-        let mut rest = None;
-        match marker {
-            Marker::AddMask(value) => {
-                match check_mask(&value, job.secrets, &masks) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        masks.push(value.into_owned());
-                        let all: Vec<String> = job.secrets.iter().chain(&masks).cloned().collect();
-                        masked = Some(Sanitizer::new(&all));
+        let reads_markers = options.markers && line.stream != LineStream::System;
+        // The line, then (GitLab writes a section's end and the next one's start on one
+        // line) whatever followed a `section_end` on it, read as a line of its own.
+        let mut text: &str = &line.text;
+        loop {
+            let sanitizer = masked.as_ref().unwrap_or(job.sanitizer);
+            let marker = if reads_markers {
+                markers::parse(text)
+            } else {
+                None
+            };
+            let Some(marker) = marker else {
+                let mut batch = sanitizer.batch_resuming(carry);
+                entries.push(line_entry(&mut batch, line.stream, text, ts, options));
+                carry = batch.carry();
+                break;
+            };
+            let mut rest = None;
+            match marker {
+                Marker::AddMask(value) => {
+                    match check_mask(&value, job.secrets, &masks) {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            masks.push(value.into_owned());
+                            let all: Vec<String> =
+                                job.secrets.iter().chain(&masks).cloned().collect();
+                            masked = Some(Sanitizer::new(&all));
+                        }
+                        Err(refused) => entries.push(NewEntry {
+                            ts,
+                            body: EntryBody::Line {
+                                stream: LineStream::System,
+                                text: refused.notice(),
+                                ansi: None,
+                            },
+                        }),
                     }
-                    Err(refused) => entries.push(NewEntry {
-                        ts,
-                        body: EntryBody::Line {
-                            stream: LineStream::System,
-                            text: refused.notice(),
-                            ansi: None,
-                        },
-                    }),
+                    break;
                 }
-                continue;
+                Marker::Group(name) => {
+                    let name = stage_name(sanitizer, &name);
+                    open.get_or_insert_with(|| job.open.clone())
+                        .group(name, &mut stages);
+                }
+                Marker::EndGroup => open
+                    .get_or_insert_with(|| job.open.clone())
+                    .end_group(&mut stages),
+                Marker::SectionStart { name, header } => {
+                    let stage = match header.trim() {
+                        "" => stage_name(sanitizer, name),
+                        header => stage_name(sanitizer, header),
+                    };
+                    let name = stage_name(sanitizer, name);
+                    open.get_or_insert_with(|| job.open.clone()).start_section(
+                        name,
+                        stage,
+                        &mut stages,
+                    );
+                }
+                Marker::SectionEnd { name, rest: after } => {
+                    let name = stage_name(sanitizer, name);
+                    open.get_or_insert_with(|| job.open.clone()).end_section(
+                        &name,
+                        |open| stage_name(sanitizer, open),
+                        &mut stages,
+                    );
+                    rest = Some(after);
+                }
             }
-            Marker::Group(name) => {
-                let name = stage_name(sanitizer, &name);
-                open.get_or_insert_with(|| job.open.clone())
-                    .group(name, &mut stages);
+            // Names kept open since an earlier line are sanitized again: a mask may have
+            // come since.
+            entries.extend(stages.drain(..).map(|(name, status)| NewEntry {
+                ts,
+                body: EntryBody::Stage {
+                    name: stage_name(sanitizer, &name),
+                    status,
+                },
+            }));
+            match rest {
+                Some(after) if !after.trim().is_empty() => text = after,
+                _ => break,
             }
-            Marker::EndGroup => open
-                .get_or_insert_with(|| job.open.clone())
-                .end_group(&mut stages),
-            Marker::SectionStart { name, header } => {
-                let stage = match header.trim() {
-                    "" => stage_name(sanitizer, name),
-                    header => stage_name(sanitizer, header),
-                };
-                let name = stage_name(sanitizer, name);
-                open.get_or_insert_with(|| job.open.clone()).start_section(
-                    name,
-                    stage,
-                    &mut stages,
-                );
-            }
-            Marker::SectionEnd { name, rest: after } => {
-                let name = stage_name(sanitizer, name);
-                open.get_or_insert_with(|| job.open.clone()).end_section(
-                    &name,
-                    |open| stage_name(sanitizer, open),
-                    &mut stages,
-                );
-                rest = Some(after);
-            }
-        }
-        // Names kept open since an earlier line are sanitized again: a mask may have
-        // come since.
-        entries.extend(stages.drain(..).map(|(name, status)| NewEntry {
-            ts,
-            body: EntryBody::Stage {
-                name: stage_name(sanitizer, &name),
-                status,
-            },
-        }));
-        // Text after a `section_end` on its line is a line of its own.
-        if let Some(after) = rest.filter(|after| !after.trim().is_empty()) {
-            let mut batch = sanitizer.batch_resuming(carry);
-            entries.push(line_entry(&mut batch, line.stream, after, ts, options));
-            carry = batch.carry();
         }
     }
     Built {
@@ -402,6 +407,29 @@ mod tests {
                 "succeeded:inner",
                 "succeeded:Installing ***",
                 "line:trailing text",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_section_start_after_a_section_end_on_the_same_line_is_read() {
+        let built = run(
+            &[],
+            &Open::default(),
+            &[
+                "\x1b[0Ksection_start:1:a\r\x1b[0KFirst",
+                "\x1b[0Ksection_end:2:a\r\x1b[0K\x1b[0Ksection_start:2:b\r\x1b[0K\x1b[36;1mSecond\x1b[0m",
+                "\rsection_end:3:b\r\x1b[0K",
+            ],
+            ON,
+        );
+        assert_eq!(
+            shown(&built),
+            [
+                "started:First",
+                "succeeded:First",
+                "started:Second",
+                "succeeded:Second"
             ]
         );
     }

@@ -8,7 +8,9 @@
 //! | `section_end:TS:NAME\r\e[0K` | GitLab CI | a `succeeded` stage entry for the section of that NAME |
 //! | `::add-mask::VALUE` | GitHub Actions | VALUE is a secret of the job from the next line on |
 //!
-//! GitLab's markers are recognised with or without their `\e[0K` (erase line) prefixes,
+//! GitLab's markers are recognised with or without their `\e[0K` (erase line) prefixes
+//! (or a carriage return, as older runners wrote), and a `section_end` followed on its
+//! line by the next `section_start` is read as both,
 //! GitHub's with leading spaces and in any letter case, as their runners do. A
 //! workflow command's data is unescaped as GitHub's runner does (`%25`, `%0D`, `%0A`);
 //! its properties (`::group title=x::`) are ignored. Any other `::command::` (a
@@ -44,10 +46,14 @@ pub enum Marker<'a> {
 /// The marker `line` is, if it is one.
 pub fn parse(line: &str) -> Option<Marker<'_>> {
     // Almost every line is ruled out by its first byte.
-    if !matches!(line.as_bytes().first()?, b':' | b' ' | b'\t' | 0x1b | b's') {
+    if !matches!(
+        line.as_bytes().first()?,
+        b':' | b' ' | b'\t' | b'\r' | 0x1b | b's'
+    ) {
         return None;
     }
-    let trimmed = line.trim_start_matches([' ', '\t']);
+    // Older GitLab runners start a marker with a carriage return.
+    let trimmed = line.trim_start_matches([' ', '\t', '\r']);
     match trimmed.strip_prefix("::") {
         Some(command) => workflow_command(command),
         None => gitlab_section(without_erase(trimmed)),

@@ -109,7 +109,9 @@ const BUCKETS: [u64; 16] = [
 pub struct Metrics {
     counters: [AtomicU64; Counter::ALL.len()],
     timings: [[AtomicU64; BUCKETS.len()]; Timing::ALL.len()],
-    last: Mutex<Instant>,
+    /// When the last line was written; `None` before the first, which is written at the
+    /// first chance (an environment that lives for a few seconds still reports).
+    last: Mutex<Option<Instant>>,
 }
 
 impl Default for Metrics {
@@ -117,7 +119,7 @@ impl Default for Metrics {
         Self {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             timings: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            last: Mutex::new(Instant::now()),
+            last: Mutex::new(None),
         }
     }
 }
@@ -187,10 +189,10 @@ impl Metrics {
         let Ok(mut last) = self.last.try_lock() else {
             return false;
         };
-        if last.elapsed() < every {
+        if last.is_some_and(|at| at.elapsed() < every) {
             return false;
         }
-        *last = Instant::now();
+        *last = Some(Instant::now());
         true
     }
 }
@@ -238,13 +240,20 @@ pub fn time(timing: Timing, elapsed: Duration) {
 /// Writes the metric line if [`FLUSH_EVERY`] has passed since the last one: called after
 /// each request (and now and then by long streams), it costs a lock attempt otherwise.
 pub fn flush_if_due() {
+    if PROCESS.metrics.due(PROCESS.every) {
+        flush();
+    }
+}
+
+/// Writes the metric line now, if anything was gathered: at the end of work that
+/// happens seldom (an archiver run), whose counts must not wait for the next one.
+pub fn flush() {
     let Some(function) = &PROCESS.function else {
         return;
     };
-    if PROCESS.metrics.due(PROCESS.every)
-        && let Some(doc) = PROCESS
-            .metrics
-            .take(function, logstream_core::model::now_ms())
+    if let Some(doc) = PROCESS
+        .metrics
+        .take(function, logstream_core::model::now_ms())
     {
         println!("{doc}");
     }
@@ -297,8 +306,9 @@ mod tests {
     }
 
     #[test]
-    fn a_line_is_due_once_per_interval() {
+    fn the_first_line_is_due_at_once_then_once_per_interval() {
         let m = Metrics::default();
+        assert!(m.due(Duration::from_secs(3600)), "the first");
         assert!(!m.due(Duration::from_secs(3600)));
         assert!(m.due(Duration::ZERO));
     }

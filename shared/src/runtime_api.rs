@@ -110,19 +110,22 @@ impl RuntimeSockets {
             else {
                 continue;
             };
-            if !seen.insert(inode) {
+            if seen.contains(&inode) {
                 continue;
             }
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
+            // A socket that cannot be looked at now (no descriptor to spare, not yet
+            // connected) is looked at again by the next scan.
             let Ok(socket) = pidfd_getfd(pidfd, fd, PidfdGetfdFlags::empty()) else {
                 continue;
             };
-            let peer = rustix::net::getpeername(&socket)
-                .ok()
-                .flatten()
-                .and_then(|addr| SocketAddr::try_from(addr).ok());
+            let Ok(Some(peer)) = rustix::net::getpeername(&socket) else {
+                continue;
+            };
+            seen.insert(inode);
+            let peer = SocketAddr::try_from(peer).ok();
             if peer.is_some_and(|peer| api.contains(&peer))
                 && rustix::net::sockopt::set_tcp_nodelay(&socket, true).is_ok()
             {

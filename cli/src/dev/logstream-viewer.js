@@ -28,6 +28,10 @@ const KEEP_PAGES = 400;    // pages kept in memory: 200 000 entries
 const WAIT_MS = 2000;      // how often a job that does not exist yet is asked for again
 const SCAN_PAGES = 2000;   // most pages read looking for a stage's end or the first error
 const OVERSCAN = 20;       // rows drawn beyond the screen, above and below
+// The tallest the list's spacer gets. Browsers cap an element's height (Firefox near
+// 17.9 million px, Chromium near 33.5 million): past this the scroll position maps to
+// rows in proportion instead of one row per rowH pixels.
+const MAX_SCROLL_PX = 15_000_000;
 
 const SGR = /\x1b\[([0-9;:]*)m/g;
 
@@ -111,6 +115,12 @@ function isError(e) {
   return (e.kind === "line" && e.stream === "stderr") || (e.kind === "stage" && e.status === "failed");
 }
 
+// What stands in for entries the service no longer has (a job without an archive
+// whose oldest entries Redis let go of): a row that says so, never fetched again.
+function gone(n) {
+  return { n, kind: "gone" };
+}
+
 function el(tag, cls, text) {
   const node = document.createElement(tag);
   if (cls) node.className = cls;
@@ -147,6 +157,7 @@ export class LogstreamViewer extends HTMLElement {
     this.match = null;          // the current search match: {q, id, n}
     this.firstError = 0;        // n of the first error, once known
     this.stageTimes = new Map(); // an ended stage's n → its duration (ms), once known
+    this.folding = false;       // a fold is being worked out (its end fetched)
   }
 
   connectedCallback() {
@@ -296,15 +307,33 @@ export class LogstreamViewer extends HTMLElement {
     for (const e of page.lines) this.store(e);
     this.draw();
     if (this.target) this.goToLine(this.target); else this.toBottom();
+    await this.connect(gen);
+  }
+
+  // Follows the job live from just after the newest entry held. EventSource reconnects
+  // by itself (resuming with Last-Event-ID) while its URL's token is good; a stream the
+  // service closed for good (the token expired: 401) is opened again with a fresh token
+  // when a tokenProvider gives one.
+  async connect(gen, attempt = 0) {
     const start = this.lastId ? "last_event_id=" + encodeURIComponent(this.lastId) : "from=start";
     const token = await this.bearer();
     if (gen !== this.gen) return;
-    const source = new EventSource(`${this.streamBase}/jobs/${encodeURIComponent(job)}/logs/stream?${start}&access_token=${encodeURIComponent(token)}`);
+    const source = new EventSource(`${this.streamBase}/jobs/${encodeURIComponent(this.job)}/logs/stream?${start}&access_token=${encodeURIComponent(token)}`);
     this.source = source;
-    for (const kind of ["log", "stage", "status"]) source.addEventListener(kind, (ev) => this.live(JSON.parse(ev.data)));
-    source.addEventListener("done", (ev) => { const d = JSON.parse(ev.data); this.flush(); this.setStatus(d.status, d); source.close(); });
-    source.addEventListener("deleted", () => { this.setStatus("deleted"); source.close(); });
-    source.onerror = () => { if (source.readyState === EventSource.CLOSED) this.msg.textContent = "stream closed"; };
+    let ended = false, heard = false;
+    const hear = () => { heard = true; this.msg.textContent = ""; };
+    source.onopen = hear;
+    for (const kind of ["log", "stage", "status"]) source.addEventListener(kind, (ev) => { hear(); this.live(JSON.parse(ev.data)); });
+    source.addEventListener("done", (ev) => { ended = true; const d = JSON.parse(ev.data); this.flush(); this.setStatus(d.status, d); source.close(); });
+    source.addEventListener("deleted", () => { ended = true; this.setStatus("deleted"); source.close(); });
+    source.onerror = () => {
+      if (source.readyState !== EventSource.CLOSED || ended || gen !== this.gen) return;
+      if (!this.tokenProvider || attempt >= 5) { this.msg.textContent = "stream closed"; return; }
+      this.msg.textContent = "stream closed; reconnecting…";
+      this.flush();
+      const next = heard ? 0 : attempt + 1;
+      setTimeout(() => { if (gen === this.gen) this.connect(gen, next); }, 1000 * (next + 1));
+    };
   }
 
   // --- the entries ---------------------------------------------------------------
@@ -321,7 +350,7 @@ export class LogstreamViewer extends HTMLElement {
     if (!page) { page = new Array(PAGE); this.pages.set(index, page); }
     page[(e.n - 1) % PAGE] = e;
     if (e.n > this.last) this.last = e.n;
-    if (!this.lastId || cmpId(e.id, this.lastId) > 0) this.lastId = e.id;
+    if (e.id && (!this.lastId || cmpId(e.id, this.lastId) > 0)) this.lastId = e.id;
   }
 
   // Fetches page `index` (entries index * PAGE + 1 …), once at a time, and not again
@@ -329,16 +358,24 @@ export class LogstreamViewer extends HTMLElement {
   loadPage(index) {
     if (this.loading.has(index)) return this.loading.get(index);
     const failed = this.failed.get(index);
-    if (failed && Date.now() - failed < 3000) return Promise.resolve();
+    if (failed && Date.now() - failed < 3000) return Promise.resolve(false);
     const gen = this.gen;
+    const last = this.last;
     const loaded = this.fetchPage(`at=${index * PAGE + 1}&limit=${PAGE}`).then((page) => {
-      if (gen !== this.gen) return;
+      if (gen !== this.gen) return false;
       for (const e of page.lines) this.store(e);
+      // A page answers every entry of its range that the job still has: the others
+      // (up to the newest known when it was asked for) are gone for good.
+      for (let n = index * PAGE + 1; n <= Math.min(last, (index + 1) * PAGE); n++) {
+        if (!this.entry(n)) this.store(gone(n));
+      }
       this.failed.delete(index);
-      this.evict();
+      this.evict(index);
       this.schedule();
+      return true;
     }, (err) => {
       if (gen === this.gen) { this.failed.set(index, Date.now()); this.msg.textContent = err.message; }
+      return false;
     });
     const loading = this.loading;
     loaded.finally(() => { if (loading.get(index) === loaded) loading.delete(index); });
@@ -346,18 +383,22 @@ export class LogstreamViewer extends HTMLElement {
     return loaded;
   }
 
-  // Entry `n`, fetched if need be (null if the job has none).
+  // Entry `n`, fetched if need be (null if the job has none); throws when it could not
+  // be fetched, so that a scan says so rather than answer as if the log ended.
   async fetchEntry(n) {
-    if (!this.entry(n)) await this.loadPage(Math.floor((n - 1) / PAGE));
+    if (!this.entry(n) && !(await this.loadPage(Math.floor((n - 1) / PAGE))) && !this.entry(n)) {
+      throw new Error(`could not read line ${n}; try again`);
+    }
     return this.entry(n) || null;
   }
 
-  // Drops the pages farthest from the screen once more than KEEP_PAGES are held.
-  evict() {
+  // Drops the pages farthest from the screen once more than KEEP_PAGES are held; never
+  // the newest nor `keep` (the page just fetched, which a scan is about to read).
+  evict(keep) {
     if (this.pages.size <= KEEP_PAGES) return;
     const here = Math.floor((this.nAt(this.firstRow()) - 1) / PAGE);
     const newest = Math.floor((this.last - 1) / PAGE);
-    const order = [...this.pages.keys()].filter((i) => i !== newest)
+    const order = [...this.pages.keys()].filter((i) => i !== newest && i !== keep)
       .sort((a, b) => Math.abs(b - here) - Math.abs(a - here));
     for (const index of order.slice(0, this.pages.size - KEEP_PAGES)) this.pages.delete(index);
   }
@@ -416,7 +457,28 @@ export class LogstreamViewer extends HTMLElement {
     return index;
   }
 
-  firstRow() { return Math.max(0, Math.floor(this.log.scrollTop / this.rowH)); }
+  // The list's height in px, and how many rows one px of it stands for beyond the first.
+  spacerPx() { return Math.min(this.rowCount() * this.rowH, MAX_SCROLL_PX); }
+
+  scaled() { return this.rowCount() * this.rowH > MAX_SCROLL_PX; }
+
+  // The row at the top of the screen. Past MAX_SCROLL_PX, the scroll position is a
+  // fraction of the whole list.
+  firstRow() {
+    if (!this.scaled()) return Math.max(0, Math.floor(this.log.scrollTop / this.rowH));
+    const screen = Math.ceil(this.log.clientHeight / this.rowH);
+    const room = Math.max(1, this.spacerPx() - this.log.clientHeight);
+    const fraction = Math.min(1, this.log.scrollTop / room);
+    return Math.max(0, Math.round(fraction * Math.max(0, this.rowCount() - screen)));
+  }
+
+  // The scroll position that puts row `index` at the top of the screen.
+  scrollTopFor(index) {
+    if (!this.scaled()) return index * this.rowH;
+    const screen = Math.ceil(this.log.clientHeight / this.rowH);
+    const room = Math.max(1, this.spacerPx() - this.log.clientHeight);
+    return (index / Math.max(1, this.rowCount() - screen)) * room;
+  }
 
   atBottom() { return this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < this.rowH * 2; }
 
@@ -436,10 +498,12 @@ export class LogstreamViewer extends HTMLElement {
   draw() {
     if (!this.built) return;
     const count = this.rowCount();
-    this.sizer.style.height = count * this.rowH + "px";
-    const first = Math.max(0, this.firstRow() - OVERSCAN);
-    const end = Math.min(count, this.firstRow() + Math.ceil(this.log.clientHeight / this.rowH) + OVERSCAN);
-    this.rows.style.top = first * this.rowH + "px";
+    this.sizer.style.height = this.spacerPx() + "px";
+    const top = this.firstRow();
+    // Scaled, the rows are drawn from the top of the screen down, where the view is.
+    const first = this.scaled() ? top : Math.max(0, top - OVERSCAN);
+    const end = Math.min(count, top + Math.ceil(this.log.clientHeight / this.rowH) + OVERSCAN);
+    this.rows.style.top = (this.scaled() ? this.log.scrollTop : first * this.rowH) + "px";
     const q = this.q.value.toLowerCase();
     const frag = document.createDocumentFragment();
     const wanted = new Set();
@@ -458,13 +522,17 @@ export class LogstreamViewer extends HTMLElement {
     row.dataset.n = n;
     const ln = el("span", "ln", String(n));
     ln.title = "link to line " + n;
-    const ts = el("span", "ts", e ? clock(e.ts) : "");
-    if (e) ts.title = new Date(e.ts).toISOString();
+    const timed = e && Number.isFinite(e.ts);
+    const ts = el("span", "ts", timed ? clock(e.ts) : "");
+    if (timed) ts.title = new Date(e.ts).toISOString();
     row.append(ln, ts);
     const t = el("span", "t");
     if (!e) {
       row.classList.add("pending");
       t.textContent = "…";
+    } else if (e.kind === "gone") {
+      row.classList.add("gone");
+      t.textContent = "(no longer kept)";
     } else if (e.kind === "line") {
       row.classList.add("line", e.stream);
       if (typeof e.ansi === "string") t.append(colouredText(e.ansi)); else t.textContent = e.text;
@@ -515,7 +583,8 @@ export class LogstreamViewer extends HTMLElement {
     for (const [a, b] of this.folds) if (a <= n && n <= b) this.unfold(a - 1);
     this.follow = false;
     this.draw();
-    this.log.scrollTop = Math.max(0, this.rowOf(n) * this.rowH - this.log.clientHeight / 3);
+    const third = Math.floor(this.log.clientHeight / this.rowH / 3);
+    this.log.scrollTop = Math.max(0, this.scrollTopFor(Math.max(0, this.rowOf(n) - third)));
     this.draw();
   }
 
@@ -530,22 +599,33 @@ export class LogstreamViewer extends HTMLElement {
 
   // Folds the stage whose `started` entry is `n` up to its end (or unfolds it).
   async toggleFold(n) {
-    const offset = this.rowOf(n) * this.rowH - this.log.scrollTop;
+    if (this.folding) return;  // one at a time: two at once could nest in each other
+    const offset = this.rowOf(n) - this.firstRow();
     if (this.foldAt.has(n)) {
       this.unfold(n);
     } else {
       const start = this.entry(n);
-      const end = await this.findEnd(n, start.name);
+      this.folding = true;
+      let end;
+      try { end = await this.findEnd(n, start.name); } finally { this.folding = false; }
       if (!end) { this.msg.textContent = `stage ${start.name} has not ended yet`; return; }
-      const range = [n + 1, end];
-      // Folds inside this one are absorbed by it.
-      for (const [at, r] of [...this.foldAt]) if (r[0] >= range[0] && r[1] <= range[1]) this.unfold(at);
+      // Folded away by another fold meanwhile: nothing to do.
+      if (this.folds.some(([a, b]) => a <= n && n <= b)) return;
+      let range = [n + 1, end];
+      // Folds that overlap this one (sections closed out of order) or lie inside it
+      // become part of it: the hidden ranges stay disjoint.
+      for (const [at, r] of [...this.foldAt]) {
+        if (r[0] <= range[1] && range[0] <= r[1]) {
+          this.unfold(at);
+          range = [Math.min(range[0], r[0]), Math.max(range[1], r[1])];
+        }
+      }
       this.folds = [...this.folds, range].sort((x, y) => x[0] - y[0]);
       this.foldAt.set(n, range);
     }
     this.follow = false;
     this.draw();
-    this.log.scrollTop = this.rowOf(n) * this.rowH - offset;
+    this.log.scrollTop = this.scrollTopFor(Math.max(0, this.rowOf(n) - offset));
     this.draw();
   }
 

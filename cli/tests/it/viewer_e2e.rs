@@ -1063,3 +1063,64 @@ async fn readme_screenshot() {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/viewer.png");
     browser.screenshot(&out).await;
 }
+
+#[tokio::test]
+async fn sections_closed_out_of_order_fold_into_one_without_losing_a_row() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let mut texts: Vec<String> = vec![
+        "section_start:1:outer\r\u{1b}[0KOuter".into(),
+        "section_start:2:inner\r\u{1b}[0KInner".into(),
+        "work".into(),
+        "section_end:3:outer\r\u{1b}[0K".into(),
+        "section_end:4:inner\r\u{1b}[0K".into(),
+    ];
+    texts.extend((0..10).map(|i| format!("after {i}")));
+    post_many(&env, &job, &texts, |_| false).await;
+
+    let browser = Browser::start().await;
+    let token = viewer_token("alice", 600);
+    browser
+        .goto(&env.url(&format!("/?job={job}#access_token={token}")))
+        .await;
+    browser
+        .wait_for(
+            "the log",
+            "return document.querySelector('.lv-log').innerText.includes('after 9')",
+        )
+        .await;
+    // Inner (entry 2) ends at 5, outer (entry 1) at 4: their ranges overlap.
+    browser
+        .eval("document.querySelector('.row[data-n=\"2\"] .t').click(); return null")
+        .await;
+    browser
+        .wait_for(
+            "inner folded",
+            "return document.querySelector('.row[data-n=\"2\"]').nextElementSibling.dataset.n === '6'",
+        )
+        .await;
+    browser
+        .eval("document.querySelector('.row[data-n=\"1\"] .t').click(); return null")
+        .await;
+    browser
+        .wait_for(
+            "outer folded over both",
+            "return document.querySelector('.row[data-n=\"1\"]').nextElementSibling.dataset.n === '6'",
+        )
+        .await;
+    assert_eq!(
+        rows(&browser).await,
+        [1, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+        "every row not folded is shown, once"
+    );
+    browser
+        .eval("document.querySelector('.row[data-n=\"1\"] .t').click(); return null")
+        .await;
+    browser
+        .wait_for(
+            "unfolded",
+            "return document.querySelectorAll('.lv-rows .row').length === 15",
+        )
+        .await;
+    assert_eq!(rows(&browser).await, (1..=15).collect::<Vec<u64>>());
+}

@@ -291,7 +291,7 @@ impl Archiver {
         );
         metrics::count(Counter::JobsArchived, report.archived.len() as u64);
         metrics::count(Counter::ArchiveErrors, report.failed.len() as u64);
-        metrics::flush_if_due();
+        metrics::flush();
         Ok(report)
     }
 

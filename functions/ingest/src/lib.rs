@@ -756,13 +756,14 @@ async fn post_logs(
             metrics::count(Counter::Batches, 1);
             metrics::count(Counter::LinesIngested, appended.accepted as u64);
             metrics::count(Counter::LinesDropped, appended.dropped as u64);
-            metrics::count(
-                Counter::BytesIngested,
-                batch[..appended.accepted.min(batch.len())]
-                    .iter()
-                    .map(|entry| entry.text_bytes)
-                    .sum(),
-            );
+            // The lines dropped past the size limit are the batch's last ones.
+            let lines: Vec<u64> = batch
+                .iter()
+                .map(|entry| entry.text_bytes)
+                .filter(|&bytes| bytes > 0)
+                .collect();
+            let kept = lines.len().saturating_sub(appended.dropped);
+            metrics::count(Counter::BytesIngested, lines[..kept].iter().sum());
             metrics::time(Timing::BatchLatency, started.elapsed());
             Ok(Json(Accepted {
                 accepted: appended.accepted,
