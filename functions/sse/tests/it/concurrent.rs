@@ -262,18 +262,26 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
-#[tokio::test]
-async fn many_viewers_in_one_process_share_one_redis_reader_and_each_gets_every_line() {
+/// A private Redis holding the job the sample event follows (`build-1234`, read with a
+/// token of `user_2abc`), with `lines` lines `line {i}`.
+async fn sample_job(lines: usize) -> (RedisServer, LogStore, JobId) {
     let redis = RedisServer::start().unwrap();
     let clients = lambda_clients(&[("REDIS_URL", &redis.url())]);
     let store: LogStore = clients.store().unwrap();
-    // The sample event follows job `build-1234` with a token of `user_2abc`.
     let job = JobId::parse("build-1234").unwrap();
     seed_job(&store, &job, "user_2abc").await;
-    store
-        .append(&job, "", None, &numbered_lines(10))
-        .await
-        .unwrap();
+    if lines > 0 {
+        store
+            .append(&job, "", None, &numbered_lines(lines))
+            .await
+            .unwrap();
+    }
+    (redis, store, job)
+}
+
+#[tokio::test]
+async fn many_viewers_in_one_process_share_one_redis_reader_and_each_gets_every_line() {
+    let (redis, store, job) = sample_job(10).await;
 
     let api = Arc::new(Api {
         events: vec![fixture("sse.function-url.json")],
@@ -512,16 +520,8 @@ async fn measure_a_thousand_viewers_of_ten_jobs_in_one_process() {
 #[ignore = "a measurement, not a test: prints figures"]
 async fn first_live_line_delay_one_invocation_at_a_time() {
     const RUNS: usize = 20;
-    let redis = RedisServer::start().unwrap();
-    let clients = lambda_clients(&[("REDIS_URL", &redis.url())]);
-    let store: LogStore = clients.store().unwrap();
-    let job = JobId::parse("build-1234").unwrap();
-    seed_job(&store, &job, "user_2abc").await;
     // One line to replay: each stream's first frame.
-    store
-        .append(&job, "", None, &numbered_lines(1))
-        .await
-        .unwrap();
+    let (redis, store, job) = sample_job(1).await;
     let api = Arc::new(Api {
         events: vec![fixture("sse.function-url.json")],
         limit: RUNS,
