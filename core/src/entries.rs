@@ -60,6 +60,8 @@ pub struct Built {
     pub open: Option<Open>,
     /// Secrets the batch's `::add-mask::` lines register.
     pub masks: Vec<String>,
+    /// Lines stored with something redacted.
+    pub redacted: u32,
 }
 
 /// Makes `lines` into entries for `job`.
@@ -71,6 +73,7 @@ pub fn build(job: Job<'_>, lines: &[RawLine<'_>], options: Options) -> Built {
     // The job's sanitizer with this batch's masks, once it has one.
     let mut masked: Option<Sanitizer> = None;
     let mut stages: Vec<StageChange> = Vec::new();
+    let mut redacted = 0;
     for line in lines {
         let ts = line.ts.unwrap_or(options.now);
         let reads_markers = options.markers && line.stream != LineStream::System;
@@ -88,6 +91,7 @@ pub fn build(job: Job<'_>, lines: &[RawLine<'_>], options: Options) -> Built {
                 let mut batch = sanitizer.batch_resuming(carry);
                 entries.push(line_entry(&mut batch, line.stream, text, ts, options));
                 carry = batch.carry();
+                redacted += batch.redacted();
                 break;
             };
             let mut rest = None;
@@ -162,6 +166,7 @@ pub fn build(job: Job<'_>, lines: &[RawLine<'_>], options: Options) -> Built {
         carry,
         open,
         masks,
+        redacted,
     }
 }
 

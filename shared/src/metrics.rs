@@ -14,11 +14,15 @@
 //! | `BatchLatency` | Milliseconds | ingest: a batch request, from routing to answer |
 //! | `StreamsOpened`, `DeliveryLag` | Count, Milliseconds | sse: streams started; from an entry's time to its frame being written |
 //! | `WsPushes`, `WsGone` | Count | ingest: messages pushed to WebSocket connections; connections found gone (410) |
+//! | `RedactedLines` | Count | ingest: lines stored with something redacted (a secret shape, a registered secret, a private key) |
+//! | `Viewers` | Count | sse: the most streams open at once in the process since its last line (a gauge: sum it over processes with care, read its maximum) |
 //! | `JobsArchived`, `ArchiveErrors` | Count | archiver: jobs archived (segments or whole); jobs whose archiving failed |
+//! | `SegmentsWritten` | Count | archiver: segments of running jobs stored |
+//! | `ArchiveLag` | Milliseconds | archiver: for each segment stored, how old its oldest entry was (how long a line of a running job waited for the archive) |
 //! | `RedisErrors` | Count | any function: a request answered 503 because Redis was unreachable |
 //!
 //! Timings are sent as EMF value/count pairs over fixed buckets (1, 2, 5, 10, 20, 50 ms
-//! … 10 min), which CloudWatch's percentiles read.
+//! … 1, 2, 5, 10 min), which CloudWatch's percentiles read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -42,10 +46,12 @@ pub enum Counter {
     JobsArchived,
     ArchiveErrors,
     RedisErrors,
+    RedactedLines,
+    SegmentsWritten,
 }
 
 impl Counter {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 12] = [
         Self::Batches,
         Self::LinesIngested,
         Self::BytesIngested,
@@ -56,6 +62,8 @@ impl Counter {
         Self::JobsArchived,
         Self::ArchiveErrors,
         Self::RedisErrors,
+        Self::RedactedLines,
+        Self::SegmentsWritten,
     ];
 
     fn name(self) -> &'static str {
@@ -70,6 +78,8 @@ impl Counter {
             Self::JobsArchived => "JobsArchived",
             Self::ArchiveErrors => "ArchiveErrors",
             Self::RedisErrors => "RedisErrors",
+            Self::RedactedLines => "RedactedLines",
+            Self::SegmentsWritten => "SegmentsWritten",
         }
     }
 
@@ -86,29 +96,51 @@ impl Counter {
 pub enum Timing {
     BatchLatency,
     DeliveryLag,
+    ArchiveLag,
 }
 
 impl Timing {
-    const ALL: [Self; 2] = [Self::BatchLatency, Self::DeliveryLag];
+    const ALL: [Self; 3] = [Self::BatchLatency, Self::DeliveryLag, Self::ArchiveLag];
 
     fn name(self) -> &'static str {
         match self {
             Self::BatchLatency => "BatchLatency",
             Self::DeliveryLag => "DeliveryLag",
+            Self::ArchiveLag => "ArchiveLag",
+        }
+    }
+}
+
+/// A level: how many of something are open now. A line reports the highest level
+/// since the previous line, so a burst between two lines is not missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    Viewers,
+}
+
+impl Gauge {
+    const ALL: [Self; 1] = [Self::Viewers];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Viewers => "Viewers",
         }
     }
 }
 
 /// Upper bounds of the timing buckets, in ms; a value goes to the first bound it does
 /// not pass (and the last takes everything longer).
-const BUCKETS: [u64; 16] = [
-    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 600_000,
+const BUCKETS: [u64; 18] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000,
+    300_000, 600_000,
 ];
 
 /// What a process gathered since its last line.
 pub struct Metrics {
     counters: [AtomicU64; Counter::ALL.len()],
     timings: [[AtomicU64; BUCKETS.len()]; Timing::ALL.len()],
+    /// Each gauge's level now, and its highest since the last line.
+    gauges: [(AtomicU64, AtomicU64); Gauge::ALL.len()],
     /// When the last line was written; `None` before the first, which is written at the
     /// first chance (an environment that lives for a few seconds still reports).
     last: Mutex<Option<Instant>>,
@@ -119,6 +151,7 @@ impl Default for Metrics {
         Self {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             timings: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            gauges: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
             last: Mutex::new(None),
         }
     }
@@ -135,6 +168,20 @@ impl Metrics {
             .position(|&bound| ms <= bound)
             .unwrap_or(BUCKETS.len() - 1);
         self.timings[timing as usize][bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One more of `gauge` is open.
+    pub fn rise(&self, gauge: Gauge) {
+        let (level, peak) = &self.gauges[gauge as usize];
+        let now = level.fetch_add(1, Ordering::Relaxed) + 1;
+        peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// One of `gauge` closed.
+    pub fn fall(&self, gauge: Gauge) {
+        let (level, _) = &self.gauges[gauge as usize];
+        // Never below zero, even for a fall without its rise.
+        let _ = level.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// The EMF document of everything gathered (taken: the next one starts from zero),
@@ -164,6 +211,15 @@ impl Metrics {
                     timing.name().into(),
                     json!({"Values": values, "Counts": counts}),
                 );
+            }
+        }
+        for gauge in Gauge::ALL {
+            let (level, peak) = &self.gauges[gauge as usize];
+            // The next interval's highest starts from the level now.
+            let n = peak.swap(level.load(Ordering::Relaxed), Ordering::Relaxed);
+            if n > 0 {
+                metrics.push(json!({"Name": gauge.name(), "Unit": "Count"}));
+                doc.insert(gauge.name().into(), json!(n));
             }
         }
         if metrics.is_empty() {
@@ -224,6 +280,27 @@ static PROCESS: LazyLock<Process> = LazyLock::new(|| {
 pub fn count(counter: Counter, n: u64) {
     if PROCESS.function.is_some() {
         PROCESS.metrics.count(counter, n);
+    }
+}
+
+/// Counts one more of `gauge` open until the answer is dropped.
+#[must_use = "the gauge falls when this is dropped"]
+pub fn open(gauge: Gauge) -> Opened {
+    if PROCESS.function.is_some() {
+        PROCESS.metrics.rise(gauge);
+    }
+    Opened(gauge)
+}
+
+/// One of a [`Gauge`], open while this lives ([`open`]).
+#[derive(Debug)]
+pub struct Opened(Gauge);
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if PROCESS.function.is_some() {
+            PROCESS.metrics.fall(self.0);
+        }
     }
 }
 
@@ -302,6 +379,38 @@ mod tests {
             m.take("logstream-ingest", 2),
             None,
             "taken: starts from zero"
+        );
+    }
+
+    #[test]
+    fn a_gauge_reports_its_highest_level_since_the_last_line() {
+        let m = Metrics::default();
+        for _ in 0..3 {
+            m.rise(Gauge::Viewers);
+        }
+        m.fall(Gauge::Viewers);
+        m.fall(Gauge::Viewers);
+        let doc = m.take("logstream-sse", 1).unwrap();
+        assert_eq!(doc["Viewers"], 3, "the peak, not the level of 1 now");
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Metrics"],
+            json!([{"Name": "Viewers", "Unit": "Count"}])
+        );
+        let doc = m.take("logstream-sse", 2).unwrap();
+        assert_eq!(doc["Viewers"], 1, "the one still open is still reported");
+        m.fall(Gauge::Viewers);
+        m.fall(Gauge::Viewers);
+        m.rise(Gauge::Viewers);
+        m.fall(Gauge::Viewers);
+        assert_eq!(
+            m.take("logstream-sse", 3).unwrap()["Viewers"],
+            1,
+            "a burst between lines"
+        );
+        assert_eq!(
+            m.take("logstream-sse", 4),
+            None,
+            "none open, nothing to say"
         );
     }
 

@@ -247,6 +247,7 @@ impl Sanitizer {
         Batch {
             sanitizer: self,
             key_lines: carry.min(MAX_PRIVATE_KEY_LINES),
+            redacted: 0,
         }
     }
 
@@ -317,6 +318,8 @@ pub struct Batch<'s> {
     /// Lines run so far by the private-key block this batch is inside (its
     /// `BEGIN` line included), 0 outside one.
     key_lines: u32,
+    /// Lines of this batch with something redacted.
+    redacted: u32,
 }
 
 /// What redacting a line does.
@@ -414,6 +417,12 @@ impl Batch<'_> {
         self.key_lines
     }
 
+    /// How many of the lines sanitized so far had something redacted.
+    #[must_use]
+    pub fn redacted(&self) -> u32 {
+        self.redacted
+    }
+
     fn redact<'a>(&mut self, text: Cow<'a, str>) -> Cow<'a, str> {
         match self.redaction(&text) {
             Redaction::Whole => Cow::Borrowed(REDACTED),
@@ -422,8 +431,16 @@ impl Batch<'_> {
         }
     }
 
-    /// What to redact of `text` (and the private-key state after it).
+    /// What to redact of `text` (and the private-key state after it), counted.
     fn redaction(&mut self, text: &str) -> Redaction {
+        let redaction = self.redaction_uncounted(text);
+        if !matches!(&redaction, Redaction::Spans(spans) if spans.is_empty()) {
+            self.redacted += 1;
+        }
+        redaction
+    }
+
+    fn redaction_uncounted(&mut self, text: &str) -> Redaction {
         let mut spans = Vec::new();
         let mut begin_search_from = 0;
         if self.key_lines > 0 {
@@ -587,6 +604,25 @@ mod tests {
             assert_eq!(without_escapes(ansi), out.text, "{ansi:?}");
         }
         (out.text.into_owned(), out.ansi)
+    }
+
+    #[test]
+    fn a_batch_counts_the_lines_it_redacted() {
+        let sanitizer = Sanitizer::new(&["hunter2-registered".to_owned()]);
+        let mut batch = sanitizer.batch();
+        for line in [
+            "plain",
+            &format!("key {AWS_KEY_ID} and {GITHUB_TOKEN}"),
+            "said hunter2-registered",
+            "\x1b[31mred\x1b[0m but nothing secret",
+            "-----BEGIN RSA PRIVATE KEY-----",
+            "MIIEowIBAAKCAQEA",
+            "-----END RSA PRIVATE KEY-----",
+            "plain again",
+        ] {
+            batch.coloured(line);
+        }
+        assert_eq!(batch.redacted(), 5, "two tokens on one line count once");
     }
 
     #[test]

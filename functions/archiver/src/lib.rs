@@ -69,7 +69,7 @@ use logstream_shared::archive::{
 };
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
-use logstream_shared::metrics::{self, Counter};
+use logstream_shared::metrics::{self, Counter, Timing};
 use logstream_shared::store::{JobMeta, LogStore, StoreError};
 
 /// `detail-type` of the event that archives one job.
@@ -291,6 +291,7 @@ impl Archiver {
         );
         metrics::count(Counter::JobsArchived, report.archived.len() as u64);
         metrics::count(Counter::ArchiveErrors, report.failed.len() as u64);
+        metrics::count(Counter::SegmentsWritten, u64::from(report.segments));
         metrics::flush();
         Ok(report)
     }
@@ -530,6 +531,8 @@ impl Archiver {
             let full = pending >= r.segment_lines
                 || meta.stored_bytes.saturating_sub(manifest.stored) >= r.segment_bytes;
             let due_at = oldest.id.ms + period;
+            // How long the segment's oldest entry has waited for the archive.
+            let waited = now_ms().saturating_sub(oldest.id.ms);
             if !full && now_ms() < due_at {
                 return Ok((written, due_at));
             }
@@ -557,6 +560,7 @@ impl Archiver {
             self.store
                 .archived_upto(job, &meta.generation, last_n, last_id, manifest.stored)
                 .await?;
+            metrics::time(Timing::ArchiveLag, Duration::from_millis(waited));
             written += 1;
         }
     }

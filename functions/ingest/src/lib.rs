@@ -395,6 +395,7 @@ impl IngestState {
                 }
                 outcome => {
                     if matches!(outcome, AppendOutcome::Appended(_)) {
+                        metrics::count(Counter::RedactedLines, u64::from(built.redacted));
                         if let Some(after) = built.open {
                             settings.remember_open(after);
                         }

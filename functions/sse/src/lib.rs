@@ -57,7 +57,7 @@ use logstream_shared::auth::jwt::{Viewer, ViewerAuth};
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
 use logstream_shared::log::{JobLog, LogError};
-use logstream_shared::metrics::{self, Counter, Timing};
+use logstream_shared::metrics::{self, Counter, Gauge, Timing};
 use logstream_shared::runtime_api::RuntimeSockets;
 use logstream_shared::store::LogStore;
 use logstream_shared::web::error::ApiError;
@@ -380,7 +380,9 @@ struct Follower {
 
 impl Follower {
     async fn run(mut self) {
+        let open = metrics::open(Gauge::Viewers);
         let stop = self.follow().await;
+        drop(open);
         tracing::debug!(job_id = %self.job, ?stop, "stream closed");
         // A stream's end is often its invocation's: what it counted goes out now.
         metrics::flush_if_due();

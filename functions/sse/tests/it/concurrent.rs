@@ -375,6 +375,14 @@ async fn many_viewers_in_one_process_share_one_redis_reader_and_each_gets_every_
         assert_eq!(directive["Namespace"], "logstream");
         assert_eq!(directive["Dimensions"], serde_json::json!([["Function"]]));
     }
+    // All were open at once, until their hand-offs: the gauge's highest says so.
+    let most_viewers = emf
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|doc| doc["Viewers"].as_u64())
+        .max();
+    assert_eq!(most_viewers, Some(VIEWERS as u64), "the Viewers gauge");
     let lag_samples: u64 = emf
         .lock()
         .unwrap()
