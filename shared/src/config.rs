@@ -90,6 +90,10 @@ pub struct Config {
     /// `LOGSTREAM_MARKERS`: build markers (`::group::`, GitLab sections,
     /// `::add-mask::`) are read (default on; `0` or `false` turns it off).
     pub markers: bool,
+    /// `LOGSTREAM_RUNTIME_NODELAY`: the sse function sets `TCP_NODELAY` on the Lambda
+    /// runtime's own connections (`runtime_api`; default on; `0` turns it off, should a
+    /// sandbox misbehave with it, and to measure the difference).
+    pub runtime_nodelay: bool,
 }
 
 impl Config {
@@ -216,6 +220,11 @@ impl Config {
             )?,
             keep_color: switch(get("LOGSTREAM_KEEP_COLOR"), "LOGSTREAM_KEEP_COLOR", true)?,
             markers: switch(get("LOGSTREAM_MARKERS"), "LOGSTREAM_MARKERS", true)?,
+            runtime_nodelay: switch(
+                get("LOGSTREAM_RUNTIME_NODELAY"),
+                "LOGSTREAM_RUNTIME_NODELAY",
+                true,
+            )?,
         })
     }
 
@@ -367,6 +376,9 @@ mod tests {
             assert!(config(&[("LOGSTREAM_KEEP_COLOR", on)]).unwrap().keep_color);
             assert!(!config(&[("LOGSTREAM_MARKERS", off)]).unwrap().markers);
             assert!(config(&[("LOGSTREAM_MARKERS", on)]).unwrap().markers);
+            let nodelay = |v| config(&[("LOGSTREAM_RUNTIME_NODELAY", v)]).unwrap();
+            assert!(!nodelay(off).runtime_nodelay);
+            assert!(nodelay(on).runtime_nodelay);
         }
         assert_eq!(
             c.require_redis_url(),

@@ -7,6 +7,8 @@
 //! acknowledgement, which the receiving side delays by ~40 ms. Measured under a local
 //! Runtime API (`functions/sse/tests/it/concurrent.rs`, `first_live_line_delay…`): every
 //! stream's first frame arrived 41–46 ms after its invocation began, 20 runs of 20.
+//! Under `cargo lambda watch` (`scripts/lambda-local --first-frame 20`) 6–9 of 20 first
+//! lines waited ~43 ms without this, none with it.
 //!
 //! The workspace forbids unsafe code, so a socket of this process cannot be borrowed by
 //! its number. It is reached through `pidfd_getfd` on this process's own pidfd instead,
@@ -62,8 +64,12 @@ impl RuntimeSockets {
     }
 
     /// For the Runtime API at `runtime_api`, scanning at most once per `interval`.
+    /// `runtime_api` is `host:port` as Lambda gives it, or a URL as emulators do
+    /// (`cargo lambda watch`: `http://[::]:9000/.rt/FUNCTION`), which the runtime also
+    /// takes.
     pub fn new(runtime_api: Option<&str>, interval: Duration) -> Self {
         let api = runtime_api
+            .map(authority)
             .and_then(|addr| addr.to_socket_addrs().ok())
             .map(Iterator::collect::<Vec<_>>)
             .filter(|addrs| !addrs.is_empty());
@@ -126,7 +132,7 @@ impl RuntimeSockets {
             };
             seen.insert(inode);
             let peer = SocketAddr::try_from(peer).ok();
-            if peer.is_some_and(|peer| api.contains(&peer))
+            if peer.is_some_and(|peer| is_api(api, peer))
                 && rustix::net::sockopt::set_tcp_nodelay(&socket, true).is_ok()
             {
                 set += 1;
@@ -134,6 +140,26 @@ impl RuntimeSockets {
         }
         set
     }
+}
+
+/// `host:port` of a Runtime API address given as `host:port` or as a URL.
+fn authority(runtime_api: &str) -> &str {
+    let rest = runtime_api
+        .split_once("://")
+        .map_or(runtime_api, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Whether a connection to `peer` is one to the Runtime API at `api`. A connection to
+/// an unspecified address (`[::]`, `0.0.0.0`: what an emulator listening everywhere
+/// names) reaches this host, and its peer is a loopback address.
+fn is_api(api: &[SocketAddr], peer: SocketAddr) -> bool {
+    let peer_ip = peer.ip().to_canonical();
+    api.iter().any(|addr| {
+        addr.port() == peer.port()
+            && (addr.ip().to_canonical() == peer_ip
+                || (addr.ip().is_unspecified() && peer_ip.is_loopback()))
+    })
 }
 
 /// The inode of a `/proc/self/fd` link's target `socket:[INODE]`.
@@ -186,6 +212,38 @@ mod tests {
         let second = TcpStream::connect(api.local_addr().unwrap()).unwrap();
         assert_eq!(sockets.nodelay(), 0, "within the interval: no scan");
         assert!(!second.nodelay().unwrap());
+    }
+
+    #[test]
+    fn the_address_may_be_a_url_and_name_every_interface() {
+        assert_eq!(authority("127.0.0.1:9001"), "127.0.0.1:9001");
+        assert_eq!(authority("http://[::]:9000/.rt/logstream-sse"), "[::]:9000");
+        assert_eq!(authority("localhost:9001/"), "localhost:9001");
+        let api: SocketAddr = "[::]:9000".parse().unwrap();
+        for peer in ["[::1]:9000", "127.0.0.1:9000", "[::ffff:127.0.0.1]:9000"] {
+            assert!(is_api(&[api], peer.parse().unwrap()), "{peer}");
+        }
+        for peer in ["[::1]:9001", "10.0.0.5:9000"] {
+            assert!(!is_api(&[api], peer.parse().unwrap()), "{peer}");
+        }
+        let api: SocketAddr = "169.254.100.1:9001".parse().unwrap();
+        assert!(is_api(&[api], api));
+        assert!(!is_api(&[api], "127.0.0.1:9001".parse().unwrap()));
+
+        // As `cargo lambda watch` names it: found, through a URL, on every interface.
+        let listener = TcpListener::bind("[::]:0")
+            .or_else(|_| TcpListener::bind("0.0.0.0:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let unspecified = listener.local_addr().unwrap().ip();
+        let url = format!(
+            "http://{}/.rt/logstream-sse",
+            SocketAddr::new(unspecified, port)
+        );
+        let to_api = TcpStream::connect(("localhost", port)).unwrap();
+        let sockets = RuntimeSockets::new(Some(&url), Duration::ZERO);
+        assert_eq!(sockets.nodelay(), 1, "{url}");
+        assert!(to_api.nodelay().unwrap());
     }
 
     #[test]

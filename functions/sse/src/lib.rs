@@ -58,7 +58,7 @@ use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
 use logstream_shared::log::{JobLog, LogError};
 use logstream_shared::metrics::{self, Counter, Gauge, Timing};
-use logstream_shared::runtime_api::RuntimeSockets;
+use logstream_shared::runtime_api::{self, RuntimeSockets};
 use logstream_shared::store::LogStore;
 use logstream_shared::web::error::ApiError;
 use logstream_shared::web::{ApiQuery, JobPath, authenticate_reader, finish};
@@ -118,13 +118,19 @@ impl SseState {
     /// replays older than Redis's tail; connects lazily.
     pub async fn build(clients: &Clients) -> Result<Arc<Self>, ConfigError> {
         let config = clients.config();
-        Ok(Self::new(
+        let mut state = Self::new(
             clients.store()?,
             clients.viewers()?,
             Duration::from_secs(config.heartbeat_secs),
             Duration::from_secs(config.handoff_secs),
         )
-        .with_archive(clients.archive().await))
+        .with_archive(clients.archive().await);
+        if !config.runtime_nodelay
+            && let Some(state) = Arc::get_mut(&mut state)
+        {
+            state.runtime = RuntimeSockets::new(None, runtime_api::SCAN_INTERVAL);
+        }
+        Ok(state)
     }
 
     /// Ends every open stream (without `done`, so clients reconnect elsewhere): what a
