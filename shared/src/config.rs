@@ -90,6 +90,9 @@ pub struct Config {
     /// `LOGSTREAM_MARKERS`: build markers (`::group::`, GitLab sections,
     /// `::add-mask::`) are read (default on; `0` or `false` turns it off).
     pub markers: bool,
+    /// `LOGSTREAM_ARCHIVER_LINGER_SECS`: how long a scheduled archiver invocation goes
+    /// on sweeping (every second) while jobs are queued; 0, the default, sweeps once.
+    pub archiver_linger_secs: u64,
     /// `LOGSTREAM_RUNTIME_NODELAY`: the sse function sets `TCP_NODELAY` on the Lambda
     /// runtime's own connections (`runtime_api`; default on; `0` turns it off, should a
     /// sandbox misbehave with it, and to measure the difference).
@@ -220,6 +223,19 @@ impl Config {
             )?,
             keep_color: switch(get("LOGSTREAM_KEEP_COLOR"), "LOGSTREAM_KEEP_COLOR", true)?,
             markers: switch(get("LOGSTREAM_MARKERS"), "LOGSTREAM_MARKERS", true)?,
+            archiver_linger_secs: match get("LOGSTREAM_ARCHIVER_LINGER_SECS") {
+                None => 0,
+                Some(raw) => raw
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&secs| secs <= 900)
+                    .ok_or_else(|| {
+                        invalid(
+                            "LOGSTREAM_ARCHIVER_LINGER_SECS",
+                            format!("expected whole seconds, 0 to 900, got {raw:?}"),
+                        )
+                    })?,
+            },
             runtime_nodelay: switch(
                 get("LOGSTREAM_RUNTIME_NODELAY"),
                 "LOGSTREAM_RUNTIME_NODELAY",
@@ -360,6 +376,17 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn archiver_linger_is_whole_seconds_up_to_fifteen_minutes() {
+        assert_eq!(config(&[]).unwrap().archiver_linger_secs, 0);
+        let linger = |v| config(&[("LOGSTREAM_ARCHIVER_LINGER_SECS", v)]);
+        assert_eq!(linger("55").unwrap().archiver_linger_secs, 55);
+        for bad in ["-1", "901", "1m"] {
+            let e = linger(bad).unwrap_err().to_string();
+            assert!(e.contains("LOGSTREAM_ARCHIVER_LINGER_SECS"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

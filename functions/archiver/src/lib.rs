@@ -100,6 +100,14 @@ pub struct Settings {
     /// A job whose visit failed on the archive storage is due again this much later,
     /// so one that keeps failing does not hold the head of the queue.
     pub retry_after: Duration,
+    /// How long a scheduled invocation goes on sweeping, every [`poll`](Self::poll),
+    /// while the queue holds a job (`LOGSTREAM_ARCHIVER_LINGER_SECS`; 0: one sweep).
+    /// A segment that fills between two schedules is then written within a poll,
+    /// not at the next schedule: ingest makes it due at once, and nothing else can
+    /// wake a Lambda archiver without a network path out of the VPC.
+    pub linger: Duration,
+    /// Time between two sweeps of a lingering invocation.
+    pub poll: Duration,
 }
 
 impl Default for Settings {
@@ -111,6 +119,8 @@ impl Default for Settings {
             max_failures: 3,
             lease: Duration::from_secs(180),
             retry_after: Duration::from_secs(30),
+            linger: Duration::ZERO,
+            poll: Duration::from_secs(1),
         }
     }
 }
@@ -188,6 +198,38 @@ pub struct Report {
 }
 
 impl Report {
+    /// Adds a later sweep's report to this one; `more` is the later one's.
+    fn absorb(&mut self, later: Self) {
+        let Self {
+            archived,
+            already_archived,
+            expired,
+            not_finished,
+            segments,
+            busy,
+            unknown,
+            deleted,
+            failed,
+            skipped,
+            more,
+        } = later;
+        self.archived.extend(archived);
+        self.already_archived.extend(already_archived);
+        self.expired.extend(expired);
+        for job in not_finished {
+            if !self.not_finished.contains(&job) {
+                self.not_finished.push(job);
+            }
+        }
+        self.segments += segments;
+        self.busy.extend(busy);
+        self.unknown.extend(unknown);
+        self.deleted.extend(deleted);
+        self.failed.extend(failed);
+        self.skipped |= skipped;
+        self.more = more;
+    }
+
     fn record(&mut self, job: &JobId, outcome: &Outcome) {
         let list = match outcome {
             Outcome::Archived(_) => &mut self.archived,
@@ -275,7 +317,7 @@ impl Archiver {
                 }
                 report
             }
-            SCHEDULED_EVENT => self.sweep(deadline).await?,
+            SCHEDULED_EVENT => self.sweep_lingering(deadline).await?,
             other => {
                 return Err(ArchiverError::Event(format!(
                     "detail-type {other:?} (expected {JOB_FINISHED:?} or {SCHEDULED_EVENT:?})"
@@ -345,6 +387,45 @@ impl Archiver {
             report.more = true;
         }
         Ok(report)
+    }
+
+    /// A scheduled invocation's work: [`sweep`](Self::sweep), then, for
+    /// [`Settings::linger`], a sweep every [`Settings::poll`] while the queue holds a job
+    /// (straight away while a sweep leaves due jobs behind), never past the deadline's
+    /// margin. The report adds up every sweep's.
+    pub async fn sweep_lingering(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Report, ArchiverError> {
+        let mut stop = Instant::now() + self.settings.linger;
+        if let Some(deadline) = deadline {
+            stop = stop.min(
+                deadline
+                    .checked_sub(self.settings.deadline_margin)
+                    .unwrap_or(deadline),
+            );
+        }
+        let mut report = self.sweep(deadline).await?;
+        let mut again = report.more && report.failed.is_empty();
+        loop {
+            if report.skipped || Instant::now() >= stop {
+                return Ok(report);
+            }
+            if !again {
+                if self.store.archive_queue_len().await? == 0 {
+                    return Ok(report);
+                }
+                tokio::time::sleep_until(stop.min(Instant::now() + self.settings.poll).into())
+                    .await;
+                if Instant::now() >= stop {
+                    return Ok(report);
+                }
+            }
+            let next = self.sweep(deadline).await?;
+            again = next.more && next.failed.is_empty();
+            report.absorb(next);
+            metrics::flush_if_due();
+        }
     }
 
     /// Visits one job (see the module doc): segments for a running job, `build.jsonl`

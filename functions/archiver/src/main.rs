@@ -19,9 +19,13 @@ use logstream_shared::config::{Config, exit_on_error};
 async fn main() -> Result<(), lambda_runtime::Error> {
     logstream_shared::telemetry::init();
     let clients = Clients::lambda(exit_on_error("logstream-archiver", Config::from_env()));
+    let settings = Settings {
+        linger: std::time::Duration::from_secs(clients.config().archiver_linger_secs),
+        ..Settings::default()
+    };
     let archiver = exit_on_error(
         "logstream-archiver",
-        Archiver::build(&clients, Settings::default()).await,
+        Archiver::build(&clients, settings).await,
     );
     let archiver = &archiver;
     lambda_runtime::run(service_fn(

@@ -559,3 +559,73 @@ async fn a_reader_whose_archive_lists_less_than_redis_let_go_of_errs_instead_of_
         );
     }
 }
+
+#[tokio::test]
+async fn a_lingering_sweep_writes_a_segment_that_fills_after_it_began_and_stops_once_the_queue_is_empty()
+ {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let dir = TempDir::new();
+    let archive = Archive::dir(&dir.0);
+    let j = job("linger");
+    write_job(&store, &j, "alice", 50, 40, false).await;
+    let lingering = Archiver::new(
+        store.clone(),
+        Some(archive.clone()),
+        Settings {
+            linger: std::time::Duration::from_secs(60),
+            poll: std::time::Duration::from_millis(50),
+            ..Settings::default()
+        },
+    );
+    let sweeping = tokio::spawn(async move { lingering.sweep_lingering(None).await });
+
+    // Its first sweep finds half a segment: nothing to write.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(archive.manifest(&j).await.unwrap(), None);
+
+    // The segment fills while it lingers, and ingest makes the job due at once.
+    append_lines(&store, &j, 50, 100, 40).await;
+    store.schedule_archive(&j, 0).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let parts = archive
+            .manifest(&j)
+            .await
+            .unwrap()
+            .map_or(0, |m| m.parts.len());
+        if parts > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the segment was not written while the sweep lingered"
+        );
+        assert!(
+            !sweeping.is_finished(),
+            "it stopped lingering with a job queued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The job ends: archived whole by the same invocation, which then has nothing queued
+    // and returns long before its minute.
+    store
+        .set_status(&j, JobStatus::Ready, now_ms(), None)
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(10), sweeping)
+        .await
+        .expect("it stops once the queue is empty")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.archived, [j.to_string()]);
+    assert_eq!(
+        report.not_finished,
+        [j.to_string()],
+        "listed once over its sweeps"
+    );
+    assert_eq!(report.segments, 1);
+    assert!(archive.manifest(&j).await.unwrap().unwrap().complete);
+    assert_eq!(store.archive_queue_len().await.unwrap(), 0);
+}
