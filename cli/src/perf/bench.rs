@@ -129,6 +129,10 @@ pub struct IngestRun {
     pub latency: Latency,
     /// `lines_per_sec` over the Redis XADD ceiling.
     pub of_redis_ceiling: Option<f64>,
+    /// Redis's own time per append script call (`INFO commandstats`, `evalsha`), µs:
+    /// the part of a batch that Redis, one core, spends; less noisy than lines/s on a
+    /// shared machine.
+    pub redis_us_per_batch: Option<f64>,
 }
 
 /// An ingest run with `websocket` WebSocket clients and `sse` SSE readers on its job
@@ -232,9 +236,22 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         for &concurrency in &opts.concurrency {
             let requests = opts.lines.div_ceil(batch).max(concurrency);
             let job = create_job(&http, &url, &key).await?;
+            let mut redis = match &redis_url {
+                Some(redis_url) => Some(redis_stats(redis_url).await?),
+                None => None,
+            };
+            if let Some(redis) = redis.as_mut() {
+                redis::cmd("CONFIG")
+                    .arg("RESETSTAT")
+                    .query_async::<()>(redis)
+                    .await?;
+            }
             let mut run =
                 ingest_run(&http, &url, &job, &body, batch, requests, concurrency).await?;
             run.of_redis_ceiling = redis_xadd_per_sec.map(|x| run.lines_per_sec / x);
+            if let Some(redis) = redis.as_mut() {
+                run.redis_us_per_batch = evalsha_usec_per_call(redis).await;
+            }
             if let (None, Some(viewer), Some(local)) = (&stalled_skipped, &viewer, &target.local) {
                 let job = create_job(&http, &url, &key).await?;
                 let clients =
@@ -535,6 +552,7 @@ async fn ingest_run(
         lines_per_sec: lines as f64 / wall.as_secs_f64(),
         latency: summarize(times),
         of_redis_ceiling: None,
+        redis_us_per_batch: None,
     })
 }
 
@@ -723,6 +741,28 @@ fn raise_open_files_limit() {
     }
 }
 
+/// A connection to the bench's Redis for its statistics.
+async fn redis_stats(redis_url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+/// `usec_per_call` of `evalsha` in `INFO commandstats` (the scripts' own time in
+/// Redis, the commands they call included) since the last `CONFIG RESETSTAT`.
+async fn evalsha_usec_per_call(redis: &mut redis::aio::MultiplexedConnection) -> Option<f64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await
+        .ok()?;
+    let line = info.lines().find(|l| l.starts_with("cmdstat_evalsha:"))?;
+    line.split(',')
+        .find_map(|field| field.strip_prefix("usec_per_call="))?
+        .parse()
+        .ok()
+}
+
 /// XADD/s of `redis-benchmark` with 1000-command pipelines, or `None` without it.
 fn redis_ceiling(redis_url: &str) -> Option<f64> {
     let port = redis_url.rsplit(':').next()?.trim_end_matches('/');
@@ -796,7 +836,7 @@ pub fn table(r: &BenchReport) -> String {
     }
     if !r.ingest.is_empty() {
         out.push_str(
-            "\ningest    batch  concurrency     lines/s   p50 ms   p99 ms  of ceiling  requests\n",
+            "\ningest    batch  concurrency     lines/s   p50 ms   p99 ms  of ceiling  requests  redis µs/batch\n",
         );
         for i in &r.ingest {
             let ratio = i
@@ -804,14 +844,16 @@ pub fn table(r: &BenchReport) -> String {
                 .map_or_else(|| "-".to_owned(), |x| format!("{:.0} %", x * 100.0));
             let _ = writeln!(
                 out,
-                "        {:>6}  {:>11}  {:>10.0}  {:>7.2}  {:>7.2}  {:>10}  {:>8}",
+                "        {:>6}  {:>11}  {:>10.0}  {:>7.2}  {:>7.2}  {:>10}  {:>8}  {:>14}",
                 i.batch,
                 i.concurrency,
                 i.lines_per_sec,
                 i.latency.p50_ms,
                 i.latency.p99_ms,
                 ratio,
-                i.requests
+                i.requests,
+                i.redis_us_per_batch
+                    .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"))
             );
         }
     }
