@@ -124,6 +124,9 @@ pub struct BenchReport {
 pub struct IngestRun {
     pub batch: usize,
     pub concurrency: usize,
+    /// Jobs the writers post to: 1 (every writer on one job), or one job per writer,
+    /// as separate pipelines write.
+    pub jobs: usize,
     pub requests: usize,
     pub lines_per_sec: f64,
     pub latency: Latency,
@@ -235,29 +238,50 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         let body = serde_json::to_vec(&json!({ "lines": sample_lines(batch) }))?;
         for &concurrency in &opts.concurrency {
             let requests = opts.lines.div_ceil(batch).max(concurrency);
-            let job = create_job(&http, &url, &key).await?;
             let mut redis = match &redis_url {
                 Some(redis_url) => Some(redis_stats(redis_url).await?),
                 None => None,
             };
-            if let Some(redis) = redis.as_mut() {
-                redis::cmd("CONFIG")
-                    .arg("RESETSTAT")
-                    .query_async::<()>(redis)
-                    .await?;
+            // Every writer on one job, then (with several writers) a job each.
+            let mut runs = Vec::new();
+            for jobs in [1, concurrency]
+                .into_iter()
+                .take(if concurrency > 1 { 2 } else { 1 })
+            {
+                let mut posted_to = Vec::with_capacity(jobs);
+                for _ in 0..jobs {
+                    posted_to.push(create_job(&http, &url, &key).await?);
+                }
+                if let Some(redis) = redis.as_mut() {
+                    redis::cmd("CONFIG")
+                        .arg("RESETSTAT")
+                        .query_async::<()>(redis)
+                        .await?;
+                }
+                let mut run =
+                    ingest_run(&http, &url, &posted_to, &body, batch, requests, concurrency)
+                        .await?;
+                run.of_redis_ceiling = redis_xadd_per_sec.map(|x| run.lines_per_sec / x);
+                if let Some(redis) = redis.as_mut() {
+                    run.redis_us_per_batch = evalsha_usec_per_call(redis).await;
+                }
+                runs.push(run);
             }
-            let mut run =
-                ingest_run(&http, &url, &job, &body, batch, requests, concurrency).await?;
-            run.of_redis_ceiling = redis_xadd_per_sec.map(|x| run.lines_per_sec / x);
-            if let Some(redis) = redis.as_mut() {
-                run.redis_us_per_batch = evalsha_usec_per_call(redis).await;
-            }
+            let run = runs.remove(0);
             if let (None, Some(viewer), Some(local)) = (&stalled_skipped, &viewer, &target.local) {
                 let job = create_job(&http, &url, &key).await?;
                 let clients =
                     Stalled::open(local, &job, viewer, opts.stalled, &body, &http, &url).await?;
-                let with =
-                    ingest_run(&http, &url, &job, &body, batch, requests, concurrency).await?;
+                let with = ingest_run(
+                    &http,
+                    &url,
+                    std::slice::from_ref(&job),
+                    &body,
+                    batch,
+                    requests,
+                    concurrency,
+                )
+                .await?;
                 let (websocket_still_connected, sse_still_following) = clients.still_held(local);
                 drop(clients);
                 stalled.push(StalledRun {
@@ -277,6 +301,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             ingest.push(run);
+            ingest.extend(runs);
         }
     }
 
@@ -513,24 +538,27 @@ pub(super) async fn create_job(
     Ok((job, token))
 }
 
-/// `requests` batches posted to `job` (a job per run, posted to with its own token as a
-/// pipeline would), `concurrency` at a time.
+/// `requests` batches posted by `concurrency` writers, writer i to `jobs[i % len]` (each
+/// job posted to with its own token, as a pipeline would).
 async fn ingest_run(
     http: &reqwest::Client,
     url: &str,
-    (job, token): &(String, String),
+    jobs: &[(String, String)],
     body: &[u8],
     batch: usize,
     requests: usize,
     concurrency: usize,
 ) -> anyhow::Result<IngestRun> {
     // Warm-up: connections, script cache, job cache.
-    for _ in 0..concurrency.max(3) {
-        post(http, url, job, token, body).await?;
+    for (job, token) in jobs {
+        for _ in 0..concurrency.max(3) / jobs.len() {
+            post(http, url, job, token, body).await?;
+        }
     }
     let started = Instant::now();
     let per_worker = requests.div_ceil(concurrency);
-    let workers = (0..concurrency).map(|_| async move {
+    let workers = (0..concurrency).map(|i| async move {
+        let (job, token) = &jobs[i % jobs.len()];
         let mut times = Vec::with_capacity(per_worker);
         for _ in 0..per_worker {
             let t = Instant::now();
@@ -548,6 +576,7 @@ async fn ingest_run(
     Ok(IngestRun {
         batch,
         concurrency,
+        jobs: jobs.len(),
         requests: times.len(),
         lines_per_sec: lines as f64 / wall.as_secs_f64(),
         latency: summarize(times),
@@ -836,7 +865,7 @@ pub fn table(r: &BenchReport) -> String {
     }
     if !r.ingest.is_empty() {
         out.push_str(
-            "\ningest    batch  concurrency     lines/s   p50 ms   p99 ms  of ceiling  requests  redis µs/batch\n",
+            "\ningest    batch  concurrency  jobs     lines/s   p50 ms   p99 ms  of ceiling  requests  redis µs/batch\n",
         );
         for i in &r.ingest {
             let ratio = i
@@ -844,9 +873,10 @@ pub fn table(r: &BenchReport) -> String {
                 .map_or_else(|| "-".to_owned(), |x| format!("{:.0} %", x * 100.0));
             let _ = writeln!(
                 out,
-                "        {:>6}  {:>11}  {:>10.0}  {:>7.2}  {:>7.2}  {:>10}  {:>8}  {:>14}",
+                "        {:>6}  {:>11}  {:>4}  {:>10.0}  {:>7.2}  {:>7.2}  {:>10}  {:>8}  {:>14}",
                 i.batch,
                 i.concurrency,
+                i.jobs,
                 i.lines_per_sec,
                 i.latency.p50_ms,
                 i.latency.p99_ms,
