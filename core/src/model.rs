@@ -187,6 +187,21 @@ impl NewEntry {
         // Serializing plain enums and strings cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// The stored form of entry number `n` of its job: what [`numbered_json`] makes of
+    /// [`to_stored_json`](Self::to_stored_json), written in one pass.
+    pub fn to_numbered_json(&self, n: u64) -> String {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"{\"n\":");
+        out.extend_from_slice(n.to_string().as_bytes());
+        let fields = out.len();
+        // The entry's own `{` becomes the comma after `n`: it always has fields.
+        if serde_json::to_writer(&mut out, self).is_err() {
+            return numbered_json(&self.to_stored_json(), n);
+        }
+        out[fields] = b',';
+        String::from_utf8(out).unwrap_or_else(|_| numbered_json(&self.to_stored_json(), n))
+    }
 }
 
 /// A decoded entry, as a client of the API sees it.
@@ -216,6 +231,24 @@ pub fn numbered_json(json: &str, n: u64) -> String {
     }
     out.push_str(fields);
     out
+}
+
+/// [`numbered_json`] of an entry's stored JSON that may carry a number already (which
+/// is replaced).
+pub fn renumbered_json(json: &str, n: u64) -> String {
+    match json
+        .strip_prefix("{\"n\":")
+        .and_then(|rest| rest.find([',', '}']).map(|end| &rest[end..]))
+    {
+        Some(fields) => {
+            let mut out = String::with_capacity(fields.len() + 24);
+            out.push_str("{\"n\":");
+            out.push_str(&n.to_string());
+            out.push_str(fields);
+            out
+        }
+        None => numbered_json(json, n),
+    }
 }
 
 /// An entry as read from Redis: its id and its stored JSON (without id).
@@ -381,6 +414,35 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_numbered_in_one_pass_is_what_numbering_its_json_gives() {
+        let entries = [
+            NewEntry {
+                ts: 1,
+                body: EntryBody::Line {
+                    stream: LineStream::Stderr,
+                    text: "a \"quoted\" line ✓".into(),
+                    ansi: Some("\u{1b}[31ma\u{1b}[0m".into()),
+                },
+            },
+            NewEntry {
+                ts: u64::from(u32::MAX),
+                body: EntryBody::Stage {
+                    name: "build".into(),
+                    status: StageStatus::Started,
+                },
+            },
+        ];
+        for entry in &entries {
+            for n in [1, 42, 1 << 40] {
+                assert_eq!(
+                    entry.to_numbered_json(n),
+                    numbered_json(&entry.to_stored_json(), n)
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_numbered_entry_carries_its_n_first_and_reads_it_back() {
         let json = numbered_json(r#"{"ts":1,"kind":"line","stream":"stdout","text":"x"}"#, 42);
         assert_eq!(
@@ -397,6 +459,14 @@ mod tests {
             r#"{"id":"5-0","n":42,"ts":1,"kind":"line","stream":"stdout","text":"x"}"#
         );
         assert_eq!(numbered_json("{}", 7), r#"{"n":7}"#);
+        for n in [41, 42, 1_000_000] {
+            assert_eq!(
+                renumbered_json(&stored.json, n),
+                numbered_json(r#"{"ts":1,"kind":"line","stream":"stdout","text":"x"}"#, n)
+            );
+        }
+        assert_eq!(renumbered_json(r#"{"ts":1}"#, 3), r#"{"n":3,"ts":1}"#);
+        assert_eq!(renumbered_json(r#"{"n":1}"#, 3), r#"{"n":3}"#);
         let unnumbered = StoredEntry {
             id: "5-1".parse().unwrap(),
             json: r#"{"ts":1,"kind":"status","status":"ready"}"#.into(),

@@ -25,6 +25,7 @@
 pub mod push;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ use logstream_core::ids::{EntryId, JobId};
 use logstream_core::markers::Open;
 use logstream_core::model::{
     Ending, EntryBody, JobStatus, LineStream, NewEntry, StageStatus, StoredEntry, now_ms,
-    numbered_json,
+    numbered_json, renumbered_json,
 };
 use logstream_core::sanitize::Sanitizer;
 use logstream_shared::auth::pipeline::{
@@ -179,9 +180,30 @@ struct JobSettings {
     /// saw them: a batch with markers starts from here, and is made again when the
     /// store has moved on.
     open: Mutex<Open>,
+    /// The `n` this instance expects the job's next entry to get: a batch's entries are
+    /// numbered from here before they go to Redis ([`AppendBatch::first_n`]), each
+    /// batch taking its range, so that concurrent batches of one job guess apart. A
+    /// wrong guess (another instance wrote, or a status entry went in) costs only what
+    /// unnumbered entries do, and the answer sets it right.
+    next_n: AtomicU64,
 }
 
 impl JobSettings {
+    /// Takes the numbers of `count` entries: the first one's.
+    fn take_numbers(&self, count: usize) -> u64 {
+        self.next_n.fetch_add(count as u64, Ordering::Relaxed)
+    }
+
+    /// The store numbered `stored` entries of a batch of `taken` from `first_n`:
+    /// guessed right, the counter is already past them; else it starts again after
+    /// them.
+    fn numbered(&self, (guessed, taken): (u64, usize), first_n: u64, stored: usize) {
+        if guessed != first_n || taken != stored {
+            self.next_n
+                .store(first_n + stored as u64, Ordering::Relaxed);
+        }
+    }
+
     fn last_open(&self) -> Open {
         self.open
             .lock()
@@ -195,13 +217,14 @@ impl JobSettings {
         }
     }
 
-    fn new(token_hash: String, check: String, secrets: Vec<String>) -> Self {
+    fn new(token_hash: String, check: String, secrets: Vec<String>, entries: u64) -> Self {
         Self {
             sanitizer: sanitizer_for(&secrets),
             token_hash,
             check,
             secrets,
             open: Mutex::default(),
+            next_n: AtomicU64::new(entries + 1),
         }
     }
 }
@@ -297,6 +320,7 @@ impl IngestState {
             meta.token_hash.clone(),
             meta.write_check(),
             meta.secrets,
+            meta.entries,
         ));
         // An ended job takes no more writes: not worth keeping.
         if !meta.status.is_terminal() {
@@ -363,7 +387,13 @@ impl IngestState {
                 lines,
                 options,
             );
-            let batch: Vec<ToAppend> = built.entries.iter().map(ToAppend::new).collect();
+            let first_n = settings.take_numbers(built.entries.len());
+            let batch: Vec<ToAppend> = built
+                .entries
+                .iter()
+                .zip(first_n..)
+                .map(|(entry, n)| ToAppend::numbered(entry, n))
+                .collect();
             let outcome = self
                 .store
                 .append_batch(
@@ -377,6 +407,7 @@ impl IngestState {
                             .as_ref()
                             .map(|after| (open.to_stored(), after.to_stored())),
                         masks: &built.masks,
+                        first_n: Some(first_n),
                         entries: &batch,
                     },
                 )
@@ -394,7 +425,14 @@ impl IngestState {
                     open = settings.last_open();
                 }
                 outcome => {
-                    if matches!(outcome, AppendOutcome::Appended(_)) {
+                    if let AppendOutcome::Appended(appended) = &outcome {
+                        if appended.ids.is_some() {
+                            settings.numbered(
+                                (first_n, batch.len()),
+                                appended.first_n,
+                                appended.accepted + usize::from(appended.notice),
+                            );
+                        }
                         metrics::count(Counter::RedactedLines, u64::from(built.redacted));
                         if let Some(after) = built.open {
                             settings.remember_open(after);
@@ -501,7 +539,7 @@ impl Stored {
             batch[..appended.accepted]
                 .iter()
                 .zip(appended.first_n..)
-                .map(|(entry, n)| numbered_json(&entry.json, n))
+                .map(|(entry, n)| renumbered_json(&entry.json, n))
                 .collect()
         });
         Some(Self {
@@ -692,7 +730,7 @@ async fn create_job(
     }
     state.jobs.put(
         &job,
-        Arc::new(JobSettings::new(hash, generation, req.secrets)),
+        Arc::new(JobSettings::new(hash, generation, req.secrets, 0)),
     );
     tracing::info!(job_id = %job, "job created");
     Ok((
@@ -1055,7 +1093,27 @@ mod tests {
             String::new(),
             String::new(),
             secrets.to_vec(),
+            0,
         ))
+    }
+
+    #[test]
+    fn batches_take_numbers_apart_and_a_wrong_guess_starts_again_from_the_store() {
+        let s = settings(&[]);
+        // Two batches of one job in flight at once guess apart.
+        assert_eq!((s.take_numbers(100), s.take_numbers(50)), (1, 101));
+        // Both stored where guessed: the counter stays past them.
+        s.numbered((1, 100), 1, 100);
+        s.numbered((101, 50), 101, 50);
+        assert_eq!(s.take_numbers(10), 151);
+        // Another instance wrote 5 entries first: stored from 166, not 161.
+        s.numbered((151, 10), 156, 10);
+        assert_eq!(s.take_numbers(1), 166);
+        // Right start, but the size limit dropped all but 3 (and added its notice).
+        s.numbered((166, 1), 166, 1);
+        let first = s.take_numbers(10);
+        s.numbered((first, 10), first, 4);
+        assert_eq!(s.take_numbers(1), first + 4);
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl LogStore {
                 carry: None,
                 open: None,
                 masks: &[],
+                first_n: None,
                 entries: &entries,
             },
         )
@@ -146,6 +147,7 @@ impl LogStore {
                 .map_err(|e| StoreError::Corrupt(format!("masks: {e}")))?
         };
         let entries = batch.entries;
+        let first_n = batch.first_n.map(|n| n.to_string()).unwrap_or_default();
         let generation = batch.check;
         let notice = size_notice(r.max_job_bytes);
         let reply: Vec<String> = self
@@ -166,7 +168,8 @@ impl LogStore {
                     .arg(r.segment_bytes.max(1))
                     .arg(&open_from)
                     .arg(&open_to)
-                    .arg(&masks);
+                    .arg(&masks)
+                    .arg(&first_n);
                 for entry in entries {
                     inv.arg(entry.text_bytes).arg(&entry.json);
                 }

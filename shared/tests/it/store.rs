@@ -327,3 +327,113 @@ async fn page_reads_survive_a_restart_and_report_a_dead_server_as_unavailable() 
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn entries_the_caller_numbered_are_stored_as_sent_when_right_and_renumbered_when_not() {
+    use logstream_core::ids::EntryId;
+    use logstream_core::model::{EntryBody, LineStream, NewEntry, StageStatus, numbered_json};
+    use logstream_shared::store::{AppendBatch, ToAppend};
+
+    let redis = shared().unwrap();
+    let store = LogStore::open(
+        &redis.url(),
+        Retention {
+            max_job_bytes: 100,
+            ..RETENTION
+        },
+    )
+    .unwrap();
+    let id = job("numbered");
+    create(&store, &id, "g1").await;
+    let line = |text: &str| NewEntry {
+        ts: 7,
+        body: EntryBody::Line {
+            stream: LineStream::Stdout,
+            text: text.into(),
+            ansi: None,
+        },
+    };
+    let stage = NewEntry {
+        ts: 8,
+        body: EntryBody::Stage {
+            name: "deploy".into(),
+            status: StageStatus::Started,
+        },
+    };
+    let append = |entries: Vec<NewEntry>, first_n: Option<u64>| {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            let batch: Vec<ToAppend> = match first_n {
+                Some(first) => (first..)
+                    .zip(&entries)
+                    .map(|(n, e)| ToAppend::numbered(e, n))
+                    .collect(),
+                None => entries.iter().map(ToAppend::new).collect(),
+            };
+            let outcome = store
+                .append_batch(
+                    &id,
+                    &AppendBatch {
+                        check: "g1",
+                        seq: None,
+                        carry: None,
+                        open: None,
+                        masks: &[],
+                        first_n,
+                        entries: &batch,
+                    },
+                )
+                .await
+                .unwrap();
+            let AppendOutcome::Appended(appended) = outcome else {
+                panic!("{outcome:?}");
+            };
+            appended
+        }
+    };
+    // Right (1..3), wrong (10.. for 4..5), none (6), and right again (7, 8) with the
+    // size limit's notice taking a number in the middle of the batch (line 8 is
+    // dropped, the notice is 8, the stage after it 9 as guessed).
+    assert_eq!(
+        append(vec![line("a"), line("b"), line("c")], Some(1))
+            .await
+            .first_n,
+        1
+    );
+    assert_eq!(
+        append(vec![line("d"), line("e")], Some(10)).await.first_n,
+        4
+    );
+    assert_eq!(append(vec![line("f")], None).await.first_n, 6);
+    let last = append(
+        vec![line("g"), line(&"h".repeat(100)), stage.clone()],
+        Some(7),
+    )
+    .await;
+    assert_eq!(
+        (last.first_n, last.accepted, last.dropped, last.notice),
+        (7, 2, 1, true)
+    );
+
+    let stored = store
+        .entries_after(&id, EntryId { ms: 0, seq: 0 }, 100)
+        .await
+        .unwrap();
+    let texts = ["a", "b", "c", "d", "e", "f", "g"];
+    let mut want: Vec<String> = texts
+        .iter()
+        .zip(1..)
+        .map(|(t, n)| numbered_json(&line(t).to_stored_json(), n))
+        .collect();
+    let got: Vec<&str> = stored.iter().map(|e| e.json.as_str()).collect();
+    assert_eq!(got.len(), 9, "{got:#?}");
+    assert!(
+        got[7].starts_with(r#"{"n":8,"#) && got[7].contains("exceeded the limit"),
+        "{}",
+        got[7]
+    );
+    want.push(got[7].to_owned());
+    want.push(numbered_json(&stage.to_stored_json(), 9));
+    assert_eq!(got, want);
+}
