@@ -92,6 +92,10 @@ enum Command {
         /// first (0 skips those runs; in-process service only).
         #[arg(long, default_value_t = 2)]
         stalled: usize,
+        /// Pairs of a baseline run and a stalled run per shape; the median pair's p99
+        /// ratio is reported (one pair's swings with the machine).
+        #[arg(long, default_value_t = 3)]
+        stalled_pairs: usize,
         /// Lines of one big job posted while it is archived in segments, then paged and
         /// replayed (0 skips it; needs the service's Redis: in-process only).
         #[arg(long, default_value_t = 1_000_000)]
@@ -466,6 +470,7 @@ async fn service(command: Command) -> anyhow::Result<()> {
             viewers,
             deliveries,
             stalled,
+            stalled_pairs,
             big_job,
             no_cold_start,
             cold_start,
@@ -492,6 +497,7 @@ async fn service(command: Command) -> anyhow::Result<()> {
                 viewers,
                 deliveries,
                 stalled,
+                stalled_pairs,
                 big_job,
                 cold_start: !no_cold_start,
             };
