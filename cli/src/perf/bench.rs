@@ -278,38 +278,24 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                 // Pairs of a baseline and a stalled run, one right after the other, on new
                 // jobs each: one pair's ratio swings with the machine (0.75-3.7x on this
                 // VM), the median of several much less.
+                let on_job = |job: (String, String)| {
+                    let (http, url, body) = (&http, &url, &body);
+                    async move {
+                        ingest_run(http, url, &[job], body, batch, requests, concurrency).await
+                    }
+                };
                 let mut pairs = Vec::with_capacity(opts.stalled_pairs.max(1));
                 for k in 0..opts.stalled_pairs.max(1) {
                     let baseline = if k == 0 {
                         run.latency.clone()
                     } else {
-                        let job = create_job(&http, &url, &key).await?;
-                        ingest_run(
-                            &http,
-                            &url,
-                            std::slice::from_ref(&job),
-                            &body,
-                            batch,
-                            requests,
-                            concurrency,
-                        )
-                        .await?
-                        .latency
+                        on_job(create_job(&http, &url, &key).await?).await?.latency
                     };
                     let job = create_job(&http, &url, &key).await?;
                     let clients =
                         Stalled::open(local, &job, viewer, opts.stalled, &body, &http, &url)
                             .await?;
-                    let with = ingest_run(
-                        &http,
-                        &url,
-                        std::slice::from_ref(&job),
-                        &body,
-                        batch,
-                        requests,
-                        concurrency,
-                    )
-                    .await?;
+                    let with = on_job(job).await?;
                     let held = clients.still_held(local);
                     drop(clients);
                     pairs.push((with.latency.p99_ms / baseline.p99_ms, baseline, with, held));
