@@ -81,16 +81,23 @@ impl FromStr for EntryId {
     type Err = InvalidEntryId;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        let (ms, seq) = raw.split_once('-').ok_or(InvalidEntryId)?;
-        let digits =
-            |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ms) || !digits(seq) {
-            return Err(InvalidEntryId);
+        // One pass over each half (every archived entry's id is parsed on a read).
+        fn number(digits: &[u8]) -> Option<u64> {
+            if digits.is_empty() || digits.len() > 20 {
+                return None;
+            }
+            digits.iter().try_fold(0u64, |value, &b| {
+                let digit = b.wrapping_sub(b'0');
+                (digit < 10).then_some(())?;
+                value.checked_mul(10)?.checked_add(u64::from(digit))
+            })
         }
-        Ok(Self {
-            ms: ms.parse().map_err(|_| InvalidEntryId)?,
-            seq: seq.parse().map_err(|_| InvalidEntryId)?,
-        })
+        let raw = raw.as_bytes();
+        let dash = raw.iter().position(|&b| b == b'-').ok_or(InvalidEntryId)?;
+        match (number(&raw[..dash]), number(&raw[dash + 1..])) {
+            (Some(ms), Some(seq)) => Ok(Self { ms, seq }),
+            _ => Err(InvalidEntryId),
+        }
     }
 }
 
@@ -163,6 +170,8 @@ mod tests {
         let c: EntryId = "1732406400001-0".parse().unwrap();
         assert!(a < b && b < c);
         assert_eq!(b.to_string(), "1732406400000-10");
+        let max: EntryId = "18446744073709551615-18446744073709551615".parse().unwrap();
+        assert_eq!((max.ms, max.seq), (u64::MAX, u64::MAX));
         for bad in [
             "",
             "1",
@@ -173,6 +182,9 @@ mod tests {
             " 1-2",
             "1-+2",
             "99999999999999999999999-0",
+            "18446744073709551616-0",
+            "0-18446744073709551616",
+            "0-000000000000000000001",
         ] {
             assert!(bad.parse::<EntryId>().is_err(), "{bad:?}");
         }

@@ -307,7 +307,12 @@ impl StoredEntry {
         let (id, rest) = rest.split_once('"')?;
         let id = id.parse().ok()?;
         let json = match rest.strip_prefix(',') {
-            Some(fields) => format!("{{{fields}"),
+            Some(fields) => {
+                let mut json = String::with_capacity(fields.len() + 1);
+                json.push('{');
+                json.push_str(fields);
+                json
+            }
             None if rest == "}" => "{}".to_owned(),
             None => return None,
         };

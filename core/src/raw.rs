@@ -48,7 +48,7 @@ pub fn line_text(json: &str) -> Option<(Cow<'_, str>, u64)> {
 }
 
 /// A line entry's text and time read straight from the JSON this code stores
-/// (`{"n":…,"ts":…,"kind":"line",…,"text":"…"…}`: the fields in that order, as
+/// (`{"n":…,"ts":…,"kind":"line","stream":"…","text":"…"…}`: the fields in that order, as
 /// `NewEntry::to_stored_json` writes them), decoding only the text string; `None`
 /// for anything else, which the full parse then reads. A million-line raw log spends
 /// most of its time here.
@@ -58,9 +58,10 @@ fn fast_line(json: &str) -> Option<(Cow<'_, str>, u64)> {
     let rest = rest.strip_prefix(",\"ts\":")?;
     let digits = rest.find(|c: char| !c.is_ascii_digit())?;
     let ts = rest[..digits].parse().ok()?;
-    let rest = rest[digits..].strip_prefix(",\"kind\":\"line\",")?;
-    let at = rest.find("\"text\":")? + "\"text\":".len();
-    let mut de = serde_json::Deserializer::from_str(&rest[at..]);
+    let rest = rest[digits..].strip_prefix(",\"kind\":\"line\",\"stream\":\"")?;
+    // The stream's name (stdout, stderr, system) holds no quote or escape.
+    let rest = rest[rest.find('"')?..].strip_prefix("\",\"text\":")?;
+    let mut de = serde_json::Deserializer::from_str(rest);
     let text = <Cow<'_, str> as Deserialize>::deserialize(&mut de).ok()?;
     Some((text, ts))
 }
@@ -154,14 +155,16 @@ mod tests {
     #[test]
     fn stored_lines_take_the_fast_path_and_agree_with_the_full_parse() {
         use crate::model::{EntryBody, LineStream, NewEntry, numbered_json};
-        for text in ["plain", "say \"hi\"\\ \t", "é ünïcode ✓", ""] {
+        let streams = [LineStream::Stdout, LineStream::Stderr, LineStream::System];
+        let texts = ["plain", "say \"hi\"\\ \t", "é ünïcode ✓", ""];
+        for (k, text) in texts.into_iter().enumerate() {
             let json = numbered_json(
                 &NewEntry {
                     ts: 1_796_230_800_123,
                     body: EntryBody::Line {
-                        stream: LineStream::Stderr,
+                        stream: streams[k % streams.len()],
                         text: text.to_owned(),
-                        ansi: None,
+                        ansi: (k % 2 == 1).then(|| format!("\u{1b}[31m{text}")),
                     },
                 }
                 .to_stored_json(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use tokio::fs;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::{ArchiveError, MANIFEST_FILE, PREFIX, Uploaded};
 use logstream_core::ids::JobId;
@@ -152,12 +152,27 @@ impl DirArchive {
         end: u64,
     ) -> Result<Bytes, ArchiveError> {
         let path = self.job_dir(job).join(file);
-        let mut file = fs::File::open(&path).await.map_err(io(&path))?;
-        file.seek(SeekFrom::Start(start)).await.map_err(io(&path))?;
         let len = usize::try_from(end - start)
             .map_err(|_| ArchiveError::Corrupt(format!("range of {job} too large")))?;
-        let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf).await.map_err(io(&path))?;
+        // One blocking task reads the range straight into the buffer returned (tokio's
+        // `File` would read it through a buffer of its own, zeroed and copied again).
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek};
+            let mut file = std::fs::File::open(&path).map_err(io(&path))?;
+            file.seek(SeekFrom::Start(start)).map_err(io(&path))?;
+            let mut buf = Vec::with_capacity(len);
+            file.take(len as u64)
+                .read_to_end(&mut buf)
+                .map_err(io(&path))?;
+            if buf.len() != len {
+                let short = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                return Err(io(&path)(short));
+            }
+            Ok(buf)
+        });
+        let buf = read
+            .await
+            .map_err(|e| ArchiveError::Corrupt(format!("archive read task: {e}")))??;
         Ok(Bytes::from(buf))
     }
 }

@@ -674,7 +674,7 @@ impl Archive {
         hi: u64,
     ) -> Result<Vec<StoredEntry>, ArchiveError> {
         let block = manifest.block_entries;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(hi.saturating_sub(lo).min(1 << 16) as usize);
         for (p, part) in manifest.parts.iter().enumerate() {
             let (from, to) = (lo.max(part.first_n), hi.min(part.end_n()));
             if from >= to {
@@ -718,12 +718,10 @@ impl Archive {
             ))
         };
         let text = std::str::from_utf8(&raw).map_err(|_| corrupt())?;
-        let entries = text
-            .strip_suffix('\n')
-            .ok_or_else(corrupt)?
-            .split('\n')
-            .map(|line| StoredEntry::from_json_line(line).ok_or_else(corrupt))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut entries = Vec::with_capacity(expected as usize);
+        for line in text.strip_suffix('\n').ok_or_else(corrupt)?.split('\n') {
+            entries.push(StoredEntry::from_json_line(line).ok_or_else(corrupt)?);
+        }
         if entries.len() as u64 != expected
             || entries.first().map(|e| e.id) != Some(part.index[first as usize].first)
         {
