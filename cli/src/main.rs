@@ -88,12 +88,14 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         deliveries: usize,
         /// WebSocket clients, and as many SSE readers, that read their first frames and
-        /// then stop reading, on a second ingest run of each shape measured next to the
-        /// first (0 skips those runs; in-process service only).
+        /// then stop reading, on an ingest run of each shape measured next to a baseline
+        /// and a run with as many clients that read everything (0 skips those runs;
+        /// in-process service only).
         #[arg(long, default_value_t = 2)]
         stalled: usize,
-        /// Pairs of a baseline run and a stalled run per shape; the median pair's p99
-        /// ratio is reported (one pair's swings with the machine).
+        /// Triples of a baseline run, a reading-clients run and a stalled run per shape;
+        /// the median triple by stalled/baseline p99 is reported (one triple's ratio
+        /// swings with the machine).
         #[arg(long, default_value_t = 3)]
         stalled_pairs: usize,
         /// Lines of one big job posted while it is archived in segments, then paged and

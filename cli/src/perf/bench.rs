@@ -62,7 +62,8 @@ pub struct BenchOptions {
     /// Stalled WebSocket clients, and as many stalled SSE readers, on each ingest run's
     /// stalled twin (0 skips those runs).
     pub stalled: usize,
-    /// Baseline-and-stalled pairs per shape; the median pair's ratio is reported.
+    /// Baseline, reading and stalled triples per shape; the median one by the stalled
+    /// p99 ratio is reported.
     pub stalled_pairs: usize,
     /// Lines of the big job ([`super::bigjob`]; 0 skips it).
     pub big_job: usize,
@@ -155,6 +156,10 @@ pub struct StalledRun {
     pub latency: Latency,
     /// The latency of the ingest run of the same shape without them.
     pub baseline: Latency,
+    /// The latency with as many consumers that read everything (between the baseline
+    /// and the stalled run of the same triple): what serving consumers costs at all,
+    /// so that what stalling adds can be told apart.
+    pub reading: Latency,
     /// `latency.p99_ms` over `baseline.p99_ms`: the median pair's (the figures above are
     /// that pair's).
     pub p99_ratio: f64,
@@ -291,21 +296,39 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                     } else {
                         on_job(create_job(&http, &url, &key).await?).await?.latency
                     };
-                    let job = create_job(&http, &url, &key).await?;
-                    let clients =
-                        Stalled::open(local, &job, viewer, opts.stalled, &body, &http, &url)
-                            .await?;
-                    let with = on_job(job).await?;
-                    let held = clients.still_held(local);
-                    drop(clients);
-                    pairs.push((with.latency.p99_ms / baseline.p99_ms, baseline, with, held));
-                    // Let the service finish with the closed sockets before the next run.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let mut with_consumers = Vec::with_capacity(2);
+                    for stall in [false, true] {
+                        let job = create_job(&http, &url, &key).await?;
+                        let clients = Consumers::open(
+                            local,
+                            &job,
+                            viewer,
+                            opts.stalled,
+                            stall,
+                            (&body, &http, &url),
+                        )
+                        .await?;
+                        let run = on_job(job).await?;
+                        let held = clients.still_held(local);
+                        drop(clients);
+                        with_consumers.push((run, held));
+                        // Let the service finish with the closed sockets before the next run.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    let (with, held) = with_consumers.pop().expect("the stalled run");
+                    let (reading, _) = with_consumers.pop().expect("the reading run");
+                    let ratio = with.latency.p99_ms / baseline.p99_ms;
+                    pairs.push((ratio, baseline, reading.latency, with, held));
                 }
                 let p99_ratios: Vec<f64> = pairs.iter().map(|pair| pair.0).collect();
                 pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let (p99_ratio, baseline, with, (websocket_still_connected, sse_still_following)) =
-                    pairs.swap_remove(pairs.len() / 2);
+                let (
+                    p99_ratio,
+                    baseline,
+                    reading,
+                    with,
+                    (websocket_still_connected, sse_still_following),
+                ) = pairs.swap_remove(pairs.len() / 2);
                 stalled.push(StalledRun {
                     batch,
                     concurrency,
@@ -317,6 +340,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                     p99_ratios,
                     latency: with.latency,
                     baseline,
+                    reading,
                     websocket_still_connected,
                     sse_still_following,
                 });
@@ -412,27 +436,37 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Consumers of one job that read their first frames and then stop reading, their
-/// sockets kept open until this is dropped: `n` WebSocket clients at `/ws` and `n` SSE
-/// readers. Each socket has a small receive buffer, so the service's side of it fills
-/// after a few batches, as a frozen browser tab's would after a while.
-struct Stalled {
+/// Consumers of one job, their sockets open until this is dropped: `n` WebSocket
+/// clients at `/ws` and `n` SSE readers. Stalled ones read their first frames and then
+/// stop reading; each has a small receive buffer, so the service's side of it fills
+/// after a few batches, as a frozen browser tab's would after a while. Reading ones
+/// take everything sent, as a live viewer does.
+struct Consumers {
     job: JobId,
     /// Held, never read again: dropping them closes the connections.
-    _sockets: Vec<tokio::net::TcpStream>,
+    _stalled: Vec<tokio::net::TcpStream>,
+    /// The tasks that read the others; aborted (their sockets closed) on drop.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl Stalled {
+impl Drop for Consumers {
+    fn drop(&mut self) {
+        for reader in &self.readers {
+            reader.abort();
+        }
+    }
+}
+
+impl Consumers {
     /// Connects them to `job` of `local` as the `dev` user, posts `body` once (with the
-    /// job's token) and lets each read what has come by then.
+    /// job's token) and lets each read what has come by then; `stall`: then no more.
     async fn open(
         local: &DevServer,
         (job, token): &(String, String),
         viewer: &str,
         n: usize,
-        body: &[u8],
-        http: &reqwest::Client,
-        url: &str,
+        stall: bool,
+        (body, http, url): (&[u8], &reqwest::Client, &str),
     ) -> anyhow::Result<Self> {
         let addr = local.addr;
         // The handshake of RFC 6455's example: the key is a nonce the server only echoes
@@ -449,7 +483,7 @@ impl Stalled {
         let mut sockets = Vec::with_capacity(2 * n);
         for (request, expect) in [(&websocket, "101"), (&sse, "200")] {
             for _ in 0..n {
-                sockets.push(stalled_socket(addr, request, expect).await?);
+                sockets.push(consumer_socket(addr, request, expect, stall).await?);
             }
         }
         let job = JobId::parse(job)?;
@@ -462,21 +496,38 @@ impl Stalled {
         };
         tokio::time::timeout(Duration::from_secs(10), followed)
             .await
-            .context("the stalled SSE readers did not follow the job")?;
+            .context("the SSE readers did not follow the job")?;
         post(http, url, job.as_str(), token, body).await?;
         // Their first frames, then never again.
         for socket in &mut sockets {
             let mut first = [0u8; 4096];
             let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut first))
                 .await
-                .context("a stalled client got no first frame")??;
+                .context("a consumer got no first frame")??;
             if read == 0 {
-                bail!("a stalled client was closed before its first frame");
+                bail!("a consumer was closed before its first frame");
             }
         }
+        if stall {
+            return Ok(Self {
+                job,
+                _stalled: sockets,
+                readers: Vec::new(),
+            });
+        }
+        let readers = sockets
+            .into_iter()
+            .map(|mut socket| {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while matches!(socket.read(&mut buf).await, Ok(read) if read > 0) {}
+                })
+            })
+            .collect();
         Ok(Self {
             job,
-            _sockets: sockets,
+            _stalled: Vec::new(),
+            readers,
         })
     }
 
@@ -490,15 +541,18 @@ impl Stalled {
     }
 }
 
-/// A connection to `addr` with a small receive buffer that sent `request` and read the
-/// head of its answer, whose status must be `expect`.
-async fn stalled_socket(
+/// A connection to `addr` (with a small receive buffer when it is to `stall`) that
+/// sent `request` and read the head of its answer, whose status must be `expect`.
+async fn consumer_socket(
     addr: std::net::SocketAddr,
     request: &str,
     expect: &str,
+    stall: bool,
 ) -> anyhow::Result<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
+    if stall {
+        socket.set_recv_buffer_size(4096)?;
+    }
     let mut stream = socket.connect(addr).await?;
     stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::new();
@@ -507,16 +561,16 @@ async fn stalled_socket(
     while !head.ends_with(b"\r\n\r\n") {
         let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
             .await
-            .context("no answer to a stalled client's request")??;
+            .context("no answer to a consumer's request")??;
         if read == 0 || head.len() > 16 * 1024 {
-            bail!("a stalled client's request got no complete answer");
+            bail!("a consumer's request got no complete answer");
         }
         head.push(byte[0]);
     }
     let status = String::from_utf8_lossy(&head);
     let status = status.lines().next().unwrap_or_default();
     if status.split(' ').nth(1) != Some(expect) {
-        bail!("a stalled client's request was answered {status:?}, not {expect}");
+        bail!("a consumer's request was answered {status:?}, not {expect}");
     }
     Ok(stream)
 }
@@ -912,9 +966,10 @@ pub fn table(r: &BenchReport) -> String {
         let _ = writeln!(
             out,
             "\ningest with {} stalled WebSocket + {} stalled SSE clients, each run right after \
-             a baseline of its own (the median of {} such pairs; every pair's ratio last)\n          \
-             batch  concurrency  base p50  base p99   p50 ms   p99 ms  p99 ratio  still held \
-             ws/sse  ratios",
+             a baseline of its own and a run with as many reading clients (the median of {} such \
+             triples by stalled/baseline p99; every triple's ratio last)\n          \
+             batch  concurrency  base p50  base p99  reading p50  reading p99   p50 ms   p99 ms  \
+             p99 ratio  still held ws/sse  ratios",
             first.websocket,
             first.sse,
             first.p99_ratios.len()
@@ -922,11 +977,14 @@ pub fn table(r: &BenchReport) -> String {
         for s in &r.stalled {
             let _ = writeln!(
                 out,
-                "        {:>7}  {:>11}  {:>8.2}  {:>8.2}  {:>7.2}  {:>7.2}  {:>8.2}x  {:>17}  {}",
+                "        {:>7}  {:>11}  {:>8.2}  {:>8.2}  {:>11.2}  {:>11.2}  {:>7.2}  {:>7.2}  \
+                 {:>8.2}x  {:>17}  {}",
                 s.batch,
                 s.concurrency,
                 s.baseline.p50_ms,
                 s.baseline.p99_ms,
+                s.reading.p50_ms,
+                s.reading.p99_ms,
                 s.latency.p50_ms,
                 s.latency.p99_ms,
                 s.p99_ratio,
@@ -972,8 +1030,8 @@ pub fn table(r: &BenchReport) -> String {
              \x20         {:>7} lines     {:>8.2} / {:>6.2}    {:>8.2} / {:>6.2}\n\
              \x20         {:>7} lines     {:>8.2} / {:>6.2}    {:>8.2} / {:>6.2}\n\
              \x20         SSE replay from the start: {:.0} entries/s\n\
-             \x20         raw log: {:.1} MB at {:.0} MB/s; a search matching nothing: {:.0} ms, \
-             {:.0} entries read/s",
+             \x20         raw log: {:.1} MB at {:.0} MB/s (median of {}: {}); a search matching \
+             nothing: {:.0} ms, {:.0} entries read/s",
             b.lines,
             b.ingest_lines_per_sec,
             b.redis_entries_at_end,
@@ -995,6 +1053,12 @@ pub fn table(r: &BenchReport) -> String {
             b.sse_replay_entries_per_sec,
             b.raw_bytes as f64 / 1e6,
             b.raw_mb_per_sec,
+            b.raw_mb_per_sec_runs.len(),
+            b.raw_mb_per_sec_runs
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             b.search_ms,
             b.search_entries_per_sec,
         );

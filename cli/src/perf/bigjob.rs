@@ -9,7 +9,7 @@
 //! - history: the newest page and the page at `n = 1` (500 entries), p50/p99, on the
 //!   big job and on a 1 000-line job;
 //! - the SSE replay of the whole job from the start, entries/s;
-//! - the raw log of the whole job, MB/s, and a search for a word no line holds (one
+//! - the raw log of the whole job, MB/s (median of three downloads), and a search for a word no line holds (one
 //!   request reads its whole budget of entries), entries read/s.
 
 use std::time::{Duration, Instant};
@@ -19,6 +19,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::bench::{Latency, summarize};
+
+/// Downloads of the raw log, the median reported.
+pub const RAW_RUNS: usize = 3;
 
 /// What the big job showed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,9 +44,12 @@ pub struct BigJob {
     pub small_newest_page: Latency,
     pub small_first_page: Latency,
     pub sse_replay_entries_per_sec: f64,
-    /// The raw log's size and download rate.
+    /// The raw log's size, and its download rate: the median of [`RAW_RUNS`]
+    /// downloads, and each one's (one download is half a second, which this VM's
+    /// phases swing by 1.5x).
     pub raw_bytes: u64,
     pub raw_mb_per_sec: f64,
+    pub raw_mb_per_sec_runs: Vec<f64>,
     /// A search that matches nothing: how long one request took, and the entries it
     /// read per second.
     pub search_ms: f64,
@@ -110,7 +116,16 @@ pub async fn run(
     let small_first_page = pages(http, &first(&small.0), viewer).await?;
 
     let sse_replay_entries_per_sec = replay(http, url, &big.0, viewer, entries).await?;
-    let (raw_bytes, raw_mb_per_sec) = raw(http, url, &big.0, viewer).await?;
+    let mut raw_bytes = 0;
+    let mut raw_mb_per_sec_runs = Vec::with_capacity(RAW_RUNS);
+    for _ in 0..RAW_RUNS {
+        let (bytes, rate) = raw(http, url, &big.0, viewer).await?;
+        raw_bytes = bytes;
+        raw_mb_per_sec_runs.push(rate);
+    }
+    let mut sorted = raw_mb_per_sec_runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let raw_mb_per_sec = sorted[sorted.len() / 2];
     let started = Instant::now();
     let found: serde_json::Value = http
         .get(format!(
@@ -145,6 +160,7 @@ pub async fn run(
         sse_replay_entries_per_sec,
         raw_bytes,
         raw_mb_per_sec,
+        raw_mb_per_sec_runs,
         search_ms: search.as_secs_f64() * 1000.0,
         search_entries_per_sec: read as f64 / search.as_secs_f64(),
     })
