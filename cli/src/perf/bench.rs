@@ -280,13 +280,37 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             }
             let run = runs.remove(0);
             if let (None, Some(viewer), Some(local)) = (&stalled_skipped, &viewer, &target.local) {
-                // Pairs of a baseline and a stalled run, one right after the other, on new
-                // jobs each: one pair's ratio swings with the machine (0.75-3.7x on this
-                // VM), the median of several much less.
+                // Triples of a baseline run, a run with reading clients and a stalled run,
+                // one right after the other, on new jobs each: one triple's ratio swings
+                // with the machine (0.75-3.7x on this VM), the median of several much
+                // less. The reading run tells what serving clients costs at all from what
+                // their stalling adds.
                 let on_job = |job: (String, String)| {
                     let (http, url, body) = (&http, &url, &body);
                     async move {
                         ingest_run(http, url, &[job], body, batch, requests, concurrency).await
+                    }
+                };
+                let with_consumers = |stall: bool| {
+                    let (http, url, key, body) = (&http, &url, &key, &body);
+                    async move {
+                        let job = create_job(http, url, key).await?;
+                        let clients = Consumers::open(
+                            local,
+                            &job,
+                            viewer,
+                            opts.stalled,
+                            stall,
+                            (body, http, url),
+                        )
+                        .await?;
+                        let run = on_job(job).await?;
+                        let held = clients.still_held(local);
+                        drop(clients);
+                        // Let the service finish with the closed sockets before the
+                        // next run.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        anyhow::Ok((run, held))
                     }
                 };
                 let mut pairs = Vec::with_capacity(opts.stalled_pairs.max(1));
@@ -296,27 +320,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                     } else {
                         on_job(create_job(&http, &url, &key).await?).await?.latency
                     };
-                    let mut with_consumers = Vec::with_capacity(2);
-                    for stall in [false, true] {
-                        let job = create_job(&http, &url, &key).await?;
-                        let clients = Consumers::open(
-                            local,
-                            &job,
-                            viewer,
-                            opts.stalled,
-                            stall,
-                            (&body, &http, &url),
-                        )
-                        .await?;
-                        let run = on_job(job).await?;
-                        let held = clients.still_held(local);
-                        drop(clients);
-                        with_consumers.push((run, held));
-                        // Let the service finish with the closed sockets before the next run.
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    let (with, held) = with_consumers.pop().expect("the stalled run");
-                    let (reading, _) = with_consumers.pop().expect("the reading run");
+                    let (reading, _) = with_consumers(false).await?;
+                    let (with, held) = with_consumers(true).await?;
                     let ratio = with.latency.p99_ms / baseline.p99_ms;
                     pairs.push((ratio, baseline, reading.latency, with, held));
                 }
