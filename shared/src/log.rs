@@ -167,8 +167,13 @@ impl JobLog {
             .map(|m| (JobInfo::from(&m), Source::Archive)))
     }
 
-    /// The manifest of a job Redis has forgotten; `None` when it was deleted (whatever
-    /// the archive may still hold while the deletion finishes).
+    /// The job's manifest, for a job Redis has forgotten and for a forward walk that
+    /// has gone past Redis's oldest entry; `None` when the job was deleted (whatever the
+    /// archive may still hold while the deletion finishes). For a job that had not
+    /// ended, with the segments written after its last manifest update added (a flush
+    /// whose update failed just before Redis lost the job): they hold entries that may
+    /// be nowhere else. That costs one listing of the job's segments per read of an
+    /// unfinished job from the archive; a finished job's manifest is read alone.
     async fn manifest(&self, job: &JobId) -> Result<Option<Manifest>, LogError> {
         let Some(archive) = &self.archive else {
             return Ok(None);
@@ -176,7 +181,18 @@ impl JobLog {
         if self.store.tombstone(job).await?.is_some() {
             return Ok(None);
         }
-        Ok(archive.manifest(job).await?)
+        let Some(mut manifest) = archive.manifest(job).await? else {
+            return Ok(None);
+        };
+        let added = archive.extend_manifest(&mut manifest).await?;
+        if added > 0 {
+            tracing::warn!(
+                job_id = %job,
+                segments = added,
+                "segments the manifest did not list are read too"
+            );
+        }
+        Ok(Some(manifest))
     }
 
     /// One page of the job's log (see [`Cursor`]), and the job; `None` when neither
@@ -415,9 +431,7 @@ impl LogReader {
 
     async fn read_manifest(&mut self) -> Result<(), LogError> {
         self.manifest_read = true;
-        if let Some(archive) = &self.log.archive {
-            self.manifest = archive.manifest(&self.job).await?;
-        }
+        self.manifest = self.log.manifest(&self.job).await?;
         Ok(())
     }
 

@@ -34,6 +34,8 @@ struct Rule {
     method: String,
     path: String,
     fault: Fault,
+    /// Matching requests still let through before the fault applies.
+    passes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -93,10 +95,17 @@ impl FaultProxy {
 
     /// From now on, `method` requests whose path contains `path` meet `fault`.
     pub fn add(&self, method: &str, path: &str, fault: Fault) {
+        self.add_after(method, path, 0, fault);
+    }
+
+    /// Like [`add`](Self::add), but the first `passes` matching requests go through:
+    /// the second manifest update of a visit fails, say, and not the first.
+    pub fn add_after(&self, method: &str, path: &str, passes: usize, fault: Fault) {
         self.shared.rules.lock().unwrap().push(Rule {
             method: method.to_owned(),
             path: path.to_owned(),
             fault,
+            passes,
         });
     }
 
@@ -137,9 +146,15 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         .rules
         .lock()
         .unwrap()
-        .iter()
+        .iter_mut()
         .find(|r| r.method == method && path.contains(&r.path))
-        .map(|r| r.fault.clone());
+        .and_then(|r| {
+            if r.passes > 0 {
+                r.passes -= 1;
+                return None;
+            }
+            Some(r.fault.clone())
+        });
     if fault.is_some() {
         proxy.shared.faulted.lock().unwrap().push(what);
         proxy.shared.hit.notify_waiters();

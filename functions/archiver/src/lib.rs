@@ -19,8 +19,10 @@
 //! one reports the job `busy` and moves on. Then:
 //! - a running job: every full segment of unarchived entries (`LOGSTREAM_SEGMENT_LINES`
 //!   entries or `LOGSTREAM_SEGMENT_BYTES`) is written, and what is left too once its
-//!   oldest entry is a segment period old. Each segment is written, then the manifest
-//!   that lists it, then Redis is told how far the archive reaches, which lets it trim
+//!   oldest entry is a segment period old. Each segment is written (the job's first
+//!   one after a manifest that lists no part yet, so the job itself is in the archive
+//!   before any of its log), then the manifest that lists it, then Redis is told how
+//!   far the archive reaches, which lets it trim
 //!   the stream down to the live tail (`LogStore::archived_upto`). A failure at any step
 //!   leaves Redis untrimmed and the next visit writes the same segment again, under the
 //!   same name, with the same bytes: nothing lost, nothing twice.
@@ -28,8 +30,10 @@
 //!   `build.jsonl` (multipart on S3 for a large log), the manifest then lists it alone,
 //!   the job is marked `archived` and leaves the queue; the segments are removed.
 //! - a job Redis has forgotten (its TTL, eviction, a flushed cache) while its segments
-//!   are archived: they are merged into `build.jsonl` as they are, and the job is served
-//!   from the archive from then on. With nothing archived, it is reported `expired`.
+//!   are archived: they are merged into `build.jsonl` as they are (with any segment
+//!   written after the manifest's last update, `Archive::extend_manifest`), and the job
+//!   is served from the archive from then on. With nothing archived, it is reported
+//!   `expired`.
 //!
 //! - a deleted job (`DELETE /jobs/{id}` leaves a tombstone in Redis): whatever the
 //!   archive holds of it is removed, and it leaves the queue. The tombstone is checked
@@ -510,7 +514,13 @@ impl Archiver {
             let queued = self.store.is_queued_for_archive(job.as_str()).await?;
             let outcome = match manifest {
                 Some(manifest) if manifest.complete => Outcome::AlreadyArchived,
-                Some(manifest) => {
+                Some(mut manifest) => {
+                    // Segments a flush wrote without getting to list them are the only
+                    // copy of their entries now.
+                    archive
+                        .extend_manifest(&mut manifest)
+                        .await
+                        .map_err(archive_error)?;
                     tracing::warn!(
                         entries = manifest.entries,
                         "the job left Redis before it ended; its archived segments become its log"
@@ -628,6 +638,12 @@ impl Archiver {
                 .count()
                 .max(1);
             chunk.truncate(keep);
+            if manifest.parts.is_empty() {
+                // The job's first segment: its manifest goes first, so the job (owner,
+                // org) is in the archive before any of its log is, and a segment whose
+                // listing fails is still found should Redis then lose the job.
+                archive.put_manifest(&manifest).await?;
+            }
             let part = self
                 .write_part(archive, job, &meta.owner, next_n, &chunk)
                 .await?;

@@ -14,9 +14,12 @@
 //! writes the same bytes under the same name (a segment's name is its first entry's
 //! number, its contents are immutable entries). The manifest keeps the job's owner and
 //! counts, so the job is still served, with the same ownership rules, once Redis has
-//! forgotten it (the S3 objects also carry the owner as `x-amz-meta-owner`). A manifest
+//! forgotten it (the S3 objects also carry the owner as `x-amz-meta-owner`); a job's
+//! first manifest, listing no part, is written before its first segment. A manifest
 //! lost or damaged can be made again from the segments ([`Archive::recover_manifest`]),
-//! which is what the archiver does before it goes on with such a job.
+//! which is what the archiver does before it goes on with such a job; segments written
+//! after the manifest's last update (the update failed) are added to it when the job
+//! is read from the archive ([`Archive::extend_manifest`]).
 //!
 //! Every part's index records the id and byte offset of every [`BLOCK_ENTRIES`]th
 //! entry, so a history page (at most 500 entries: `before`/`after` ids, or `at` an entry
@@ -574,22 +577,41 @@ impl Archive {
 
     /// The manifest of a running job made again from its segments, for when the one
     /// in the archive is missing or damaged while Redis says part of the log is
-    /// archived (the archiver then writes it back). The segments are taken in order
-    /// from entry 1 for as long as each is whole and continues the one before; their
-    /// entries are read and encoded again, and a segment is taken only if that gives
-    /// back its exact bytes. Reads every segment once: a repair, not a read path.
+    /// archived (the archiver then writes it back). See [`extend_manifest`](Self::extend_manifest).
     pub async fn recover_manifest(
         &self,
         job: &JobId,
         meta: &JobMeta,
     ) -> Result<Manifest, ArchiveError> {
         let mut manifest = Manifest::new(job, meta);
-        for first_n in self.segment_numbers(job).await? {
+        self.extend_manifest(&mut manifest).await?;
+        Ok(manifest)
+    }
+
+    /// Adds to `manifest` the segments written after it that it does not list: those
+    /// a flush stored before its manifest update failed, or did not get to write it
+    /// (read once Redis has forgotten the job, they are otherwise in neither tier).
+    /// The segments are taken in order from the manifest's end for as long as each is
+    /// whole and continues the one before; their entries are read and encoded again,
+    /// and a segment is taken only if that gives back its exact bytes. Answers how
+    /// many were added; a complete manifest (`build.jsonl`) is left as it is. Lists
+    /// the job's segments once and reads only the unlisted ones whole: a repair, not
+    /// a read path.
+    pub async fn extend_manifest(&self, manifest: &mut Manifest) -> Result<usize, ArchiveError> {
+        if manifest.complete {
+            return Ok(0);
+        }
+        let job = manifest.job_id.clone();
+        let mut added = 0;
+        for first_n in self.segment_numbers(&job).await? {
+            if first_n < manifest.end_n() {
+                continue;
+            }
             if first_n != manifest.end_n() {
                 break;
             }
             let file = segment_file(first_n);
-            let Some(raw) = self.read_whole(job, &file).await? else {
+            let Some(raw) = self.read_whole(&job, &file).await? else {
                 break;
             };
             let Some((part, stored)) = reencode(&raw, first_n, manifest.last_id(), file) else {
@@ -599,8 +621,9 @@ impl Archive {
             manifest.entries = part.end_n() - 1;
             manifest.stored += stored;
             manifest.parts.push(part);
+            added += 1;
         }
-        Ok(manifest)
+        Ok(added)
     }
 
     /// One history page of an archived log, with exactly the semantics of a Redis page

@@ -14,9 +14,10 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use crate::segments::{SEGMENTED, assert_dense, walk_back};
 use crate::support::*;
 use logstream_archiver::{Archiver, ArchiverError, Outcome, Settings};
+use logstream_core::ids::EntryId;
 use logstream_shared::archive::s3::S3Archive;
 use logstream_shared::archive::{Archive, ArchiveError, segment_file};
-use logstream_shared::log::JobLog;
+use logstream_shared::log::{JobLog, Source};
 use logstream_shared::store::LogStore;
 use logstream_testkit::fault_proxy::{Fault, FaultProxy};
 use logstream_testkit::redis_server::RedisServer;
@@ -52,7 +53,9 @@ async fn a_500_between_a_segment_and_its_manifest_loses_and_doubles_nothing() {
     let j = job("s3-500");
     write_job(&store, &j, "alice", 250, 40, false).await;
 
-    proxy.add("PUT", "manifest.json", Fault::Status(500));
+    // The job's first manifest (no part yet) goes up before its first segment; the
+    // one that lists the segment meets the 500.
+    proxy.add_after("PUT", "manifest.json", 1, Fault::Status(500));
     let err = archiver.archive_job(&j).await.unwrap_err();
     assert!(
         matches!(
@@ -66,11 +69,18 @@ async fn a_500_between_a_segment_and_its_manifest_loses_and_doubles_nothing() {
     );
     let first = format!("build-logs/{j}/{}", segment_file(1));
     let written = head(&direct, &first).await.expect("the segment went up");
-    assert!(archive.manifest(&j).await.unwrap().is_none());
+    let listed = archive
+        .manifest(&j)
+        .await
+        .unwrap()
+        .expect("the first manifest");
+    assert_eq!((listed.owner.as_str(), listed.parts.len()), ("alice", 0));
     assert_eq!(stream_len(&redis.url(), &j).await, 251, "nothing trimmed");
 
+    // The next visit writes segment 1 again (the same bytes under the same name: the
+    // manifest never listed it) and then 101.
     proxy.clear();
-    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(1));
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(2));
     let manifest = archive.manifest(&j).await.unwrap().unwrap();
     assert_eq!(segment_firsts(&manifest), [1, 101]);
     assert_eq!(
@@ -146,16 +156,22 @@ async fn a_redis_restart_between_a_segment_and_its_trim_loses_and_repeats_nothin
     let j = job("restart-trim");
     write_job(&store, &j, "alice", 600, 40, false).await;
 
-    // The first manifest reaches S3; its answer is held while Redis goes down.
+    // The manifest that lists the first segment (after the job's first one, which
+    // lists nothing) reaches S3; its answer is held while Redis goes down.
     let release = Arc::new(tokio::sync::Notify::new());
-    proxy.add("PUT", "manifest.json", Fault::Hold(release.clone()));
+    proxy.add_after("PUT", "manifest.json", 1, Fault::Hold(release.clone()));
     let visit = {
         let (archiver, j) = (archiver.clone(), j.clone());
         tokio::spawn(async move { archiver.archive_job(&j).await })
     };
     proxy.wait_for_fault().await;
     let started = Instant::now();
-    while archive.manifest(&j).await.unwrap().is_none() {
+    while archive
+        .manifest(&j)
+        .await
+        .unwrap()
+        .is_none_or(|m| m.parts.is_empty())
+    {
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -227,7 +243,8 @@ async fn a_deletion_while_a_visit_writes_leaves_nothing_in_the_archive() {
     };
     proxy.wait_for_fault().await;
     let started = Instant::now();
-    while objects(&direct, &j).await.is_empty() {
+    let segment = format!("build-logs/{j}/{}", segment_file(1));
+    while !objects(&direct, &j).await.contains(&segment) {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the segment never landed"
@@ -283,4 +300,89 @@ async fn a_deletion_whose_purge_failed_is_finished_by_the_next_visit() {
     assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Deleted);
     assert_eq!(objects(&direct, &j).await, Vec::<String>::new());
     assert!(!store.is_queued_for_archive(j.as_str()).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_segment_whose_listing_failed_is_still_read_once_redis_forgets_the_job() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let (proxy, archive, _direct) = proxied(None).await;
+    let archiver = archiver(&store, &archive);
+    let log = JobLog::new(store.clone(), Some(archive.clone()));
+    let j = job("unlisted");
+    write_job(&store, &j, "alice", 150, 40, false).await;
+    assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(1));
+
+    // The next segment goes up; the manifest that would list it meets a 500, and then
+    // Redis loses the job (evicted, its TTL, a failover) before any retry.
+    write_job_lines(&store, &j, 50).await;
+    proxy.add("PUT", "manifest.json", Fault::Status(500));
+    archiver.archive_job(&j).await.unwrap_err();
+    assert_eq!(
+        segment_firsts(&archive.manifest(&j).await.unwrap().unwrap()),
+        [1]
+    );
+    expire_now(&redis.url(), &j).await;
+
+    // The job and both segments are read from the archive, backwards and forwards;
+    // only entry 201, never archived, is gone with Redis.
+    let (info, source) = log
+        .info(&j)
+        .await
+        .unwrap()
+        .expect("served from the archive");
+    assert_eq!((info.owner.as_str(), source), ("alice", Source::Archive));
+    let back = walk_back(&log, &j).await;
+    assert_eq!(back.len(), 200);
+    assert_dense(&back);
+    let mut reader = log.reader(&j, EntryId { ms: 0, seq: 0 });
+    let mut forward = Vec::new();
+    loop {
+        let entries = reader.next(64).await.unwrap();
+        if entries.is_empty() {
+            break;
+        }
+        forward.extend(entries);
+    }
+    assert_eq!(forward, back);
+
+    // The archiver's next visit makes them the job's log for good.
+    proxy.clear();
+    assert!(matches!(
+        archiver.archive_job(&j).await.unwrap(),
+        Outcome::Archived(_)
+    ));
+    let manifest = archive.manifest(&j).await.unwrap().unwrap();
+    assert!(manifest.complete);
+    assert_eq!(manifest.entries, 200);
+    assert_eq!(walk_back(&log, &j).await, back);
+}
+
+#[tokio::test]
+async fn a_first_segment_whose_listing_failed_keeps_the_job_and_its_owner_once_redis_forgets_it() {
+    let redis = RedisServer::start().unwrap();
+    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
+    let (proxy, archive, _direct) = proxied(None).await;
+    let archiver = archiver(&store, &archive);
+    let log = JobLog::new(store.clone(), Some(archive.clone()));
+    let j = job("unlisted-first");
+    write_job(&store, &j, "alice", 120, 40, false).await;
+
+    proxy.add_after("PUT", "manifest.json", 1, Fault::Status(500));
+    archiver.archive_job(&j).await.unwrap_err();
+    expire_now(&redis.url(), &j).await;
+
+    let (info, source) = log
+        .info(&j)
+        .await
+        .unwrap()
+        .expect("served from the archive");
+    assert_eq!((info.owner.as_str(), source), ("alice", Source::Archive));
+    let all = walk_back(&log, &j).await;
+    assert_eq!(
+        all.len(),
+        100,
+        "the first segment; the 21 entries after it were in Redis alone"
+    );
+    assert_dense(&all);
 }
