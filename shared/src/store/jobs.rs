@@ -1,6 +1,8 @@
 //! Job writes and the archive queue: creating a job, appending a batch, moving its
 //! status, and the queue of finished jobs waiting for the archiver.
 
+use std::fmt::Write;
+
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::{EntryBody, JobStatus, LineStream, NewEntry, now_ms};
 
@@ -148,6 +150,15 @@ impl LogStore {
         };
         let entries = batch.entries;
         let first_n = batch.first_n.map(|n| n.to_string()).unwrap_or_default();
+        let total: u64 = entries.iter().map(|e| e.text_bytes).sum();
+        let mut sizes = String::with_capacity(entries.len() * 4);
+        for entry in entries {
+            if !sizes.is_empty() {
+                sizes.push(',');
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(sizes, "{}", entry.text_bytes);
+        }
         let generation = batch.check;
         let notice = size_notice(r.max_job_bytes);
         let reply: Vec<String> = self
@@ -169,9 +180,11 @@ impl LogStore {
                     .arg(&open_from)
                     .arg(&open_to)
                     .arg(&masks)
-                    .arg(&first_n);
+                    .arg(&first_n)
+                    .arg(total)
+                    .arg(&sizes);
                 for entry in entries {
-                    inv.arg(entry.text_bytes).arg(&entry.json);
+                    inv.arg(&entry.json);
                 }
                 async move { inv.invoke(&mut c).await }
             })

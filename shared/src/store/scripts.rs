@@ -84,7 +84,9 @@ end
 /// lines, segment bytes, open markers before ('' no check) and after, the masks (a JSON
 /// array, or ''), the `n` the caller numbered the first entry with ('': the entries are
 /// not numbered; else entry i is numbered that + i, and renumbered here when the job's
-/// `n` differs), then each entry as its text bytes and its JSON. Answers `ok`,
+/// `n` differs), the entries' text bytes in all, each entry's text bytes (decimal,
+/// comma-separated: read only when the batch may cross the size limit, so a batch
+/// well inside it costs no per-line check), then each entry's JSON. Answers `ok`,
 /// the first and last ids and the first `n` ('' when nothing was stored), the lines
 /// accepted and dropped, whether the notice went in, whether a segment became due (the
 /// entries or bytes not yet archived crossed a multiple of the segment size), then the
@@ -138,19 +140,30 @@ local pending_b = stored - tonumber(m[10] or '0')
         r"
 local accepted, dropped, notice = 0, 0, 0
 local guess = tonumber(ARGV[14])
-for i = 15, #ARGV, 2 do
-  local size = tonumber(ARGV[i])
-  if size > 0 and (trunc or bytes + size > limit) then
-    dropped = dropped + 1
-    if not trunc then
-      trunc = true
-      notice = 1
-      add(ARGV[8])
+local total = tonumber(ARGV[15])
+if not trunc and bytes + total <= limit then
+  bytes = bytes + total
+  accepted = #ARGV - 16
+  for i = 17, #ARGV do
+    if guess then add_numbered(ARGV[i], guess + (i - 17)) else add(ARGV[i]) end
+  end
+else
+  local i = 17
+  for digits in string.gmatch(ARGV[16], '%d+') do
+    local size = tonumber(digits)
+    if size > 0 and (trunc or bytes + size > limit) then
+      dropped = dropped + 1
+      if not trunc then
+        trunc = true
+        notice = 1
+        add(ARGV[8])
+      end
+    else
+      bytes = bytes + size
+      accepted = accepted + 1
+      if guess then add_numbered(ARGV[i], guess + (i - 17)) else add(ARGV[i]) end
     end
-  else
-    bytes = bytes + size
-    accepted = accepted + 1
-    if guess then add_numbered(ARGV[i + 1], guess + (i - 15) / 2) else add(ARGV[i + 1]) end
+    i = i + 1
   end
 end
 local fields = {'n', n, 'bytes', bytes, 'stored', stored}

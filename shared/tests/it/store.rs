@@ -437,3 +437,67 @@ async fn entries_the_caller_numbered_are_stored_as_sent_when_right_and_renumbere
     want.push(numbered_json(&stage.to_stored_json(), 9));
     assert_eq!(got, want);
 }
+
+#[tokio::test]
+async fn a_batch_that_fills_the_size_limit_exactly_goes_in_whole_and_the_next_line_does_not() {
+    use logstream_core::model::{EntryBody, LineStream, NewEntry};
+    use logstream_shared::store::{AppendBatch, ToAppend};
+
+    let redis = shared().unwrap();
+    let store = LogStore::open(
+        &redis.url(),
+        Retention {
+            max_job_bytes: 100,
+            ..RETENTION
+        },
+    )
+    .unwrap();
+    let id = job("exact-limit");
+    create(&store, &id, "g1").await;
+    let append = |texts: Vec<String>| {
+        let (store, id) = (store.clone(), id.clone());
+        async move {
+            let batch: Vec<ToAppend> = texts
+                .into_iter()
+                .map(|text| {
+                    ToAppend::new(&NewEntry {
+                        ts: 1,
+                        body: EntryBody::Line {
+                            stream: LineStream::Stdout,
+                            text,
+                            ansi: None,
+                        },
+                    })
+                })
+                .collect();
+            let outcome = store
+                .append_batch(
+                    &id,
+                    &AppendBatch {
+                        check: "g1",
+                        seq: None,
+                        carry: None,
+                        open: None,
+                        masks: &[],
+                        first_n: None,
+                        entries: &batch,
+                    },
+                )
+                .await
+                .unwrap();
+            let AppendOutcome::Appended(appended) = outcome else {
+                panic!("{outcome:?}");
+            };
+            (appended.accepted, appended.dropped, appended.notice)
+        }
+    };
+    // 60 + 40 bytes: the limit itself, taken whole (the script's path without a
+    // per-line check); then one byte more is past it.
+    assert_eq!(
+        append(vec!["x".repeat(60), "y".repeat(40)]).await,
+        (2, 0, false)
+    );
+    assert_eq!(append(vec!["z".into()]).await, (0, 1, true));
+    let meta = store.job_meta(&id).await.unwrap().unwrap();
+    assert_eq!((meta.bytes, meta.truncated), (100, true));
+}
