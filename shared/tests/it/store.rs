@@ -2,7 +2,9 @@
 
 use logstream_core::ids::JobId;
 use logstream_core::model::{JobStatus, now_ms};
-use logstream_shared::store::{AppendOutcome, Cursor, LogStore, Retention, StatusOutcome};
+use logstream_shared::store::{
+    AppendBatch, AppendOutcome, Appended, Cursor, LogStore, Retention, StatusOutcome, ToAppend,
+};
 use logstream_testkit::fixtures::{new_job, stdout_line};
 use logstream_testkit::redis_server::{RedisServer, shared};
 
@@ -20,6 +22,51 @@ async fn create(store: &LogStore, id: &JobId, generation: &str) {
     let mut new = new_job("alice");
     new.generation = generation;
     assert!(store.create_job(id, &new).await.unwrap());
+}
+
+/// A store whose jobs may hold 100 bytes of text, and a new job of write check `g1`.
+async fn job_of_100_bytes(name: &str) -> (LogStore, JobId) {
+    let redis = shared().unwrap();
+    let store = LogStore::open(
+        &redis.url(),
+        Retention {
+            max_job_bytes: 100,
+            ..RETENTION
+        },
+    )
+    .unwrap();
+    let id = job(name);
+    create(&store, &id, "g1").await;
+    (store, id)
+}
+
+/// Appends `entries` (numbered from `first_n` when the caller numbered them) to job
+/// `id` of write check `g1`, which must take them.
+async fn append_g1(
+    store: &LogStore,
+    id: &JobId,
+    entries: &[ToAppend],
+    first_n: Option<u64>,
+) -> Appended {
+    let outcome = store
+        .append_batch(
+            id,
+            &AppendBatch {
+                check: "g1",
+                seq: None,
+                carry: None,
+                open: None,
+                masks: &[],
+                first_n,
+                entries,
+            },
+        )
+        .await
+        .unwrap();
+    let AppendOutcome::Appended(appended) = outcome else {
+        panic!("{outcome:?}");
+    };
+    appended
 }
 
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
@@ -332,19 +379,8 @@ async fn page_reads_survive_a_restart_and_report_a_dead_server_as_unavailable() 
 async fn entries_the_caller_numbered_are_stored_as_sent_when_right_and_renumbered_when_not() {
     use logstream_core::ids::EntryId;
     use logstream_core::model::{EntryBody, LineStream, NewEntry, StageStatus, numbered_json};
-    use logstream_shared::store::{AppendBatch, ToAppend};
 
-    let redis = shared().unwrap();
-    let store = LogStore::open(
-        &redis.url(),
-        Retention {
-            max_job_bytes: 100,
-            ..RETENTION
-        },
-    )
-    .unwrap();
-    let id = job("numbered");
-    create(&store, &id, "g1").await;
+    let (store, id) = job_of_100_bytes("numbered").await;
     let line = |text: &str| NewEntry {
         ts: 7,
         body: EntryBody::Line {
@@ -371,25 +407,7 @@ async fn entries_the_caller_numbered_are_stored_as_sent_when_right_and_renumbere
                     .collect(),
                 None => entries.iter().map(ToAppend::new).collect(),
             };
-            let outcome = store
-                .append_batch(
-                    &id,
-                    &AppendBatch {
-                        check: "g1",
-                        seq: None,
-                        carry: None,
-                        open: None,
-                        masks: &[],
-                        first_n,
-                        entries: &batch,
-                    },
-                )
-                .await
-                .unwrap();
-            let AppendOutcome::Appended(appended) = outcome else {
-                panic!("{outcome:?}");
-            };
-            appended
+            append_g1(&store, &id, &batch, first_n).await
         }
     };
     // Right (1..3), wrong (10.. for 4..5), none (6), and right again (7, 8) with the
@@ -441,19 +459,8 @@ async fn entries_the_caller_numbered_are_stored_as_sent_when_right_and_renumbere
 #[tokio::test]
 async fn a_batch_that_fills_the_size_limit_exactly_goes_in_whole_and_the_next_line_does_not() {
     use logstream_core::model::{EntryBody, LineStream, NewEntry};
-    use logstream_shared::store::{AppendBatch, ToAppend};
 
-    let redis = shared().unwrap();
-    let store = LogStore::open(
-        &redis.url(),
-        Retention {
-            max_job_bytes: 100,
-            ..RETENTION
-        },
-    )
-    .unwrap();
-    let id = job("exact-limit");
-    create(&store, &id, "g1").await;
+    let (store, id) = job_of_100_bytes("exact-limit").await;
     let append = |texts: Vec<String>| {
         let (store, id) = (store.clone(), id.clone());
         async move {
@@ -470,24 +477,7 @@ async fn a_batch_that_fills_the_size_limit_exactly_goes_in_whole_and_the_next_li
                     })
                 })
                 .collect();
-            let outcome = store
-                .append_batch(
-                    &id,
-                    &AppendBatch {
-                        check: "g1",
-                        seq: None,
-                        carry: None,
-                        open: None,
-                        masks: &[],
-                        first_n: None,
-                        entries: &batch,
-                    },
-                )
-                .await
-                .unwrap();
-            let AppendOutcome::Appended(appended) = outcome else {
-                panic!("{outcome:?}");
-            };
+            let appended = append_g1(&store, &id, &batch, None).await;
             (appended.accepted, appended.dropped, appended.notice)
         }
     };

@@ -14,7 +14,8 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use crate::segments::{SEGMENTED, assert_dense, walk_back};
 use crate::support::*;
 use logstream_archiver::{Archiver, ArchiverError, Outcome, Settings};
-use logstream_core::ids::EntryId;
+use logstream_core::ids::{EntryId, JobId};
+use logstream_core::model::StoredEntry;
 use logstream_shared::archive::s3::S3Archive;
 use logstream_shared::archive::{Archive, ArchiveError, segment_file};
 use logstream_shared::log::{JobLog, Source};
@@ -302,13 +303,40 @@ async fn a_deletion_whose_purge_failed_is_finished_by_the_next_visit() {
     assert!(!store.is_queued_for_archive(j.as_str()).await.unwrap());
 }
 
-#[tokio::test]
-async fn a_segment_whose_listing_failed_is_still_read_once_redis_forgets_the_job() {
+/// A Redis, a store on it, an archive reached through a fault proxy, an archiver and a
+/// reader over both tiers.
+async fn through_proxy() -> (RedisServer, LogStore, FaultProxy, Archive, Archiver, JobLog) {
     let redis = RedisServer::start().unwrap();
     let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
     let (proxy, archive, _direct) = proxied(None).await;
     let archiver = archiver(&store, &archive);
     let log = JobLog::new(store.clone(), Some(archive.clone()));
+    (redis, store, proxy, archive, archiver, log)
+}
+
+/// The job of a Redis that forgot it: served from the archive as alice's, its entries
+/// dense and the same walked back with `before` and forward with a reader.
+async fn read_from_the_archive(log: &JobLog, j: &JobId) -> Vec<StoredEntry> {
+    let (info, source) = log.info(j).await.unwrap().expect("served from the archive");
+    assert_eq!((info.owner.as_str(), source), ("alice", Source::Archive));
+    let back = walk_back(log, j).await;
+    assert_dense(&back);
+    let mut reader = log.reader(j, EntryId { ms: 0, seq: 0 });
+    let mut forward = Vec::new();
+    loop {
+        let entries = reader.next(64).await.unwrap();
+        if entries.is_empty() {
+            break;
+        }
+        forward.extend(entries);
+    }
+    assert_eq!(forward, back);
+    back
+}
+
+#[tokio::test]
+async fn a_segment_whose_listing_failed_is_still_read_once_redis_forgets_the_job() {
+    let (redis, store, proxy, archive, archiver, log) = through_proxy().await;
     let j = job("unlisted");
     write_job(&store, &j, "alice", 150, 40, false).await;
     assert_eq!(archiver.archive_job(&j).await.unwrap(), Outcome::Flushed(1));
@@ -324,27 +352,9 @@ async fn a_segment_whose_listing_failed_is_still_read_once_redis_forgets_the_job
     );
     expire_now(&redis.url(), &j).await;
 
-    // The job and both segments are read from the archive, backwards and forwards;
-    // only entry 201, never archived, is gone with Redis.
-    let (info, source) = log
-        .info(&j)
-        .await
-        .unwrap()
-        .expect("served from the archive");
-    assert_eq!((info.owner.as_str(), source), ("alice", Source::Archive));
-    let back = walk_back(&log, &j).await;
+    // Both segments are read; only entry 201, never archived, is gone with Redis.
+    let back = read_from_the_archive(&log, &j).await;
     assert_eq!(back.len(), 200);
-    assert_dense(&back);
-    let mut reader = log.reader(&j, EntryId { ms: 0, seq: 0 });
-    let mut forward = Vec::new();
-    loop {
-        let entries = reader.next(64).await.unwrap();
-        if entries.is_empty() {
-            break;
-        }
-        forward.extend(entries);
-    }
-    assert_eq!(forward, back);
 
     // The archiver's next visit makes them the job's log for good.
     proxy.clear();
@@ -360,29 +370,20 @@ async fn a_segment_whose_listing_failed_is_still_read_once_redis_forgets_the_job
 
 #[tokio::test]
 async fn a_first_segment_whose_listing_failed_keeps_the_job_and_its_owner_once_redis_forgets_it() {
-    let redis = RedisServer::start().unwrap();
-    let store = LogStore::open(&redis.url(), SEGMENTED).unwrap();
-    let (proxy, archive, _direct) = proxied(None).await;
-    let archiver = archiver(&store, &archive);
-    let log = JobLog::new(store.clone(), Some(archive.clone()));
+    let (redis, store, proxy, _archive, archiver, log) = through_proxy().await;
     let j = job("unlisted-first");
     write_job(&store, &j, "alice", 120, 40, false).await;
 
+    // The job's first manifest (no part) goes up, then its first segment; the manifest
+    // that would list it meets a 500.
     proxy.add_after("PUT", "manifest.json", 1, Fault::Status(500));
     archiver.archive_job(&j).await.unwrap_err();
     expire_now(&redis.url(), &j).await;
 
-    let (info, source) = log
-        .info(&j)
-        .await
-        .unwrap()
-        .expect("served from the archive");
-    assert_eq!((info.owner.as_str(), source), ("alice", Source::Archive));
-    let all = walk_back(&log, &j).await;
+    let all = read_from_the_archive(&log, &j).await;
     assert_eq!(
         all.len(),
         100,
         "the first segment; the 21 entries after it were in Redis alone"
     );
-    assert_dense(&all);
 }
