@@ -279,8 +279,10 @@ return r
 });
 
 /// Records that a job's entries up to `n` are safely in the archive's segments, and
-/// trims the stream: it keeps about `keep` of the newest entries (the live tail, whole
-/// `idx` blocks) and never an entry that is not archived. Only ever moves forward, and
+/// trims the stream: it keeps at most `keep` of the newest entries (the live tail, cut
+/// at the first whole `idx` block inside it, so at least `keep` - 255 of them), never an
+/// entry that is not archived and always the last archived one, so that with a segment
+/// of unarchived entries the stream stays within `keep` plus one segment. Only ever moves forward, and
 /// only for the job's generation `gen` (a job deleted and created again under the same
 /// id is not trimmed by a flush of the old one). KEYS: meta, logs, idx. ARGV: gen, n,
 /// id of entry n, its stored JSON bytes so far, keep. Answers the entries removed, or -1
@@ -294,7 +296,7 @@ local upto = tonumber(ARGV[2])
 if upto <= tonumber(m[3] or '0') then return -1 end
 redis.call('HSET', KEYS[1], 'arch_n', upto, 'arch_id', ARGV[3], 'arch_b', ARGV[4])
 local keep_from = math.min(tonumber(m[2]) - tonumber(ARGV[5]) + 1, upto + 1)
-local block = math.floor((keep_from - 1) / 256)
+local block = math.min(math.ceil((keep_from - 1) / 256), math.floor((upto - 1) / 256))
 local lo = tonumber(m[4] or '0')
 if block <= lo then return 0 end
 local id = redis.call('HGET', KEYS[3], block)
