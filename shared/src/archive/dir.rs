@@ -100,12 +100,27 @@ impl DirArchive {
 
     /// The whole of `file`; `None` when there is no such file.
     /// Removes the job's folder and everything in it; answers whether there was one.
+    ///
+    /// An archiver visit may be writing into the folder meanwhile (a deletion does not
+    /// wait for it: the visit finds the tombstone afterwards and removes what it wrote),
+    /// and a file created while the folder is being emptied makes the removal fail with
+    /// "directory not empty": the removal is then tried again, a few times.
     pub(super) async fn purge(&self, job: &JobId) -> Result<bool, ArchiveError> {
+        const ATTEMPTS: u32 = 5;
         let path = self.job_dir(job);
-        match fs::remove_dir_all(&path).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io(&path)(e)),
+        let mut attempt = 1;
+        loop {
+            match fs::remove_dir_all(&path).await {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(attempt > 1),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempt < ATTEMPTS =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(io(&path)(e)),
+            }
         }
     }
 
