@@ -167,13 +167,9 @@ impl JobLog {
             .map(|m| (JobInfo::from(&m), Source::Archive)))
     }
 
-    /// The job's manifest, for a job Redis has forgotten and for a forward walk that
-    /// has gone past Redis's oldest entry; `None` when the job was deleted (whatever the
-    /// archive may still hold while the deletion finishes). For a job that had not
-    /// ended, with the segments written after its last manifest update added (a flush
-    /// whose update failed just before Redis lost the job): they hold entries that may
-    /// be nowhere else. That costs one listing of the job's segments per read of an
-    /// unfinished job from the archive; a finished job's manifest is read alone.
+    /// The manifest of a job Redis has forgotten, with the segments it does not list
+    /// ([`forgotten`]); `None` when the job was deleted (whatever the archive may still
+    /// hold while the deletion finishes).
     async fn manifest(&self, job: &JobId) -> Result<Option<Manifest>, LogError> {
         let Some(archive) = &self.archive else {
             return Ok(None);
@@ -181,18 +177,10 @@ impl JobLog {
         if self.store.tombstone(job).await?.is_some() {
             return Ok(None);
         }
-        let Some(mut manifest) = archive.manifest(job).await? else {
-            return Ok(None);
-        };
-        let added = archive.extend_manifest(&mut manifest).await?;
-        if added > 0 {
-            tracing::warn!(
-                job_id = %job,
-                segments = added,
-                "segments the manifest did not list are read too"
-            );
+        match archive.manifest(job).await? {
+            Some(manifest) => Ok(Some(forgotten(archive, manifest).await?)),
+            None => Ok(None),
         }
-        Ok(Some(manifest))
     }
 
     /// One page of the job's log (see [`Cursor`]), and the job; `None` when neither
@@ -347,6 +335,23 @@ impl JobLog {
     }
 }
 
+/// `manifest` of a job Redis has forgotten, with the segments written after its last
+/// update added ([`Archive::extend_manifest`]: a flush whose update failed just before
+/// Redis lost the job): they hold entries that are nowhere else now. Costs one listing
+/// of the job's segments for a job that had not ended; an ended job's is returned as
+/// it is.
+async fn forgotten(archive: &Archive, mut manifest: Manifest) -> Result<Manifest, LogError> {
+    let added = archive.extend_manifest(&mut manifest).await?;
+    if added > 0 {
+        tracing::warn!(
+            job_id = %manifest.job_id,
+            segments = added,
+            "segments the manifest did not list are read too"
+        );
+    }
+    Ok(manifest)
+}
+
 /// Search results in reading order, and where to go on.
 fn done(mut entries: Vec<StoredEntry>, backward: bool, next: Option<EntryId>) -> Found {
     if backward {
@@ -431,7 +436,19 @@ impl LogReader {
 
     async fn read_manifest(&mut self) -> Result<(), LogError> {
         self.manifest_read = true;
-        self.manifest = self.log.manifest(&self.job).await?;
+        let Some(archive) = &self.log.archive else {
+            return Ok(());
+        };
+        self.manifest = match archive.manifest(&self.job).await? {
+            // Segments the manifest does not list matter once Redis has forgotten the
+            // job: while it holds the job, their entries are still in the stream.
+            Some(manifest)
+                if !manifest.complete && self.log.store.job_meta(&self.job).await?.is_none() =>
+            {
+                Some(forgotten(archive, manifest).await?)
+            }
+            read => read,
+        };
         Ok(())
     }
 
