@@ -144,8 +144,24 @@ local total = tonumber(ARGV[15])
 if not trunc and bytes + total <= limit then
   bytes = bytes + total
   accepted = #ARGV - 16
-  for i = 17, #ARGV do
-    if guess then add_numbered(ARGV[i], guess + (i - 17)) else add(ARGV[i]) end
+  if guess == n + 1 and cap == '0' then
+    -- The common case, one writer per job with an archive: every entry is stored as
+    -- sent, so `put`'s work is done here inline (about 11 % of the script's time).
+    local call, logs, idx = redis.call, KEYS[2], KEYS[4]
+    if accepted > 0 then first_n = n + 1 end
+    for i = 17, #ARGV do
+      local e = ARGV[i]
+      local id = call('XADD', logs, '*', 'e', e)
+      if n % 256 == 0 then call('HSET', idx, n / 256, id) end
+      n = n + 1
+      stored = stored + #e
+      first = first or id
+      last = id
+    end
+  else
+    for i = 17, #ARGV do
+      if guess then add_numbered(ARGV[i], guess + (i - 17)) else add(ARGV[i]) end
+    end
   end
 else
   local i = 17
