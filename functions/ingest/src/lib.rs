@@ -786,7 +786,10 @@ async fn post_logs(
             if appended.segment_due {
                 state.segment_due(&job).await;
             }
-            if let Some(stored) = Stored::of(&appended, &batch) {
+            // Most jobs have no WebSocket viewer: no JSON is renumbered for nobody.
+            if !appended.connections.is_empty()
+                && let Some(stored) = Stored::of(&appended, &batch)
+            {
                 state.push(&job, &appended.connections, stored, None).await;
             }
             if appended.notice {
