@@ -328,10 +328,10 @@ impl DirectReads {
             cmd.write_packed_command(&mut packed);
         }
         let replies = cmds.len() * if asking { 2 } else { 1 };
-        wire.exchange(&packed, replies).await?;
+        let asked = wire.exchange(&packed, replies).await?;
         // The exchange is complete: whatever the decoder makes of the replies, the
         // connection is ready for the next request.
-        let result = if !asking && partly_asked(&wire.buf, cmds.len()) {
+        let result = if !asking && partly_asked(asked, cmds.len()) {
             // The slot is being migrated and only some of the job's keys have moved:
             // neither node can answer for all of them; the migration will go on.
             Err(Failure::Server(server_error(
@@ -499,8 +499,8 @@ struct Wire {
 
 impl Wire {
     /// Writes `packed` and reads until `replies` complete replies are in `buf`, and
-    /// nothing more.
-    async fn exchange(&mut self, packed: &[u8], replies: usize) -> Result<(), Failure> {
+    /// nothing more. Answers how many of them are `ASK` redirections.
+    async fn exchange(&mut self, packed: &[u8], replies: usize) -> Result<usize, Failure> {
         self.io.write_all(packed).await?;
         self.io.flush().await?;
         self.buf.clear();
@@ -517,7 +517,7 @@ impl Wire {
             }
             match scanner.scan(&self.buf, replies) {
                 Ok(false) => {}
-                Ok(true) if scanner.at == self.buf.len() => return Ok(()),
+                Ok(true) if scanner.at == self.buf.len() => return Ok(scanner.asked),
                 Ok(true) => return Err(Failure::Corrupt("redis sent more than was asked".into())),
                 Err(what) => return Err(Failure::Corrupt(format!("not a RESP2 reply: {what}"))),
             }
@@ -535,6 +535,8 @@ struct Scanner {
     pending: u64,
     /// Complete replies so far.
     done: usize,
+    /// Replies that were `ASK` redirections, of those.
+    asked: usize,
 }
 
 impl Scanner {
@@ -578,6 +580,9 @@ impl Scanner {
                 _ => return Err("unknown reply type"),
             }
             // The value is whole: count it (a new reply starts with one value to come).
+            if self.pending == 0 && kind == b'-' && line.starts_with(b"ASK ") {
+                self.asked += 1;
+            }
             self.at = end;
             self.pending = self.pending.max(1) - 1;
             self.pending = self.pending.checked_add(inner).ok_or("array too long")?;
@@ -611,20 +616,9 @@ fn skip(buf: &[u8], at: usize) -> Result<usize, Scan> {
     }
 }
 
-/// Whether some of the `replies` in `buf` (complete) are `ASK` redirections and some
-/// are not.
-fn partly_asked(buf: &[u8], replies: usize) -> bool {
-    let mut at = 0;
-    let mut asked = 0;
-    for _ in 0..replies {
-        if buf[at..].starts_with(b"-ASK ") {
-            asked += 1;
-        }
-        match skip(buf, at) {
-            Ok(end) => at = end,
-            Err(_) => return false,
-        }
-    }
+/// Whether some of `replies`, `asked` of which were `ASK` redirections, were and some
+/// were not.
+fn partly_asked(asked: usize, replies: usize) -> bool {
     asked > 0 && asked < replies
 }
 
@@ -650,8 +644,25 @@ fn header(buf: &[u8], at: usize) -> Result<(u8, &[u8], usize), HeaderError> {
     Ok((kind, line, at + cr + 2))
 }
 
+/// A RESP length or integer: an optional `-`, then decimal digits (no `+`, no blanks;
+/// `None` past the `i64` range). Called for every value of every reply, so it reads
+/// the digits itself instead of through `str::parse`.
 fn integer(digits: &[u8]) -> Option<i64> {
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    let (negative, digits) = match digits.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if negative { -n } else { n })
 }
 
 /// Why a decoder refused a reply.
@@ -902,15 +913,61 @@ mod tests {
         }
     }
 
+    /// Scans `replies` replies of `buf`, fed in two pieces cut at every byte (the
+    /// count must not depend on where reads end), and says whether they were partly
+    /// asked.
+    fn scanned_partly_asked(buf: &str, replies: usize) -> bool {
+        let buf = buf.as_bytes();
+        let whole = (0..=buf.len()).map(|cut| {
+            let mut scanner = Scanner::default();
+            if cut < buf.len() {
+                assert_eq!(
+                    scanner.scan(&buf[..cut], replies),
+                    Ok(false),
+                    "cut at {cut}"
+                );
+            }
+            assert_eq!(scanner.scan(buf, replies), Ok(true), "cut at {cut}");
+            partly_asked(scanner.asked, replies)
+        });
+        let answers: Vec<bool> = whole.collect();
+        assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+        answers[0]
+    }
+
     #[test]
     fn only_a_mix_of_asks_and_answers_is_partly_asked() {
         let ask = "-ASK 866 127.0.0.1:7001\r\n";
         let value = "*1\r\n$1\r\nx\r\n";
-        assert!(partly_asked(format!("{value}{ask}{ask}").as_bytes(), 3));
-        assert!(partly_asked(format!("{ask}{value}").as_bytes(), 2));
-        assert!(!partly_asked(format!("{ask}{ask}").as_bytes(), 2));
-        assert!(!partly_asked(format!("{value}{value}").as_bytes(), 2));
-        assert!(!partly_asked(ask.as_bytes(), 1));
+        // An error inside an array is part of a reply, not a redirection of one.
+        let nested = "*2\r\n-ASK 866 127.0.0.1:7001\r\n:1\r\n";
+        assert!(scanned_partly_asked(&format!("{value}{ask}{ask}"), 3));
+        assert!(scanned_partly_asked(&format!("{ask}{value}"), 2));
+        assert!(!scanned_partly_asked(&format!("{ask}{ask}"), 2));
+        assert!(!scanned_partly_asked(&format!("{value}{value}"), 2));
+        assert!(!scanned_partly_asked(&format!("{nested}{value}"), 2));
+        assert!(!scanned_partly_asked(ask, 1));
+    }
+
+    #[test]
+    fn integers_are_read_as_redis_writes_them_and_nothing_else_is() {
+        let max = i64::MAX.to_string();
+        for (text, n) in [("0", 0), ("42", 42), ("-1", -1), (max.as_str(), i64::MAX)] {
+            assert_eq!(integer(text.as_bytes()), Some(n), "{text}");
+        }
+        for bad in [
+            "",
+            "-",
+            "+1",
+            " 1",
+            "1 ",
+            "1a",
+            "--1",
+            "9223372036854775808",
+            "١",
+        ] {
+            assert_eq!(integer(bad.as_bytes()), None, "{bad:?}");
+        }
     }
 
     #[test]
