@@ -20,6 +20,17 @@ pub enum LineStream {
     System,
 }
 
+impl LineStream {
+    /// Its name in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::System => "system",
+        }
+    }
+}
+
 impl FromStr for LineStream {
     type Err = ();
 
@@ -191,6 +202,9 @@ impl NewEntry {
     /// The stored form of entry number `n` of its job: what [`numbered_json`] makes of
     /// [`to_stored_json`](Self::to_stored_json), written in one pass.
     pub fn to_numbered_json(&self, n: u64) -> String {
+        if let EntryBody::Line { stream, text, ansi } = &self.body {
+            return self.line_json(n, *stream, text, ansi.as_deref());
+        }
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(b"{\"n\":");
         out.extend_from_slice(n.to_string().as_bytes());
@@ -202,6 +216,35 @@ impl NewEntry {
         out[fields] = b',';
         String::from_utf8(out).unwrap_or_else(|_| numbered_json(&self.to_stored_json(), n))
     }
+
+    /// [`to_numbered_json`](Self::to_numbered_json) of a line, the entry ingest makes
+    /// by the hundred per batch, written field by field: the derived serializer
+    /// (`flatten`, an internally tagged enum) goes through a map and cost about three
+    /// times as much. The same bytes, as a test checks.
+    fn line_json(&self, n: u64, stream: LineStream, text: &str, ansi: Option<&str>) -> String {
+        let mut out = Vec::with_capacity(text.len() + ansi.map_or(0, str::len) + 96);
+        out.extend_from_slice(b"{\"n\":");
+        push_decimal(&mut out, n);
+        out.extend_from_slice(b",\"ts\":");
+        push_decimal(&mut out, self.ts);
+        out.extend_from_slice(b",\"kind\":\"line\",\"stream\":\"");
+        out.extend_from_slice(stream.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"text\":");
+        // Writing a string to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, text);
+        if let Some(ansi) = ansi {
+            out.extend_from_slice(b",\"ansi\":");
+            let _ = serde_json::to_writer(&mut out, ansi);
+        }
+        out.push(b'}');
+        String::from_utf8(out).unwrap_or_else(|_| numbered_json(&self.to_stored_json(), n))
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    // Writing a number to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &n);
 }
 
 /// A decoded entry, as a client of the API sees it.
@@ -281,7 +324,6 @@ impl StoredEntry {
     /// than parsed again; only its shape is checked, and a value that is not an object
     /// (not written by this code) becomes `null` rather than breaking the document.
     pub fn write_json(&self, out: &mut String) {
-        use std::fmt::Write;
         let Some(fields) = self
             .json
             .strip_prefix('{')
@@ -291,8 +333,9 @@ impl StoredEntry {
             out.push_str("null");
             return;
         };
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{{\"id\":\"{}\"", self.id);
+        out.push_str("{\"id\":\"");
+        self.id.push_to(out);
+        out.push('"');
         if !fields.starts_with('}') {
             out.push(',');
         }
@@ -430,6 +473,22 @@ mod tests {
                 },
             },
             NewEntry {
+                ts: 1_733_240_000_000,
+                body: EntryBody::Line {
+                    stream: LineStream::Stdout,
+                    text: "tab\there, back\\slash, nul\u{0} and \u{7f}".into(),
+                    ansi: None,
+                },
+            },
+            NewEntry {
+                ts: 0,
+                body: EntryBody::Line {
+                    stream: LineStream::System,
+                    text: String::new(),
+                    ansi: None,
+                },
+            },
+            NewEntry {
                 ts: u64::from(u32::MAX),
                 body: EntryBody::Stage {
                     name: "build".into(),
@@ -438,7 +497,7 @@ mod tests {
             },
         ];
         for entry in &entries {
-            for n in [1, 42, 1 << 40] {
+            for n in [1, 42, 1 << 40, u64::MAX] {
                 assert_eq!(
                     entry.to_numbered_json(n),
                     numbered_json(&entry.to_stored_json(), n)
