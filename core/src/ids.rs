@@ -112,25 +112,11 @@ impl EntryId {
     /// machinery: for the paths that write one id per entry (pages, frames, archive
     /// lines), where `write!` cost more than the rest of the entry.
     pub fn push_to(&self, out: &mut String) {
-        push_decimal(out, self.ms);
+        let mut digits = itoa::Buffer::new();
+        out.push_str(digits.format(self.ms));
         out.push('-');
-        push_decimal(out, self.seq);
+        out.push_str(digits.format(self.seq));
     }
-}
-
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 impl Ord for EntryId {

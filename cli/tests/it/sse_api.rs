@@ -387,10 +387,14 @@ async fn two_hundred_viewers_of_one_job_share_one_redis_reader() {
         }
     }
     assert_eq!(env.server.sse().hub().feeds(), 1, "one feed for the job");
-    assert_eq!(
-        connected_clients(&mut probe).await,
-        idle + 2,
-        "199 more viewers added no Redis connection"
+    // A viewer's replay read may still be in flight when the next viewer's starts (the
+    // first frame goes out before it): the pool then holds a second read connection
+    // for a while. What 199 more viewers must not add is a connection each.
+    let connected = connected_clients(&mut probe).await;
+    assert!(
+        (idle + 2..=idle + 3).contains(&connected),
+        "199 more viewers added no Redis connection but a pooled read's: {connected} \
+         connected, {idle} before"
     );
 
     env.post_lines(&job, "to all", 1).await;

@@ -25,7 +25,6 @@
 pub mod push;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -45,7 +44,7 @@ use logstream_core::ids::{EntryId, JobId};
 use logstream_core::markers::Open;
 use logstream_core::model::{
     Ending, EntryBody, JobStatus, LineStream, NewEntry, StageStatus, StoredEntry, now_ms,
-    numbered_json, renumbered_json,
+    numbered_json,
 };
 use logstream_core::sanitize::Sanitizer;
 use logstream_shared::auth::pipeline::{
@@ -180,28 +179,107 @@ struct JobSettings {
     /// saw them: a batch with markers starts from here, and is made again when the
     /// store has moved on.
     open: Mutex<Open>,
-    /// The `n` this instance expects the job's next entry to get: a batch's entries are
-    /// numbered from here before they go to Redis ([`AppendBatch::first_n`]), each
-    /// batch taking its range, so that concurrent batches of one job guess apart. A
-    /// wrong guess (another instance wrote, or a status entry went in) costs only what
-    /// unnumbered entries do, and the answer sets it right.
-    next_n: AtomicU64,
+    /// The numbers this instance expects the job's next entries to get (see
+    /// [`Numbering`]).
+    numbering: Mutex<Numbering>,
+}
+
+/// The `n` an instance expects a job's next entry to get: a batch's entries are
+/// numbered from here before they go to Redis ([`AppendBatch::first_n`]), each batch
+/// taking its range, so that concurrent batches of one job guess apart. A wrong guess
+/// costs only what unnumbered entries do (the append script numbers them again).
+///
+/// Two batches in flight at once may reach Redis in the other order: both are then
+/// stored one range off, but the job's count after both is the one guessed, so the
+/// batches taken after them still guess right. The counter therefore moves only
+/// forward on an answer (the store is ahead: another instance wrote, or a status entry
+/// went in), back by a batch's range when that batch stored nothing, and to exactly
+/// the store's count when no other batch of the job is in flight: the highest end of
+/// the batches answered meanwhile, as answers are handled in any order, not in the
+/// order Redis ran the batches. Setting it from every wrong answer instead made each
+/// reordering throw off the batches in flight, whose answers then threw off the next
+/// ones (over half of the batches of 8 writers on one job were numbered again).
+#[derive(Debug, Default)]
+struct Numbering {
+    next: u64,
+    /// Batches that took numbers and have had no answer yet.
+    in_flight: usize,
+    /// The highest `n` after a batch answered since nothing was last in flight, plus
+    /// one (0: none).
+    high: u64,
+}
+
+impl Numbering {
+    fn answered(&mut self) {
+        self.in_flight -= 1;
+        if self.in_flight == 0 {
+            if self.high > 0 {
+                self.next = self.high;
+            }
+            self.high = 0;
+        }
+    }
+}
+
+/// One batch's range of numbers, given back (see [`Numbering`]) unless
+/// [`Taken::stored`] says where the store put the batch: dropped on a retry, an error
+/// or a cancelled request.
+struct Taken {
+    settings: Arc<JobSettings>,
+    first: u64,
+    count: u64,
+    answered: bool,
+}
+
+impl Taken {
+    /// The store numbered `stored` entries of this batch from `first_n`.
+    fn stored(mut self, first_n: u64, stored: usize) {
+        self.answered = true;
+        let end = first_n + stored as u64;
+        self.settings.with_numbering(|numbering| {
+            numbering.high = numbering.high.max(end);
+            numbering.next = numbering.next.max(end);
+            numbering.answered();
+        });
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let count = self.count;
+        self.settings.with_numbering(|numbering| {
+            numbering.next = numbering.next.saturating_sub(count).max(1);
+            numbering.answered();
+        });
+    }
 }
 
 impl JobSettings {
-    /// Takes the numbers of `count` entries: the first one's.
-    fn take_numbers(&self, count: usize) -> u64 {
-        self.next_n.fetch_add(count as u64, Ordering::Relaxed)
+    /// Takes the numbers of `count` entries, from [`Taken::first`].
+    fn take_numbers(self: &Arc<Self>, count: usize) -> Taken {
+        let first = self.with_numbering(|numbering| {
+            numbering.in_flight += 1;
+            let first = numbering.next;
+            numbering.next += count as u64;
+            first
+        });
+        Taken {
+            settings: Arc::clone(self),
+            first,
+            count: count as u64,
+            answered: false,
+        }
     }
 
-    /// The store numbered `stored` entries of a batch of `taken` from `first_n`:
-    /// guessed right, the counter is already past them; else it starts again after
-    /// them.
-    fn numbered(&self, (guessed, taken): (u64, usize), first_n: u64, stored: usize) {
-        if guessed != first_n || taken != stored {
-            self.next_n
-                .store(first_n + stored as u64, Ordering::Relaxed);
-        }
+    fn with_numbering<T>(&self, change: impl FnOnce(&mut Numbering) -> T) -> T {
+        let mut numbering = self
+            .numbering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut numbering)
     }
 
     fn last_open(&self) -> Open {
@@ -224,7 +302,11 @@ impl JobSettings {
             check,
             secrets,
             open: Mutex::default(),
-            next_n: AtomicU64::new(entries + 1),
+            numbering: Mutex::new(Numbering {
+                next: entries + 1,
+                in_flight: 0,
+                high: 0,
+            }),
         }
     }
 }
@@ -387,13 +469,11 @@ impl IngestState {
                 lines,
                 options,
             );
-            let first_n = settings.take_numbers(built.entries.len());
-            let batch: Vec<ToAppend> = built
-                .entries
-                .iter()
-                .zip(first_n..)
-                .map(|(entry, n)| ToAppend::numbered(entry, n))
-                .collect();
+            let batch: Vec<ToAppend> = built.entries.iter().map(ToAppend::new).collect();
+            // As late as can be: batches of one job sent at once reach Redis in the
+            // order they took their numbers the more often, the less lies between.
+            let numbers = settings.take_numbers(batch.len());
+            let first_n = numbers.first;
             let outcome = self
                 .store
                 .append_batch(
@@ -427,8 +507,7 @@ impl IngestState {
                 outcome => {
                     if let AppendOutcome::Appended(appended) = &outcome {
                         if appended.ids.is_some() {
-                            settings.numbered(
-                                (first_n, batch.len()),
+                            numbers.stored(
                                 appended.first_n,
                                 appended.accepted + usize::from(appended.notice),
                             );
@@ -539,7 +618,7 @@ impl Stored {
             batch[..appended.accepted]
                 .iter()
                 .zip(appended.first_n..)
-                .map(|(entry, n)| renumbered_json(&entry.json, n))
+                .map(|(entry, n)| numbered_json(&entry.json, n))
                 .collect()
         });
         Some(Self {
@@ -1101,22 +1180,86 @@ mod tests {
     }
 
     #[test]
-    fn batches_take_numbers_apart_and_a_wrong_guess_starts_again_from_the_store() {
+    fn batches_take_numbers_apart_and_the_counter_follows_the_store() {
         let s = settings(&[]);
+        let next = |s: &Arc<JobSettings>| s.with_numbering(|numbering| numbering.next);
         // Two batches of one job in flight at once guess apart.
-        assert_eq!((s.take_numbers(100), s.take_numbers(50)), (1, 101));
+        let (a, b) = (s.take_numbers(100), s.take_numbers(50));
+        assert_eq!((a.first, b.first), (1, 101));
         // Both stored where guessed: the counter stays past them.
-        s.numbered((1, 100), 1, 100);
-        s.numbered((101, 50), 101, 50);
-        assert_eq!(s.take_numbers(10), 151);
-        // Another instance wrote 5 entries first: stored from 166, not 161.
-        s.numbered((151, 10), 156, 10);
-        assert_eq!(s.take_numbers(1), 166);
+        a.stored(1, 100);
+        b.stored(101, 50);
+        assert_eq!(next(&s), 151);
+        // Another instance wrote 5 entries first: stored from 156, not 151.
+        s.take_numbers(10).stored(156, 10);
+        assert_eq!(next(&s), 166);
         // Right start, but the size limit dropped all but 3 (and added its notice).
-        s.numbered((166, 1), 166, 1);
         let first = s.take_numbers(10);
-        s.numbered((first, 10), first, 4);
-        assert_eq!(s.take_numbers(1), first + 4);
+        let start = first.first;
+        first.stored(start, 4);
+        assert_eq!(next(&s), start + 4);
+    }
+
+    #[test]
+    fn batches_that_reach_redis_in_the_other_order_do_not_throw_off_the_next_ones() {
+        let s = settings(&[]);
+        let next = |s: &Arc<JobSettings>| s.with_numbering(|numbering| numbering.next);
+        let (a, b, c) = (
+            s.take_numbers(100),
+            s.take_numbers(100),
+            s.take_numbers(100),
+        );
+        // b reached Redis first and was stored where a guessed, then a where b did:
+        // the job's count after both is what was guessed, so c still guesses right
+        // and so do batches taken meanwhile.
+        b.stored(1, 100);
+        let d = s.take_numbers(100);
+        assert_eq!(d.first, 301);
+        a.stored(101, 100);
+        c.stored(201, 100);
+        d.stored(301, 100);
+        assert_eq!(next(&s), 401);
+    }
+
+    #[test]
+    fn a_batch_that_stored_nothing_gives_its_numbers_back() {
+        let s = settings(&[]);
+        let next = |s: &Arc<JobSettings>| s.with_numbering(|numbering| numbering.next);
+        let (a, b) = (s.take_numbers(100), s.take_numbers(100));
+        // a failed (an error, a retry, a cancelled request): b lands where a guessed.
+        drop(a);
+        assert_eq!(next(&s), 101);
+        let c = s.take_numbers(10);
+        assert_eq!(c.first, 101);
+        b.stored(1, 100);
+        c.stored(101, 10);
+        assert_eq!(next(&s), 111);
+        // The answer lost but the batch stored after all: the next answer is ahead
+        // of the counter and moves it on.
+        drop(s.take_numbers(10));
+        let e = s.take_numbers(10);
+        assert_eq!(e.first, 111);
+        e.stored(121, 10);
+        assert_eq!(next(&s), 131);
+    }
+
+    #[test]
+    fn with_nothing_in_flight_the_counter_is_the_stores_count() {
+        let s = settings(&[]);
+        let next = |s: &Arc<JobSettings>| s.with_numbering(|numbering| numbering.next);
+        let (a, b) = (s.take_numbers(100), s.take_numbers(100));
+        // Behind what was guessed, with b still in flight: it may yet land there.
+        a.stored(1, 50);
+        assert_eq!(next(&s), 201);
+        // The last answer in: exactly the store's count.
+        b.stored(51, 100);
+        assert_eq!(next(&s), 151);
+        // Redis ran c before d, but d's answer is handled first: the store's count is
+        // where d ended, not where c, the last answer, did.
+        let (c, d) = (s.take_numbers(100), s.take_numbers(100));
+        d.stored(251, 100);
+        c.stored(151, 100);
+        assert_eq!(next(&s), 351);
     }
 
     #[test]

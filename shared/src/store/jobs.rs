@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use logstream_core::ids::{EntryId, JobId};
-use logstream_core::model::{EntryBody, JobStatus, LineStream, NewEntry, now_ms};
+use logstream_core::model::{EntryBody, JobStatus, LineStream, NewEntry, now_ms, numbered_json};
 
 use super::keys::{ARCHIVE_QUEUE, JobKeys};
 use super::reads::parse_id;
@@ -183,8 +183,17 @@ impl LogStore {
                     .arg(&first_n)
                     .arg(total)
                     .arg(&sizes);
-                for entry in entries {
-                    inv.arg(&entry.json);
+                match batch.first_n {
+                    Some(first) => {
+                        for (entry, n) in entries.iter().zip(first..) {
+                            inv.arg_bytes(numbered_json(&entry.json, n).into_bytes());
+                        }
+                    }
+                    None => {
+                        for entry in entries {
+                            inv.arg(&entry.json);
+                        }
+                    }
                 }
                 async move { inv.invoke(&mut c).await }
             })

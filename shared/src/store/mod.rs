@@ -236,9 +236,10 @@ pub struct AppendBatch<'a> {
     pub open: Option<(String, String)>,
     /// Secrets the batch's `::add-mask::` lines register.
     pub masks: &'a [String],
-    /// The `n` the entries' JSON is numbered from ([`ToAppend::numbered`]), when it is:
-    /// the caller's guess of the job's next `n`. A right guess spares Redis building
-    /// each entry's string; a wrong one costs what unnumbered entries do.
+    /// The caller's guess of the job's next `n`, when it has one: the entries are then
+    /// numbered from it as the command is written (so that the guess can be taken
+    /// late, see the ingest function's `Numbering`). A right guess spares Redis
+    /// building each entry's string; a wrong one costs what unnumbered entries do.
     pub first_n: Option<u64>,
     pub entries: &'a [ToAppend],
 }
@@ -255,14 +256,6 @@ impl ToAppend {
     pub fn new(entry: &NewEntry) -> Self {
         Self {
             json: entry.to_stored_json(),
-            text_bytes: jobs::text_bytes(entry),
-        }
-    }
-
-    /// `entry` as entry number `n` of its job ([`AppendBatch::first_n`]).
-    pub fn numbered(entry: &NewEntry, n: u64) -> Self {
-        Self {
-            json: entry.to_numbered_json(n),
             text_bytes: jobs::text_bytes(entry),
         }
     }

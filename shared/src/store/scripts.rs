@@ -435,6 +435,12 @@ impl LuaCall<'_> {
         self
     }
 
+    /// One argument, taken as it is.
+    pub(super) fn arg_bytes(&mut self, arg: Vec<u8>) -> &mut Self {
+        self.args.push(arg);
+        self
+    }
+
     fn cmd(&self, cached: bool) -> Cmd {
         let mut cmd = if cached {
             let mut cmd = redis::cmd("EVALSHA");

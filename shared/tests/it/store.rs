@@ -400,13 +400,7 @@ async fn entries_the_caller_numbered_are_stored_as_sent_when_right_and_renumbere
         let store = store.clone();
         let id = id.clone();
         async move {
-            let batch: Vec<ToAppend> = match first_n {
-                Some(first) => (first..)
-                    .zip(&entries)
-                    .map(|(n, e)| ToAppend::numbered(e, n))
-                    .collect(),
-                None => entries.iter().map(ToAppend::new).collect(),
-            };
+            let batch: Vec<ToAppend> = entries.iter().map(ToAppend::new).collect();
             append_g1(&store, &id, &batch, first_n).await
         }
     };
