@@ -134,8 +134,12 @@ pub struct IngestRun {
     pub requests: usize,
     pub lines_per_sec: f64,
     pub latency: Latency,
-    /// The Redis XADD ceiling measured right before this run, XADD/s.
+    /// The Redis XADD ceiling around this run, XADD/s: the mean of the measurements
+    /// right before and right after it.
     pub redis_ceiling: Option<f64>,
+    /// Those two measurements, XADD/s.
+    pub redis_ceiling_before: Option<f64>,
+    pub redis_ceiling_after: Option<f64>,
     /// `lines_per_sec` over that ceiling.
     pub of_redis_ceiling: Option<f64>,
     /// Redis's own time per append script call (`INFO commandstats`, `evalsha`), µs:
@@ -265,11 +269,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                 for _ in 0..jobs {
                     posted_to.push(create_job(&http, &url, &key).await?);
                 }
-                // The ceiling again, right before the run it is compared with: this
-                // VM's speed drifts by a third within minutes (the ceiling moved from
-                // 428 k to 732 k/s between runs of one afternoon), so a ratio to a
-                // ceiling taken minutes earlier tells the drift as much as ingest.
-                let ceiling = redis_url.as_deref().and_then(redis_ceiling);
+                // The ceiling again, right before and right after the run it is
+                // compared with: this VM's speed drifts by a third within minutes (the
+                // ceiling moved from 428 k to 732 k/s between runs of one afternoon, and
+                // by a fifth between two runs a second apart on an idle Redis), so a
+                // ratio to a ceiling taken minutes earlier, or once, tells the drift as
+                // much as ingest.
+                let before = redis_url.as_deref().and_then(redis_ceiling);
                 if let Some(redis) = redis.as_mut() {
                     redis::cmd("CONFIG")
                         .arg("RESETSTAT")
@@ -279,11 +285,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                 let mut run =
                     ingest_run(&http, &url, &posted_to, &body, batch, requests, concurrency)
                         .await?;
-                run.redis_ceiling = ceiling;
-                run.of_redis_ceiling = ceiling.map(|x| run.lines_per_sec / x);
                 if let Some(redis) = redis.as_mut() {
                     run.redis_us_per_batch = evalsha_usec_per_call(redis).await;
                 }
+                let after = redis_url.as_deref().and_then(redis_ceiling);
+                let ceiling = before.zip(after).map(|(b, a)| (b + a) / 2.0);
+                run.redis_ceiling_before = before;
+                run.redis_ceiling_after = after;
+                run.redis_ceiling = ceiling;
+                run.of_redis_ceiling = ceiling.map(|x| run.lines_per_sec / x);
                 runs.push(run);
             }
             let run = runs.remove(0);
@@ -669,6 +679,8 @@ async fn ingest_run(
         lines_per_sec: lines as f64 / wall.as_secs_f64(),
         latency: summarize(times),
         redis_ceiling: None,
+        redis_ceiling_before: None,
+        redis_ceiling_after: None,
         of_redis_ceiling: None,
         redis_us_per_batch: None,
     })
@@ -947,25 +959,32 @@ pub fn table(r: &BenchReport) -> String {
         Some(x) => {
             let _ = writeln!(
                 out,
-                "\nredis XADD ceiling at the start (redis-benchmark -P 1000): {x:.0}/s; again before each ingest run below"
+                "\nredis XADD ceiling at the start (redis-benchmark -P 1000): {x:.0}/s; again before and after each ingest run below"
             );
         }
         None => out.push_str("\nredis XADD ceiling: redis-benchmark not available\n"),
     }
     if !r.ingest.is_empty() {
         out.push_str(
-            "\ningest    batch  concurrency  jobs     lines/s   p50 ms   p99 ms  of the ceiling just before  requests  redis µs/batch\n",
+            "\ningest    batch  concurrency  jobs     lines/s   p50 ms   p99 ms  of the ceiling before and after  requests  redis µs/batch\n",
         );
         for i in &r.ingest {
-            let ratio = match (i.of_redis_ceiling, i.redis_ceiling) {
-                (Some(x), Some(ceiling)) => {
-                    format!("{:.0} % of {:.0} k/s", x * 100.0, ceiling / 1000.0)
-                }
+            let ratio = match (
+                i.of_redis_ceiling,
+                i.redis_ceiling_before,
+                i.redis_ceiling_after,
+            ) {
+                (Some(x), Some(before), Some(after)) => format!(
+                    "{:.0} % of {:.0}/{:.0} k/s",
+                    x * 100.0,
+                    before / 1000.0,
+                    after / 1000.0
+                ),
                 _ => "-".to_owned(),
             };
             let _ = writeln!(
                 out,
-                "        {:>6}  {:>11}  {:>4}  {:>10.0}  {:>7.2}  {:>7.2}  {:>26}  {:>8}  {:>14}",
+                "        {:>6}  {:>11}  {:>4}  {:>10.0}  {:>7.2}  {:>7.2}  {:>31}  {:>8}  {:>14}",
                 i.batch,
                 i.concurrency,
                 i.jobs,
