@@ -199,7 +199,7 @@ struct JobSettings {
 /// order Redis ran the batches. Setting it from every wrong answer instead made each
 /// reordering throw off the batches in flight, whose answers then threw off the next
 /// ones (over half of the batches of 8 writers on one job were numbered again).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Numbering {
     next: u64,
     /// Batches that took numbers and have had no answer yet.
@@ -1179,10 +1179,14 @@ mod tests {
         ))
     }
 
+    /// The number the job's next batch would take.
+    fn next(s: &JobSettings) -> u64 {
+        s.with_numbering(|numbering| numbering.next)
+    }
+
     #[test]
     fn batches_take_numbers_apart_and_the_counter_follows_the_store() {
         let s = settings(&[]);
-        let next = |s: &Arc<JobSettings>| s.with_numbering(|numbering| numbering.next);
         // Two batches of one job in flight at once guess apart.
         let (a, b) = (s.take_numbers(100), s.take_numbers(50));
         assert_eq!((a.first, b.first), (1, 101));
@@ -1203,7 +1207,6 @@ mod tests {
     #[test]
     fn batches_that_reach_redis_in_the_other_order_do_not_throw_off_the_next_ones() {
         let s = settings(&[]);
-        let next = |s: &Arc<JobSettings>| s.with_numbering(|numbering| numbering.next);
         let (a, b, c) = (
             s.take_numbers(100),
             s.take_numbers(100),
@@ -1224,7 +1227,6 @@ mod tests {
     #[test]
     fn a_batch_that_stored_nothing_gives_its_numbers_back() {
         let s = settings(&[]);
-        let next = |s: &Arc<JobSettings>| s.with_numbering(|numbering| numbering.next);
         let (a, b) = (s.take_numbers(100), s.take_numbers(100));
         // a failed (an error, a retry, a cancelled request): b lands where a guessed.
         drop(a);
@@ -1246,7 +1248,6 @@ mod tests {
     #[test]
     fn with_nothing_in_flight_the_counter_is_the_stores_count() {
         let s = settings(&[]);
-        let next = |s: &Arc<JobSettings>| s.with_numbering(|numbering| numbering.next);
         let (a, b) = (s.take_numbers(100), s.take_numbers(100));
         // Behind what was guessed, with b still in flight: it may yet land there.
         a.stored(1, 50);
