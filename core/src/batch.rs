@@ -69,8 +69,17 @@ impl BatchError {
 /// Parses a JSON body (invalid UTF-8 read as U+FFFD): [`BatchError::InvalidJson`] when
 /// it is not JSON, [`BatchError::InvalidBody`] when it is JSON of another shape.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BatchError> {
-    let text = String::from_utf8_lossy(body);
-    serde_json::from_str(&text).map_err(|e| {
+    match std::str::from_utf8(body) {
+        Ok(text) => from_json(text),
+        Err(_) => from_json(&String::from_utf8_lossy(body)),
+    }
+}
+
+/// `text` as JSON, borrowing from it where `T` does. A body that is valid UTF-8 (every
+/// body a well-behaved client sends) is read in place: the lossy conversion walks it a
+/// byte at a time, about 0.8 k instructions per 100-byte line of a batch.
+fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, BatchError> {
+    serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             BatchError::InvalidBody(e.to_string())
         } else {
@@ -106,16 +115,19 @@ pub struct LineBatch<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-struct JsonBatch {
-    lines: Vec<JsonLine>,
+struct JsonBatch<'a> {
+    #[serde(borrow)]
+    lines: Vec<JsonLine<'a>>,
     seq: Option<u64>,
 }
 
+/// A line of a JSON batch; its text borrowed from the body unless it held an escape.
 #[derive(Debug, Deserialize)]
-struct JsonLine {
+struct JsonLine<'a> {
     #[serde(default = "default_stream")]
     stream: LineStream,
-    text: String,
+    #[serde(borrow)]
+    text: Cow<'a, str>,
     ts: Option<u64>,
 }
 
@@ -125,49 +137,37 @@ fn default_stream() -> LineStream {
 
 /// Parses and checks a request body.
 pub fn parse_body(body: &[u8], format: BodyFormat) -> Result<LineBatch<'_>, BatchError> {
-    let batch =
-        match format {
-            BodyFormat::PlainText(stream) => LineBatch {
-                lines: split_lines(body)
-                    .into_iter()
-                    .map(|text| RawLine {
-                        stream,
-                        text,
-                        ts: None,
-                    })
-                    .collect(),
-                seq: None,
-            },
-            BodyFormat::Json => {
-                let batch: JsonBatch = parse_json(body)?;
-                let mut lines = Vec::with_capacity(batch.lines.len());
-                for l in batch.lines {
-                    if l.ts.is_some_and(|ts| ts > MAX_TS) {
-                        return Err(BatchError::InvalidTs);
-                    }
-                    // A text holding newlines is several lines, as in a text/plain body.
-                    if l.text.contains('\n') {
-                        lines.extend(split_lines(l.text.as_bytes()).into_iter().map(|text| {
-                            RawLine {
-                                stream: l.stream,
-                                text: Cow::Owned(text.into_owned()),
-                                ts: l.ts,
-                            }
-                        }));
-                    } else {
-                        lines.push(RawLine {
-                            stream: l.stream,
-                            text: Cow::Owned(l.text),
-                            ts: l.ts,
-                        });
-                    }
-                }
+    let batch = match format {
+        BodyFormat::PlainText(stream) => LineBatch {
+            lines: split_lines(body)
+                .into_iter()
+                .map(|text| RawLine {
+                    stream,
+                    text,
+                    ts: None,
+                })
+                .collect(),
+            seq: None,
+        },
+        BodyFormat::Json => match std::str::from_utf8(body) {
+            Ok(text) => json_batch(from_json(text)?)?,
+            Err(_) => {
+                let text = String::from_utf8_lossy(body);
+                let batch = json_batch(from_json(&text)?)?;
                 LineBatch {
-                    lines,
+                    lines: batch
+                        .lines
+                        .into_iter()
+                        .map(|l| RawLine {
+                            text: Cow::Owned(l.text.into_owned()),
+                            ..l
+                        })
+                        .collect(),
                     seq: batch.seq,
                 }
             }
-        };
+        },
+    };
     if batch.lines.is_empty() {
         return Err(BatchError::NoLines);
     }
@@ -178,6 +178,32 @@ pub fn parse_body(body: &[u8], format: BodyFormat) -> Result<LineBatch<'_>, Batc
         return Err(BatchError::InvalidSeq);
     }
     Ok(batch)
+}
+
+/// The lines of a JSON batch: a text holding newlines is several lines, as in a
+/// `text/plain` body.
+fn json_batch(batch: JsonBatch<'_>) -> Result<LineBatch<'_>, BatchError> {
+    let mut lines = Vec::with_capacity(batch.lines.len());
+    for l in batch.lines {
+        if l.ts.is_some_and(|ts| ts > MAX_TS) {
+            return Err(BatchError::InvalidTs);
+        }
+        let (stream, ts) = (l.stream, l.ts);
+        let line = |text| RawLine { stream, text, ts };
+        match l.text {
+            // Only an escape puts a newline in a JSON string: the text is an owned one.
+            text if text.contains('\n') => lines.extend(
+                split_lines(text.as_bytes())
+                    .into_iter()
+                    .map(|part| line(Cow::Owned(part.into_owned()))),
+            ),
+            text => lines.push(line(text)),
+        }
+    }
+    Ok(LineBatch {
+        lines,
+        seq: batch.seq,
+    })
 }
 
 /// Splits a `text/plain` body into lines: `\n` ends a line, a `\r` just before it is
@@ -266,6 +292,25 @@ mod tests {
         let only_newline = parse_body(br#"{"lines":[{"text":"\n"}]}"#, BodyFormat::Json).unwrap();
         assert_eq!(only_newline.lines.len(), 1);
         assert_eq!(only_newline.lines[0].text, "");
+    }
+
+    #[test]
+    fn a_json_body_is_read_in_place_and_invalid_utf8_in_it_becomes_replacement_characters() {
+        let body = br#"{"lines":[{"text":"plain"},{"text":"esc\u0041ped"}]}"#;
+        let batch = parse_body(body, BodyFormat::Json).unwrap();
+        assert!(matches!(batch.lines[0].text, Cow::Borrowed("plain")));
+        assert_eq!(batch.lines[1].text, "escAped");
+
+        let mut body = br#"{"lines":[{"text":"bad "#.to_vec();
+        body.extend_from_slice(b"\xff\xfe byte\"},{\"text\":\"fine\"}],\"seq\":3}");
+        let batch = parse_body(&body, BodyFormat::Json).unwrap();
+        let texts: Vec<&str> = batch.lines.iter().map(|l| l.text.as_ref()).collect();
+        assert_eq!(texts, ["bad \u{fffd}\u{fffd} byte", "fine"]);
+        assert_eq!(batch.seq, Some(3));
+        assert!(matches!(
+            parse_json::<serde_json::Value>(b"{\"a\":\"\xff\"}"),
+            Ok(v) if v["a"] == "\u{fffd}"
+        ));
     }
 
     #[test]
