@@ -294,6 +294,9 @@ pub struct PartEncoder {
     bytes: u64,
     last_id: Option<EntryId>,
     index: Vec<Checkpoint>,
+    /// One entry's line, written here before it is copied out: a buffer reused for
+    /// every entry rather than a string made for each.
+    line: String,
 }
 
 impl PartEncoder {
@@ -305,6 +308,7 @@ impl PartEncoder {
             bytes: 0,
             last_id: None,
             index: Vec::new(),
+            line: String::new(),
         }
     }
 
@@ -316,10 +320,11 @@ impl PartEncoder {
                 offset: self.bytes,
             });
         }
-        let before = out.len();
-        out.extend_from_slice(entry.to_json().as_bytes());
-        out.push(b'\n');
-        self.bytes += (out.len() - before) as u64;
+        self.line.clear();
+        entry.write_json(&mut self.line);
+        self.line.push('\n');
+        out.extend_from_slice(self.line.as_bytes());
+        self.bytes += self.line.len() as u64;
         self.entries += 1;
         self.last_id = Some(entry.id);
     }

@@ -1,10 +1,10 @@
 //! Job writes and the archive queue: creating a job, appending a batch, moving its
 //! status, and the queue of finished jobs waiting for the archiver.
 
-use std::fmt::Write;
-
 use logstream_core::ids::{EntryId, JobId};
-use logstream_core::model::{EntryBody, JobStatus, LineStream, NewEntry, now_ms, numbered_json};
+use logstream_core::model::{
+    EntryBody, JobStatus, LineStream, NewEntry, now_ms, numbered_json_parts,
+};
 
 use super::keys::{ARCHIVE_QUEUE, JobKeys};
 use super::reads::parse_id;
@@ -152,12 +152,12 @@ impl LogStore {
         let first_n = batch.first_n.map(|n| n.to_string()).unwrap_or_default();
         let total: u64 = entries.iter().map(|e| e.text_bytes).sum();
         let mut sizes = String::with_capacity(entries.len() * 4);
+        let mut digits = itoa::Buffer::new();
         for entry in entries {
             if !sizes.is_empty() {
                 sizes.push(',');
             }
-            // Writing to a String cannot fail.
-            let _ = write!(sizes, "{}", entry.text_bytes);
+            sizes.push_str(digits.format(entry.text_bytes));
         }
         let generation = batch.check;
         let notice = size_notice(r.max_job_bytes);
@@ -183,10 +183,13 @@ impl LogStore {
                     .arg(&first_n)
                     .arg(total)
                     .arg(&sizes);
+                // `{"n":N,` is at most 26 bytes more than an entry's unnumbered JSON.
+                inv.reserve(entries.iter().map(|e| e.json.len() + 26));
                 match batch.first_n {
                     Some(first) => {
+                        let mut digits = itoa::Buffer::new();
                         for (entry, n) in entries.iter().zip(first..) {
-                            inv.arg_bytes(numbered_json(&entry.json, n).into_bytes());
+                            inv.arg_parts(&numbered_json_parts(&entry.json, n, &mut digits));
                         }
                     }
                     None => {

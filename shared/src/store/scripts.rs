@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind, ToRedisArgs};
+use redis::{Arg, Cmd, ErrorKind, FromRedisValue, RedisWrite as _, ServerErrorKind, ToRedisArgs};
 
 use super::Conn;
 
@@ -410,57 +410,92 @@ impl Lua {
         let mut call = LuaCall {
             lua: self,
             keys: Vec::new(),
-            args: Vec::new(),
+            cmd: None,
+            line: String::new(),
         };
         call.key(key);
         call
     }
 }
 
-/// One invocation of a [`Lua`] script: its keys and arguments.
+/// One invocation of a [`Lua`] script: its keys, then its arguments.
 pub(super) struct LuaCall<'a> {
     lua: &'a Lua,
     keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    /// The `EVALSHA` command, begun at the first argument (the keys, all known by then,
+    /// come before the arguments) so that arguments are written into it as they come:
+    /// an append's hundred entries are copied once, not into a list first.
+    cmd: Option<Cmd>,
+    /// An argument being put together from pieces (see [`Self::arg_parts`]).
+    line: String,
 }
 
 impl LuaCall<'_> {
     pub(super) fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        debug_assert!(
+            self.cmd.is_none(),
+            "a script's keys come before its arguments"
+        );
         key.write_redis_args(&mut self.keys);
         self
     }
 
     pub(super) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
-        arg.write_redis_args(&mut self.args);
+        arg.write_redis_args(self.evalsha());
         self
     }
 
-    /// One argument, taken as it is.
-    pub(super) fn arg_bytes(&mut self, arg: Vec<u8>) -> &mut Self {
-        self.args.push(arg);
+    /// Room for more arguments of these sizes, so that adding them does not grow the
+    /// command again and again.
+    pub(super) fn reserve(&mut self, sizes: impl IntoIterator<Item = usize>) -> &mut Self {
+        self.evalsha().reserve_space_for_args(sizes);
         self
     }
 
-    fn cmd(&self, cached: bool) -> Cmd {
-        let mut cmd = if cached {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(&self.lua.hash);
-            cmd
-        } else {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(self.lua.code);
-            cmd
-        };
-        cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
-        cmd
+    /// One argument made of `parts` written one after the other.
+    pub(super) fn arg_parts(&mut self, parts: &[&str]) -> &mut Self {
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        parts.iter().for_each(|part| line.push_str(part));
+        self.evalsha().arg(line.as_bytes());
+        self.line = line;
+        self
+    }
+
+    fn evalsha(&mut self) -> &mut Cmd {
+        let (lua, keys) = (self.lua, &self.keys);
+        self.cmd.get_or_insert_with(|| evalsha(lua, keys))
     }
 
     pub(super) async fn invoke<T: FromRedisValue>(&self, conn: &mut Conn) -> redis::RedisResult<T> {
-        match self.cmd(true).query_async(conn).await {
+        let without_args;
+        let evalsha = match &self.cmd {
+            Some(cmd) => cmd,
+            None => {
+                without_args = evalsha(self.lua, &self.keys);
+                &without_args
+            }
+        };
+        match evalsha.query_async(conn).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.cmd(false).query_async(conn).await
+                // The same command with the script's code in place of its hash.
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(self.lua.code);
+                for arg in evalsha.args_iter().skip(2) {
+                    if let Arg::Simple(arg) = arg {
+                        eval.arg(arg);
+                    }
+                }
+                eval.query_async(conn).await
             }
             other => other,
         }
     }
+}
+
+/// `EVALSHA` of `lua` with `keys`, without arguments yet.
+fn evalsha(lua: &Lua, keys: &[Vec<u8>]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(&lua.hash).arg(keys.len()).arg(keys);
+    cmd
 }
