@@ -81,6 +81,20 @@ impl FromStr for EntryId {
     type Err = InvalidEntryId;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Self::from_ascii(raw.as_bytes())
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl EntryId {
+    /// Parses an id as [`FromStr`] does, from bytes: how a reader takes the ids of a
+    /// Redis reply without checking them for UTF-8 first.
+    pub fn from_ascii(raw: &[u8]) -> Result<Self, InvalidEntryId> {
         // One pass over each half (every archived entry's id is parsed on a read).
         fn number(digits: &[u8]) -> Option<u64> {
             if digits.is_empty() || digits.len() > 20 {
@@ -92,22 +106,13 @@ impl FromStr for EntryId {
                 value.checked_mul(10)?.checked_add(u64::from(digit))
             })
         }
-        let raw = raw.as_bytes();
         let dash = raw.iter().position(|&b| b == b'-').ok_or(InvalidEntryId)?;
         match (number(&raw[..dash]), number(&raw[dash + 1..])) {
             (Some(ms), Some(seq)) => Ok(Self { ms, seq }),
             _ => Err(InvalidEntryId),
         }
     }
-}
 
-impl fmt::Display for EntryId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-impl EntryId {
     /// Appends the id as [`Display`](fmt::Display) writes it, without the formatting
     /// machinery: for the paths that write one id per entry (pages, frames, archive
     /// lines), where `write!` cost more than the rest of the entry.

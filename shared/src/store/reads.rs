@@ -388,10 +388,7 @@ fn decode_entries(replies: &mut Replies<'_>) -> Result<Vec<StoredEntry>, DecodeE
             return Err(bad());
         }
         let id = replies.bulk()?.ok_or_else(bad)?;
-        let id = std::str::from_utf8(id)
-            .ok()
-            .and_then(|id| parse_id(id).ok())
-            .ok_or_else(bad)?;
+        let id = EntryId::from_ascii(id).map_err(|_| bad())?;
         let fields = replies.array()?.ok_or_else(bad)?;
         let mut json = None;
         for _ in 0..fields / 2 {
