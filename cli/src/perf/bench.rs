@@ -146,6 +146,10 @@ pub struct IngestRun {
     /// the part of a batch that Redis, one core, spends; less noisy than lines/s on a
     /// shared machine.
     pub redis_us_per_batch: Option<f64>,
+    /// Redis's time reading entries back for archiving (`xrange`, the segments the
+    /// archiver wrote during the run) per batch, µs: the other part of a line's cost
+    /// to Redis.
+    pub archive_read_us_per_batch: Option<f64>,
 }
 
 /// An ingest run with `websocket` WebSocket clients and `sse` SSE readers on its job
@@ -275,6 +279,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                 // by a fifth between two runs a second apart on an idle Redis), so a
                 // ratio to a ceiling taken minutes earlier, or once, tells the drift as
                 // much as ingest.
+                if let Some(redis) = redis.as_mut() {
+                    redis_quiet(redis).await?;
+                }
                 let before = redis_url.as_deref().and_then(redis_ceiling);
                 if let Some(redis) = redis.as_mut() {
                     redis::cmd("CONFIG")
@@ -286,7 +293,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                     ingest_run(&http, &url, &posted_to, &body, batch, requests, concurrency)
                         .await?;
                 if let Some(redis) = redis.as_mut() {
-                    run.redis_us_per_batch = evalsha_usec_per_call(redis).await;
+                    // The archiver is still writing the run's last segment: its reads
+                    // are counted, and Redis is left to itself for the ceiling.
+                    redis_quiet(redis).await?;
+                    if let Some(stats) = script_and_archive_usec(redis).await {
+                        run.redis_us_per_batch = Some(stats.0);
+                        run.archive_read_us_per_batch = Some(stats.1 / run.requests as f64);
+                    }
                 }
                 let after = redis_url.as_deref().and_then(redis_ceiling);
                 let ceiling = before.zip(after).map(|(b, a)| (b + a) / 2.0);
@@ -683,6 +696,7 @@ async fn ingest_run(
         redis_ceiling_after: None,
         of_redis_ceiling: None,
         redis_us_per_batch: None,
+        archive_read_us_per_batch: None,
     })
 }
 
@@ -878,19 +892,55 @@ async fn redis_stats(redis_url: &str) -> anyhow::Result<redis::aio::MultiplexedC
         .await?)
 }
 
-/// `usec_per_call` of `evalsha` in `INFO commandstats` (the scripts' own time in
-/// Redis, the commands they call included) since the last `CONFIG RESETSTAT`.
-async fn evalsha_usec_per_call(redis: &mut redis::aio::MultiplexedConnection) -> Option<f64> {
+/// Since the last `CONFIG RESETSTAT` (`INFO commandstats`): `usec_per_call` of
+/// `evalsha` (the scripts' own time in Redis, the commands they call included) and
+/// all of `xrange`'s `usec` (entries read back to be archived).
+async fn script_and_archive_usec(
+    redis: &mut redis::aio::MultiplexedConnection,
+) -> Option<(f64, f64)> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(redis)
         .await
         .ok()?;
-    let line = info.lines().find(|l| l.starts_with("cmdstat_evalsha:"))?;
-    line.split(',')
-        .find_map(|field| field.strip_prefix("usec_per_call="))?
-        .parse()
-        .ok()
+    let field = |command: &str, name: &str| -> Option<f64> {
+        let line = info.lines().find(|l| l.starts_with(command))?;
+        line.split(':')
+            .nth(1)?
+            .split(',')
+            .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    let script = field("cmdstat_evalsha:", "usec_per_call")?;
+    let archive = field("cmdstat_xrange:", "usec").unwrap_or(0.0);
+    Some((script, archive))
+}
+
+/// Waits, at most 5 s, until Redis serves fewer than 20 commands in 100 ms (the
+/// service's idle polling): a run leaves the archiver flushing its last segment, and
+/// a ceiling measured beside that is Redis's capacity less the archiver's share.
+async fn redis_quiet(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<()> {
+    async fn processed(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
+        let info: String = redis::cmd("INFO").arg("stats").query_async(redis).await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .context("INFO stats has no total_commands_processed")?
+            .trim()
+            .parse()
+            .context("total_commands_processed is not a number")
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = processed(redis).await?;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = processed(redis).await?;
+        if now.saturating_sub(last) < 20 {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
 }
 
 /// XADD/s of `redis-benchmark` with 1000-command pipelines, or `None` without it.
@@ -966,7 +1016,7 @@ pub fn table(r: &BenchReport) -> String {
     }
     if !r.ingest.is_empty() {
         out.push_str(
-            "\ningest    batch  concurrency  jobs     lines/s   p50 ms   p99 ms  of the ceiling before and after  requests  redis µs/batch\n",
+            "\ningest    batch  concurrency  jobs     lines/s   p50 ms   p99 ms  of the ceiling before and after  requests  redis µs/batch  archive reads µs/batch\n",
         );
         for i in &r.ingest {
             let ratio = match (
@@ -984,7 +1034,7 @@ pub fn table(r: &BenchReport) -> String {
             };
             let _ = writeln!(
                 out,
-                "        {:>6}  {:>11}  {:>4}  {:>10.0}  {:>7.2}  {:>7.2}  {:>31}  {:>8}  {:>14}",
+                "        {:>6}  {:>11}  {:>4}  {:>10.0}  {:>7.2}  {:>7.2}  {:>31}  {:>8}  {:>14}  {:>22}",
                 i.batch,
                 i.concurrency,
                 i.jobs,
@@ -994,6 +1044,8 @@ pub fn table(r: &BenchReport) -> String {
                 ratio,
                 i.requests,
                 i.redis_us_per_batch
+                    .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}")),
+                i.archive_read_us_per_batch
                     .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"))
             );
         }
