@@ -599,3 +599,47 @@ async fn a_stalled_redis_is_503_within_a_bound_and_open_streams_end_instead_of_h
         ["before 0", "before 1", "before 2", "after 0", "after 1"]
     );
 }
+
+#[tokio::test]
+async fn viewers_arriving_together_while_redis_refuses_fail_together_after_one_attempt() {
+    // A "Redis" that accepts connections and closes them at once, counting them.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let store = logstream_shared::store::LogStore::open(
+        &format!("redis://127.0.0.1:{port}"),
+        logstream_shared::store::Retention::defaults(false),
+    )
+    .unwrap();
+    let hub = logstream_sse::hub::Hub::new(store);
+    let job = JobId::parse("refused-1").unwrap();
+    let start = EntryId { ms: 0, seq: 0 };
+    let results = futures_util::future::join_all((0..50).map(|_| hub.subscribe(&job, start))).await;
+    for result in &results {
+        assert!(
+            matches!(
+                result,
+                Err(logstream_shared::store::StoreError::Unavailable(_))
+            ),
+            "every viewer is told to come back later: {:?}",
+            result.as_ref().err()
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the viewers that waited for the first one's connection failed with it instead \
+         of each connecting in turn"
+    );
+    assert_eq!(hub.feeds(), 0);
+    // A later viewer tries again (and is refused again).
+    assert!(hub.subscribe(&job, start).await.is_err());
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

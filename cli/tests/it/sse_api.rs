@@ -415,6 +415,51 @@ async fn two_hundred_viewers_of_one_job_share_one_redis_reader() {
 }
 
 #[tokio::test]
+async fn viewers_arriving_together_open_one_feed_connection() {
+    // A Redis of its own, so other tests' connections do not blur the count.
+    let env = env_with(&[]).await;
+    let (job, _) = env.create_job("alice").await;
+    let job_id = logstream_core::ids::JobId::parse(&job).unwrap();
+    let mut probe = redis::Client::open(env.server.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let received = async |probe: &mut redis::aio::MultiplexedConnection| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(probe)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = received(&mut probe).await;
+    // Straight to the hub, all at once, with no feed running yet: no replay reads, so
+    // every connection Redis accepts meanwhile is a feed's.
+    let hub = env.server.sse().hub();
+    let start = logstream_core::ids::EntryId { ms: 0, seq: 0 };
+    let viewers: Vec<_> =
+        futures_util::future::join_all((0..200).map(|_| hub.subscribe(&job_id, start)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    assert_eq!(
+        received(&mut probe).await - before,
+        1,
+        "200 viewers arriving together opened one connection, the feed's"
+    );
+    assert_eq!(hub.feeds(), 1);
+    assert_eq!(hub.receivers(&job_id), 200);
+    drop(viewers);
+}
+
+#[tokio::test]
 async fn a_stream_ends_without_done_when_its_token_expires_and_resumes_with_a_fresh_one() {
     let env = env().await;
     let (job, _) = env.create_job("alice").await;

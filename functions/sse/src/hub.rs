@@ -3,6 +3,8 @@
 //! A [`Feed`] owns a dedicated Redis connection and loops on `XREAD BLOCK` after the
 //! newest id it has seen, broadcasting each batch of new entries to the viewers of its
 //! job. Two hundred viewers of one job cost one Redis connection, not two hundred.
+//! Viewers that arrive together, before the job has a feed, wait for the first of them
+//! to connect its reader (and fail with it if it cannot) rather than each connecting.
 //! The block time is bounded so a feed whose viewers have all left notices and ends.
 //! On a Redis Cluster a feed's connection is a cluster connection of its own (a socket
 //! per node), so its reads follow the job's slot through a failover or a resharding.
@@ -47,6 +49,11 @@ pub enum FeedMsg {
 pub struct Hub {
     store: LogStore,
     feeds: Mutex<HashMap<JobId, broadcast::Sender<FeedMsg>>>,
+    /// Jobs whose feed a viewer is starting (connecting its reader): viewers that
+    /// arrive meanwhile wait for it rather than each opening a connection to drop.
+    /// The gate holds why the start failed, if it did: the waiters fail with it rather
+    /// than each trying (and timing out) in turn.
+    starting: Mutex<HashMap<JobId, Arc<Gate>>>,
 }
 
 impl Hub {
@@ -54,6 +61,7 @@ impl Hub {
         Arc::new(Self {
             store,
             feeds: Mutex::new(HashMap::new()),
+            starting: Mutex::new(HashMap::new()),
         })
     }
 
@@ -68,15 +76,27 @@ impl Hub {
         if let Some(rx) = self.existing(job) {
             return Ok(rx);
         }
-        let reader = self.store.blocking_reader(BLOCK).await?;
-        let mut feeds = self.lock();
-        // Another viewer may have started one while we connected.
-        if let Some(tx) = feeds.get(job) {
-            return Ok(tx.subscribe());
+        // One viewer per job connects; the others wait for it and then find its feed,
+        // or fail as it did.
+        let gate = Starting::enter(self, job);
+        let mut failed = gate.turn.lock().await;
+        if let Some(rx) = self.existing(job) {
+            return Ok(rx);
         }
+        if let Some(why) = failed.as_ref() {
+            return Err(StoreError::unavailable(format!(
+                "the job's feed could not start: {why}"
+            )));
+        }
+        let reader = match self.store.blocking_reader(BLOCK).await {
+            Ok(reader) => reader,
+            Err(e) => {
+                *failed = Some(e.to_string());
+                return Err(e);
+            }
+        };
         let (tx, rx) = broadcast::channel(BUFFER);
-        feeds.insert(job.clone(), tx.clone());
-        drop(feeds);
+        self.lock().insert(job.clone(), tx.clone());
         tokio::spawn(self.clone().run_feed(job.clone(), start, tx, reader));
         Ok(rx)
     }
@@ -91,6 +111,12 @@ impl Hub {
         self.lock()
             .get(job)
             .map_or(0, broadcast::Sender::receiver_count)
+    }
+
+    fn starting(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Gate>>> {
+        self.starting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn existing(&self, job: &JobId) -> Option<broadcast::Receiver<FeedMsg>> {
@@ -138,5 +164,37 @@ impl Hub {
             }
         }
         tracing::debug!(job_id = %job, "feed ended");
+    }
+}
+
+/// A viewer's place among those starting one job's feed: the job's gate, taken from
+/// (or put in) the hub's `starting` map, and taken out again by the last to leave.
+struct Starting<'a> {
+    hub: &'a Hub,
+    job: &'a JobId,
+    turn: Arc<Gate>,
+}
+
+/// Whose turn it is to start a job's feed, and why the last start failed.
+type Gate = tokio::sync::Mutex<Option<String>>;
+
+impl<'a> Starting<'a> {
+    fn enter(hub: &'a Hub, job: &'a JobId) -> Self {
+        let turn = hub.starting().entry(job.clone()).or_default().clone();
+        Self { hub, job, turn }
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        // Counted under the map's lock, where every waiter took its clone: the map's
+        // and ours alone mean nobody else waits.
+        let mut starting = self.hub.starting();
+        let ours = starting
+            .get(self.job)
+            .is_some_and(|turn| Arc::ptr_eq(turn, &self.turn));
+        if ours && Arc::strong_count(&self.turn) == 2 {
+            starting.remove(self.job);
+        }
     }
 }

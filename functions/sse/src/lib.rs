@@ -140,7 +140,7 @@ impl SseState {
     }
 
     /// The process's feeds.
-    pub fn hub(&self) -> &Hub {
+    pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
 }

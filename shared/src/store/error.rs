@@ -17,6 +17,14 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// "Try again later" for a reason of this code's own, such as a connection another
+    /// caller failed to make a moment ago.
+    pub fn unavailable(why: String) -> Self {
+        Self::Unavailable(RedisError::from(std::io::Error::other(why)))
+    }
+}
+
 impl From<RedisError> for StoreError {
     fn from(e: RedisError) -> Self {
         if is_unreachable(&e) {
