@@ -150,6 +150,15 @@ pub struct IngestRun {
     /// archiver wrote during the run) per batch, µs: the other part of a line's cost
     /// to Redis.
     pub archive_read_us_per_batch: Option<f64>,
+    /// Redis's main-thread CPU time (`INFO cpu`) per line over the run and until the
+    /// archiver has read its last segment back, µs: everything a line costs Redis.
+    pub redis_cpu_us_per_line: Option<f64>,
+    /// The same per XADD for the two ceiling measurements around the run.
+    pub ceiling_cpu_us_per_xadd: Option<f64>,
+    /// `ceiling_cpu_us_per_xadd` over `redis_cpu_us_per_line`: the share of the ceiling
+    /// ingest would reach if Redis had a core of its own and were the only limit;
+    /// on the bench's machine it shares the cores with the service and the load.
+    pub cpu_of_ceiling: Option<f64>,
 }
 
 /// An ingest run with `websocket` WebSocket clients and `sse` SSE readers on its job
@@ -282,12 +291,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                 if let Some(redis) = redis.as_mut() {
                     redis_quiet(redis).await?;
                 }
-                let before = redis_url.as_deref().and_then(redis_ceiling);
+                let (before, cpu_before) = measure_ceiling(redis_url.as_deref(), &mut redis).await;
+                let mut cpu_start = None;
                 if let Some(redis) = redis.as_mut() {
                     redis::cmd("CONFIG")
                         .arg("RESETSTAT")
                         .query_async::<()>(redis)
                         .await?;
+                    cpu_start = redis_cpu_secs(redis).await;
                 }
                 let mut run =
                     ingest_run(&http, &url, &posted_to, &body, batch, requests, concurrency)
@@ -300,8 +311,17 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                         run.redis_us_per_batch = Some(stats.0);
                         run.archive_read_us_per_batch = Some(stats.1 / run.requests as f64);
                     }
+                    let lines = (run.requests * run.batch) as f64;
+                    run.redis_cpu_us_per_line = cpu_start
+                        .zip(redis_cpu_secs(redis).await)
+                        .map(|(start, end)| (end - start) * 1e6 / lines);
                 }
-                let after = redis_url.as_deref().and_then(redis_ceiling);
+                let (after, cpu_after) = measure_ceiling(redis_url.as_deref(), &mut redis).await;
+                run.ceiling_cpu_us_per_xadd = cpu_before.zip(cpu_after).map(|(b, a)| (b + a) / 2.0);
+                run.cpu_of_ceiling = run
+                    .ceiling_cpu_us_per_xadd
+                    .zip(run.redis_cpu_us_per_line)
+                    .map(|(ceiling, ingest)| ceiling / ingest);
                 let ceiling = before.zip(after).map(|(b, a)| (b + a) / 2.0);
                 run.redis_ceiling_before = before;
                 run.redis_ceiling_after = after;
@@ -697,6 +717,9 @@ async fn ingest_run(
         of_redis_ceiling: None,
         redis_us_per_batch: None,
         archive_read_us_per_batch: None,
+        redis_cpu_us_per_line: None,
+        ceiling_cpu_us_per_xadd: None,
+        cpu_of_ceiling: None,
     })
 }
 
@@ -943,6 +966,48 @@ async fn redis_quiet(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::R
     Ok(())
 }
 
+/// Redis's main-thread CPU time so far (`INFO cpu`), seconds.
+async fn redis_cpu_secs(redis: &mut redis::aio::MultiplexedConnection) -> Option<f64> {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(redis)
+        .await
+        .ok()?;
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("used_cpu_user_main_thread")? + field("used_cpu_sys_main_thread")?)
+}
+
+/// The XADD ceiling ([`redis_ceiling`]) and, with a statistics connection, Redis's
+/// main-thread CPU time per XADD while it was measured, µs.
+async fn measure_ceiling(
+    redis_url: Option<&str>,
+    redis: &mut Option<redis::aio::MultiplexedConnection>,
+) -> (Option<f64>, Option<f64>) {
+    let start = match redis.as_mut() {
+        Some(redis) => redis_cpu_secs(redis).await,
+        None => None,
+    };
+    let ceiling = redis_url.and_then(redis_ceiling);
+    let end = match redis.as_mut() {
+        Some(redis) => redis_cpu_secs(redis).await,
+        None => None,
+    };
+    let per_xadd = start
+        .zip(end)
+        .filter(|_| ceiling.is_some())
+        .map(|(start, end)| (end - start) * 1e6 / CEILING_XADDS as f64);
+    (ceiling, per_xadd)
+}
+
+/// XADDs in one ceiling measurement.
+const CEILING_XADDS: u64 = 500_000;
+
 /// XADD/s of `redis-benchmark` with 1000-command pipelines, or `None` without it.
 fn redis_ceiling(redis_url: &str) -> Option<f64> {
     let port = redis_url.rsplit(':').next()?.trim_end_matches('/');
@@ -955,7 +1020,7 @@ fn redis_ceiling(redis_url: &str) -> Option<f64> {
             "-P",
             "1000",
             "-n",
-            "500000",
+            &CEILING_XADDS.to_string(),
             "-q",
             "--csv",
         ])
@@ -1016,7 +1081,7 @@ pub fn table(r: &BenchReport) -> String {
     }
     if !r.ingest.is_empty() {
         out.push_str(
-            "\ningest    batch  concurrency  jobs     lines/s   p50 ms   p99 ms  of the ceiling before and after  requests  redis µs/batch  archive reads µs/batch\n",
+            "\ningest    batch  concurrency  jobs     lines/s   p50 ms   p99 ms  of the ceiling before and after  requests  redis µs/batch  archive reads µs/batch  redis CPU µs/line (ceiling's), share\n",
         );
         for i in &r.ingest {
             let ratio = match (
@@ -1034,7 +1099,7 @@ pub fn table(r: &BenchReport) -> String {
             };
             let _ = writeln!(
                 out,
-                "        {:>6}  {:>11}  {:>4}  {:>10.0}  {:>7.2}  {:>7.2}  {:>31}  {:>8}  {:>14}  {:>22}",
+                "        {:>6}  {:>11}  {:>4}  {:>10.0}  {:>7.2}  {:>7.2}  {:>31}  {:>8}  {:>14}  {:>22}  {:>35}",
                 i.batch,
                 i.concurrency,
                 i.jobs,
@@ -1046,7 +1111,16 @@ pub fn table(r: &BenchReport) -> String {
                 i.redis_us_per_batch
                     .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}")),
                 i.archive_read_us_per_batch
-                    .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"))
+                    .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}")),
+                match (
+                    i.redis_cpu_us_per_line,
+                    i.ceiling_cpu_us_per_xadd,
+                    i.cpu_of_ceiling
+                ) {
+                    (Some(line), Some(xadd), Some(share)) =>
+                        format!("{line:.2} ({xadd:.2}), {:.0} %", share * 100.0),
+                    _ => "-".to_owned(),
+                }
             );
         }
     }
