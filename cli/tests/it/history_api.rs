@@ -368,6 +368,50 @@ async fn cors_headers_go_to_configured_origins_only() {
 }
 
 #[tokio::test]
+async fn a_browser_may_send_the_delete_routes_cross_origin() {
+    let env = env_with(&[
+        ("REDIS_URL", &shared_redis_url()),
+        ("LOGSTREAM_CORS_ORIGINS", "https://app.example"),
+    ])
+    .await;
+    let (job, _) = env.create_job("alice").await;
+    for path in [format!("/jobs/{job}"), format!("/jobs/{job}/share")] {
+        let preflight = env
+            .http
+            .request(reqwest::Method::OPTIONS, env.url(&path))
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "DELETE")
+            .header("access-control-request-headers", "authorization")
+            .send()
+            .await
+            .unwrap();
+        assert!(preflight.status().is_success(), "{path}");
+        let methods = preflight.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .to_ascii_uppercase();
+        assert!(
+            methods.split(',').any(|m| m.trim() == "DELETE"),
+            "{path}: {methods}"
+        );
+    }
+    // And the answer to the DELETE itself carries the origin.
+    let res = env
+        .http
+        .delete(env.url(&format!("/jobs/{job}/share")))
+        .header("origin", "https://app.example")
+        .bearer_auth(viewer_token("alice", 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
+
+#[tokio::test]
 async fn rs256_tokens_verify_against_a_jwks_served_over_http() {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/tests/fixtures/jwt");
     let jwks = std::fs::read_to_string(format!("{fixtures}/jwks-a.json")).unwrap();
