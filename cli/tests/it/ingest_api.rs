@@ -86,6 +86,27 @@ async fn create_job_rejects_bad_input_with_clear_errors() {
         assert_eq!(res.status(), *status, "{body}");
         assert_eq!(error_code(&res.json().await.unwrap()), *code, "{body}");
     }
+    // Past 100 secrets is 413 at creation, as it is for `POST /jobs/{id}/secrets`.
+    let secrets: Vec<String> = (0..101).map(|i| format!("secret-{i:03}")).collect();
+    let res = env
+        .http
+        .post(env.url("/jobs"))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"owner": "x", "secrets": secrets}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(&res.json().await.unwrap()), "too_many_secrets");
+    let res = env
+        .http
+        .post(env.url("/jobs"))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"owner": "x", "secrets": &secrets[..100]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -540,6 +561,11 @@ async fn stage_events_are_stored_as_stage_entries() {
         (
             json!({"type": "stage", "status": "started"}),
             "invalid_body",
+        ),
+        // Past 2^53 - 1, which JavaScript cannot read exactly.
+        (
+            json!({"type": "stage", "name": "x", "status": "started", "ts": 9_007_199_254_740_992_u64}),
+            "invalid_ts",
         ),
     ] {
         let res = post(bad.clone()).await.unwrap();

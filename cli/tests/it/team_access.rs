@@ -103,9 +103,12 @@ async fn members_of_the_jobs_org_read_it_everywhere_and_others_get_404() {
         assert_eq!(read_statuses(&env, &job, &other).await, HIDDEN);
     }
 
-    // A job without an org stays its owner's alone.
+    // A job without an org stays its owner's alone, and its info has no `org`.
     let (plain, _) = env.create_job("alice").await;
     assert_eq!(read_statuses(&env, &plain, &bob_in_acme).await, HIDDEN);
+    let (_, info) = env.get_as("alice", &format!("/jobs/{plain}")).await;
+    assert_eq!(info["job_id"], plain.as_str());
+    assert!(info.get("org").is_none(), "{info}");
 }
 
 #[tokio::test]
@@ -339,4 +342,77 @@ async fn an_open_stream_of_a_share_link_ends_when_the_link_is_revoked() {
     })
     .await;
     assert_eq!(ended, Ok(true), "the stream closed, without done");
+}
+
+#[tokio::test]
+async fn an_archived_jobs_id_stays_taken_once_redis_forgets_it_and_its_share_links_read_only_it() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    env.set_status(&job, "running").await;
+    env.post_lines(&job, "alice's", 3).await;
+    env.set_status(&job, "ready").await;
+    let (code, link) = share(&env, &job, &viewer_token("alice", 60), json!({})).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let link = link["token"].as_str().unwrap().to_owned();
+    env.wait_for_manifest(&job, "archived whole", |m| m["complete"] == true)
+        .await;
+    env.forget_in_redis(&job).await;
+
+    // The id is the archived job's: creating another job under it is refused.
+    let res = env
+        .http
+        .post(env.url("/jobs"))
+        .bearer_auth(INGEST_KEY)
+        .json(&json!({"job_id": job, "owner": "mallory"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "job_exists"
+    );
+    // So the old job is still whole, its owner's, and its share link reads it.
+    assert_eq!(
+        env.get_as("mallory", &format!("/jobs/{job}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let res = env
+        .http
+        .get(env.url(&format!("/jobs/{job}/logs?access_token={link}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let page: Value = res.json().await.unwrap();
+    assert_eq!(
+        texts(&page["lines"]),
+        ["alice's 0", "alice's 1", "alice's 2"]
+    );
+}
+
+#[tokio::test]
+async fn creating_a_job_while_the_archive_cannot_be_asked_is_503_and_a_retry_creates_it() {
+    let env = env().await;
+    let job = job_id("unasked");
+    // A file where the job's archive folder would be: reading its manifest fails
+    // (not a directory), as an unreachable archive store would.
+    let blocker = env.archive_dir.join("build-logs").join(&job);
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let create = || {
+        env.http
+            .post(env.url("/jobs"))
+            .bearer_auth(INGEST_KEY)
+            .json(&json!({"job_id": job, "owner": "alice"}))
+            .send()
+    };
+    let res = create().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "unavailable"
+    );
+    std::fs::remove_file(&blocker).unwrap();
+    assert_eq!(create().await.unwrap().status(), StatusCode::CREATED);
 }

@@ -136,6 +136,8 @@ pub fn router(state: Arc<HistoryState>, cors_origins: &[HeaderValue]) -> Router 
 #[derive(Debug, Serialize)]
 struct JobOut {
     job_id: JobId,
+    /// Only when the job was created with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     org: Option<String>,
     status: JobStatus,
     created_at: u64,

@@ -37,7 +37,7 @@ use axum::{Json, Router};
 use http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 
-use logstream_core::batch::{BodyFormat, LineBatch, RawLine, parse_body};
+use logstream_core::batch::{BodyFormat, LineBatch, MAX_TS, RawLine, parse_body};
 use logstream_core::entries;
 use logstream_core::ids::random_hex;
 use logstream_core::ids::{EntryId, JobId};
@@ -47,6 +47,7 @@ use logstream_core::model::{
     numbered_json,
 };
 use logstream_core::sanitize::Sanitizer;
+use logstream_shared::archive::{Archive, ArchiveError};
 use logstream_shared::auth::pipeline::{
     IngestKey, bearer, new_ingest_token, token_hash, token_matches,
 };
@@ -74,6 +75,8 @@ pub struct IngestState {
     push: Option<WsPush>,
     /// Notified when a job's segment is due and the archiver runs in this process.
     wake_archiver: Option<Arc<Notify>>,
+    /// Asked whether a job id Redis does not know is still taken by an archived job.
+    archive: Option<Archive>,
     /// Lines keep their colours as `ansi` (`LOGSTREAM_KEEP_COLOR`).
     keep_color: bool,
     /// Build markers are read (`LOGSTREAM_MARKERS`).
@@ -94,6 +97,7 @@ impl IngestState {
             jobs: JobCache::default(),
             push,
             wake_archiver: None,
+            archive: None,
             keep_color: true,
             markers: true,
         })
@@ -124,6 +128,15 @@ impl IngestState {
         self
     }
 
+    /// Keeps the ids of archived jobs taken once Redis has forgotten them (`POST /jobs`
+    /// with such an id is 409).
+    pub fn checking_archive(mut self: Arc<Self>, archive: Option<Archive>) -> Arc<Self> {
+        if let Some(state) = Arc::get_mut(&mut self) {
+            state.archive = archive;
+        }
+        self
+    }
+
     /// The ingest function's state from the process's [`Clients`]: the store, the
     /// ingest key, and WebSocket push when there is a management endpoint (the
     /// Lambda's `LOGSTREAM_WS_ENDPOINT`, with AWS region and credentials from the
@@ -139,6 +152,7 @@ impl IngestState {
             .map(|client| WsPush::new(client, bound));
         Ok(Self::with_push(store, key, push)
             .waking_archiver(clients.archiver_wakeup())
+            .checking_archive(clients.archive().await)
             .keeping_color(config.keep_color)
             .reading_markers(config.markers))
     }
@@ -721,6 +735,36 @@ async fn post_secrets(
     }
 }
 
+fn job_exists() -> ApiError {
+    ApiError::conflict(
+        "job_exists",
+        "a job with this id exists (or was deleted lately: its id stays taken for 8 days)",
+    )
+}
+
+impl IngestState {
+    /// Redis forgets a finished job after its TTL; the archive keeps it, and so its
+    /// id stays taken: a new job under it would hide the archived log from its readers,
+    /// have the archiver write a new manifest over it, and let the old job's share
+    /// links read the new one. An archive that cannot be asked is a 503 (a retry
+    /// creates the job), never a guess; one whose manifest is damaged holds the job.
+    async fn check_not_archived(&self, job: &JobId) -> Result<(), ApiError> {
+        let Some(archive) = &self.archive else {
+            return Ok(());
+        };
+        match archive.manifest(job).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) | Err(ArchiveError::Corrupt(_)) => Err(job_exists()),
+            Err(e) => {
+                tracing::warn!(error = %e, "the archive could not be asked whether the job id is free");
+                Err(ApiError::unavailable(
+                    "the archive is unavailable; the job id cannot be checked, retry",
+                ))
+            }
+        }
+    }
+}
+
 fn too_many_secrets() -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -784,10 +828,7 @@ async fn create_job(
         ));
     }
     if req.secrets.len() > MAX_SECRETS {
-        return Err(ApiError::bad_request(
-            "invalid_secrets",
-            format!("at most {MAX_SECRETS} secrets per job"),
-        ));
+        return Err(too_many_secrets());
     }
     check_secrets(&req.secrets)?;
     let ingest_token = new_ingest_token();
@@ -801,11 +842,11 @@ async fn create_job(
         created_at: now_ms(),
         org: req.org.as_deref(),
     };
+    if req.job_id.is_some() {
+        state.check_not_archived(&job).await?;
+    }
     if !state.store.create_job(&job, &new).await? {
-        return Err(ApiError::conflict(
-            "job_exists",
-            "a job with this id exists (or was deleted lately: its id stays taken for 8 days)",
-        ));
+        return Err(job_exists());
     }
     state.jobs.put(
         &job,
@@ -991,6 +1032,12 @@ async fn post_event(
         return Err(ApiError::bad_request(
             "invalid_event",
             format!("name must be 1-{MAX_NAME_LEN} bytes"),
+        ));
+    }
+    if event.ts.is_some_and(|ts| ts > MAX_TS) {
+        return Err(ApiError::bad_request(
+            "invalid_ts",
+            format!("ts must be at most {MAX_TS} (milliseconds since the epoch)"),
         ));
     }
     // Sanitized with the job's secrets; once more if they changed meanwhile.
