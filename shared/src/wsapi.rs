@@ -1,7 +1,7 @@
 //! API Gateway's WebSocket management API (`PostToConnection`, `DeleteConnection`):
 //! the client ingest pushes entries with, made once per process by
-//! [`crate::clients::Clients::ws_management`], and what deleting a job tells the
-//! connections that follow it.
+//! [`crate::clients::Clients::ws_management`], and what deleting a job, or revoking
+//! its share links, does to the connections that follow it.
 //!
 //! Each call is tried once: a retried push only makes the request wait longer (see the
 //! ingest function's `push` module), and a deletion's notice is best effort, bounded.
@@ -53,11 +53,28 @@ pub fn local_client(endpoint: &str) -> Client {
 /// failure is logged, and a connection the bound cut short gets nothing more from the
 /// job either way (its keys are gone), and ends at API Gateway's idle limit.
 pub async fn close_deleted(client: &Client, connections: &[String], bound: Duration) {
+    close_all(client, connections, Some(DELETED_MESSAGE), bound).await;
+}
+
+/// Closes each of `connections`, made with share links that were just revoked, within
+/// `bound`, best effort as [`close_deleted`]: a client that connects again with its
+/// link is refused (401). One the bound cut short is out of the job's hash already and
+/// gets nothing more.
+pub async fn close_revoked(client: &Client, connections: &[String], bound: Duration) {
+    close_all(client, connections, None, bound).await;
+}
+
+async fn close_all(
+    client: &Client,
+    connections: &[String],
+    message: Option<&'static str>,
+    bound: Duration,
+) {
     // A loop, not a closure: a closure returning a future that borrows its argument
     // is not general enough for an axum handler's `Send` bound.
     let mut each = Vec::with_capacity(connections.len());
     for connection in connections {
-        each.push(tell_and_close(client, connection));
+        each.push(tell_and_close(client, connection, message));
     }
     let all = futures_util::stream::iter(each)
         .buffer_unordered(CONCURRENCY)
@@ -65,21 +82,23 @@ pub async fn close_deleted(client: &Client, connections: &[String], bound: Durat
     if tokio::time::timeout(bound, all).await.is_err() {
         tracing::warn!(
             connections = connections.len(),
-            "closing a deleted job's websocket connections cut short at the bound"
+            "closing websocket connections cut short at the bound"
         );
     }
 }
 
-async fn tell_and_close(client: &Client, connection: &str) {
+async fn tell_and_close(client: &Client, connection: &str, message: Option<&'static str>) {
     // A connection that is gone answers 410 here; closing it then is harmless.
-    let told = client
-        .post_to_connection()
-        .connection_id(connection)
-        .data(Blob::new(DELETED_MESSAGE))
-        .send()
-        .await;
-    if let Err(e) = told {
-        tracing::debug!(connection, error = %e, "PostToConnection (deleted) failed");
+    if let Some(message) = message {
+        let told = client
+            .post_to_connection()
+            .connection_id(connection)
+            .data(Blob::new(message))
+            .send()
+            .await;
+        if let Err(e) = told {
+            tracing::debug!(connection, error = %e, "PostToConnection before closing failed");
+        }
     }
     if let Err(e) = client
         .delete_connection()

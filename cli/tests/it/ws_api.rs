@@ -534,3 +534,55 @@ async fn a_client_that_stops_reading_is_skipped_then_closed_and_the_others_get_e
     assert_eq!(texts, sent);
     drop(stalled);
 }
+
+#[tokio::test]
+async fn revoking_share_links_closes_their_websockets_and_no_other() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let owner = viewer_token("alice", 600);
+    let res = env
+        .http
+        .post(env.url(&format!("/jobs/{job}/share")))
+        .bearer_auth(&owner)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let link = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut shared = connect_with_token(&env, &job, &link).await;
+    let mut own = connect_with_token(&env, &job, &owner).await;
+    env.post_lines(&job, "before", 1).await;
+    assert_eq!(
+        next_json(&mut shared).await["entries"][0]["text"],
+        "before 0"
+    );
+    assert_eq!(next_json(&mut own).await["entries"][0]["text"], "before 0");
+
+    let res = env
+        .http
+        .delete(env.url(&format!("/jobs/{job}/share")))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    env.post_lines(&job, "after", 1).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), shared.next())
+            .await
+            .expect("the link's connection was neither closed nor pushed to")
+        {
+            Some(Ok(Message::Text(text))) => panic!("a message after the revocation: {text}"),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    assert_eq!(next_json(&mut own).await["entries"][0]["text"], "after 0");
+    assert_eq!(connection_ids(&env, &job).await.len(), 1);
+    let again = ws_url(&env, &format!("job_id={job}&access_token={link}"));
+    assert_eq!(refused(again).await, 401);
+}

@@ -35,8 +35,9 @@ use logstream_shared::web::{JobPath, authenticate_reader};
 
 use super::HistoryState;
 
-/// How long a deletion waits for the job's WebSocket connections to be told and closed.
-const CLOSE_BOUND: Duration = Duration::from_secs(2);
+/// How long a deletion (or a revocation of share links) waits for the job's WebSocket
+/// connections to be told and closed.
+pub(crate) const CLOSE_BOUND: Duration = Duration::from_secs(2);
 
 /// The job as deleting sees it: whose it is, from Redis, the archive or its tombstone.
 struct Subject {

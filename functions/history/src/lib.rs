@@ -464,7 +464,12 @@ async fn revoke_shares(
     uri: Uri,
 ) -> Result<impl IntoResponse, ApiError> {
     sharing_viewer(&state, &job, &headers, &uri).await?;
-    state.log.store().revoke_shares(&job).await?;
-    tracing::info!("share links revoked");
+    let (_, connections) = state.log.store().revoke_shares(&job).await?;
+    // SSE streams made with a link notice at their next check; WebSocket connections
+    // are closed here (they are out of the job's hash already, so pushes skip them).
+    if let Some(client) = &state.ws {
+        logstream_shared::wsapi::close_revoked(client, &connections, delete::CLOSE_BOUND).await;
+    }
+    tracing::info!(websockets = connections.len(), "share links revoked");
     Ok(http::StatusCode::NO_CONTENT)
 }

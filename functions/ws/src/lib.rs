@@ -28,7 +28,7 @@ use logstream_shared::auth::jwt::ViewerAuth;
 use logstream_shared::auth::pipeline::bearer;
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
-use logstream_shared::store::LogStore;
+use logstream_shared::store::{Followed, LogStore};
 use logstream_shared::web::error::ApiError;
 use logstream_shared::web::verify_reader;
 
@@ -66,7 +66,8 @@ impl WsState {
     /// Admits `connection` to follow `job_id` as the viewer holding `token`, or refuses:
     /// 401 (no or bad token), 400 (bad job id or connection id), 404 (no such job, or
     /// someone else's: the same answer). The connection is registered with the token's
-    /// expiry: pushes stop and the connection is closed once it has passed.
+    /// expiry: pushes stop and the connection is closed once it has passed; one made
+    /// with a share link is closed when the job's links are revoked.
     pub async fn connect(
         &self,
         job_id: Option<&str>,
@@ -87,12 +88,15 @@ impl WsState {
             Some(meta) if viewer.can_read(&job, &meta) => {}
             _ => return Err(ApiError::job_not_found()),
         }
-        if !self
+        let share = viewer.share.as_ref().map(|grant| grant.generation);
+        match self
             .store
-            .add_connection(&job, connection, viewer.expires_at_ms)
+            .add_connection(&job, connection, viewer.expires_at_ms, share)
             .await?
         {
-            return Err(ApiError::job_not_found());
+            Followed::Yes => {}
+            Followed::JobGone => return Err(ApiError::job_not_found()),
+            Followed::Revoked => return Err(ApiError::unauthorized("share link revoked")),
         }
         tracing::info!(job_id = %job, connection, "websocket connected");
         Ok(Admitted {

@@ -9,8 +9,8 @@ use logstream_core::model::{
 use super::keys::{ARCHIVE_QUEUE, JobKeys};
 use super::reads::parse_id;
 use super::scripts::{
-    ADD_SECRETS, APPEND, ARCHIVED_UPTO, CREATE, LEASE, MARK_ARCHIVED, RELEASE, SET_STATUS,
-    SHARE_ISSUE,
+    ADD_SECRETS, APPEND, ARCHIVED_UPTO, CREATE, LEASE, MARK_ARCHIVED, RELEASE, REVOKE_SHARES,
+    SET_STATUS, SHARE_ISSUE,
 };
 
 /// How long a job's share generation is kept after its last use: longer than any
@@ -314,22 +314,26 @@ impl LogStore {
         Ok(value.unwrap_or(0))
     }
 
-    /// Revokes every share link of the job: its share generation goes up by one.
-    pub async fn revoke_shares(&self, job: &JobId) -> Result<u64, StoreError> {
-        let key = JobKeys::new(job).share;
-        let (generation, _): (u64, ()) = self
+    /// Revokes every share link of the job: its share generation goes up by one, and
+    /// the WebSocket connections made with a link leave the job's hash. Returns the new
+    /// generation and those connections, for the caller to close (their own keys go
+    /// with their `$disconnect`).
+    pub async fn revoke_shares(&self, job: &JobId) -> Result<(u64, Vec<String>), StoreError> {
+        let keys = JobKeys::new(job);
+        let reply: Vec<String> = self
             .run(|mut c| {
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .cmd("INCR")
-                    .arg(&key)
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(SHARE_RECORD_SECS);
-                async move { pipe.query_async(&mut c).await }
+                let mut inv = REVOKE_SHARES.key(&keys.share);
+                inv.key(&keys.ws).arg(SHARE_RECORD_SECS);
+                async move { inv.invoke(&mut c).await }
             })
             .await?;
-        Ok(generation)
+        let Some((generation, connections)) = reply.split_first() else {
+            return Err(StoreError::Corrupt("revoke answered nothing".into()));
+        };
+        let generation = generation
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("share generation {generation:?}")))?;
+        Ok((generation, connections.to_vec()))
     }
 
     /// Moves the job to `to`, appending a `status` entry stamped `ts`. A terminal status

@@ -70,7 +70,7 @@ pub use deletion::{DELETED_ENTRY, Presence, Tombstone};
 pub use error::StoreError;
 pub use jobs::text_bytes;
 pub use reads::{BlockingReader, Head, parse_entries};
-pub use sockets::Socket;
+pub use sockets::{Followed, Socket};
 
 use conn::{Backend, ClusterBackend, Conn, cluster_client, connect_cluster};
 use resp::DirectReads;

@@ -344,15 +344,42 @@ return conns
 });
 
 /// Registers a WebSocket connection with a job that exists (a `$connect` racing the
-/// job's deletion must not leave a connection hash behind). KEYS: ws, meta. ARGV:
-/// connection, its token's expiry (ms, 0 none), ttl. Answers 1 when registered.
+/// job's deletion must not leave a connection hash behind), and for a share link only
+/// while the job's share generation is still the link's (a `$connect` racing
+/// [`REVOKE_SHARES`] must not stay connected). KEYS: ws, meta, share. ARGV:
+/// connection, the value to record (its token's expiry, ms, 0 none; a share link's
+/// followed by `:` and its generation), ttl, the link's generation ('' none). Answers
+/// 1 when registered, 0 when the job is gone, 2 when the link was revoked.
 pub(super) static FOLLOW: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if ARGV[4] ~= '' and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[4] then return 2 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
+",
+    )
+});
+
+/// Revokes every share link of a job: its share generation goes up by one (kept
+/// `ARGV[1]` seconds), and the WebSocket connections that followed the job with a link
+/// (their recorded value has a `:`) leave its hash. KEYS: share, ws. Answers the new
+/// generation, then those connections, for the caller to close.
+pub(super) static REVOKE_SHARES: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local g = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local r = {tostring(g)}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if string.find(all[i + 1], ':', 1, true) then
+    redis.call('HDEL', KEYS[2], all[i])
+    r[#r + 1] = all[i]
+  end
+end
+return r
 ",
     )
 });

@@ -1,7 +1,8 @@
 //! The WebSocket connections that follow a job: a hash per job from connection id to
 //! the expiry of the token it connected with (read by every append in the same round
-//! trip, so a push can skip and close connections whose token has expired), and a key
-//! per connection for `$disconnect`.
+//! trip, so a push can skip and close connections whose token has expired; a share
+//! link's expiry is followed by `:` and the link's share generation, so that revoking
+//! the job's links finds and closes them), and a key per connection for `$disconnect`.
 
 use std::time::Duration;
 
@@ -23,14 +24,17 @@ pub struct Socket {
 
 impl Socket {
     /// Connection ids and expiries as the scripts answer them: `id, exp, id, exp…`
-    /// (`exp` 0 for none).
+    /// (`exp` 0 for none; a share link's `exp:generation`).
     pub(super) fn from_pairs(raw: &[String]) -> Result<Vec<Self>, StoreError> {
         if !raw.len().is_multiple_of(2) {
             return Err(StoreError::Corrupt("odd connection list".into()));
         }
         raw.chunks_exact(2)
             .map(|pair| {
-                let exp: u64 = pair[1]
+                let exp = pair[1]
+                    .split_once(':')
+                    .map_or(pair[1].as_str(), |(exp, _)| exp);
+                let exp: u64 = exp
                     .parse()
                     .map_err(|_| StoreError::Corrupt("connection expiry".into()))?;
                 Ok(Self {
@@ -47,29 +51,50 @@ impl Socket {
     }
 }
 
+/// What [`LogStore::add_connection`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Followed {
+    /// The connection follows the job.
+    Yes,
+    /// The job is gone (deleted or expired since the caller read it).
+    JobGone,
+    /// The share link it connected with was revoked since the caller checked it.
+    Revoked,
+}
+
 impl LogStore {
     /// Registers WebSocket connection `connection` as following `job` until
     /// `expires_at_ms` (its token's expiry): added to the job's connection hash (which
-    /// takes the job's TTL) if the job still exists, and remembered under its own key
-    /// for `$disconnect`, which only knows the connection id. The two keys are in
-    /// different cluster slots, so they are two requests sent at once: on one node they
-    /// share the multiplexed connection's round trip, in a cluster they go to their
-    /// nodes in parallel. `false` when the job is gone (deleted or expired since the
-    /// caller read it): nothing of the job is written then.
+    /// takes the job's TTL) if the job still exists, and, for a share link (`share`:
+    /// its generation), only while the job's links are not revoked; and remembered under
+    /// its own key for `$disconnect`, which only knows the connection id. The two keys
+    /// are in different cluster slots, so they are two requests sent at once: on one node
+    /// they share the multiplexed connection's round trip, in a cluster they go to their
+    /// nodes in parallel. Nothing of the job is written unless [`Followed::Yes`].
     pub async fn add_connection(
         &self,
         job: &JobId,
         connection: &str,
         expires_at_ms: Option<u64>,
-    ) -> Result<bool, StoreError> {
+        share: Option<u64>,
+    ) -> Result<Followed, StoreError> {
         let keys = JobKeys::new(job);
         let by_id = ws_connection_key(connection);
         let ttl = self.retention.ttl_secs;
         let exp = expires_at_ms.unwrap_or(0);
+        let (value, generation) = match share {
+            Some(generation) => (format!("{exp}:{generation}"), generation.to_string()),
+            None => (exp.to_string(), String::new()),
+        };
         let follow = self.run(|mut c| {
             let mut inv = FOLLOW.key(&keys.ws);
-            inv.key(&keys.meta).arg(connection).arg(exp).arg(ttl);
-            async move { inv.invoke::<bool>(&mut c).await }
+            inv.key(&keys.meta)
+                .key(&keys.share)
+                .arg(connection)
+                .arg(&value)
+                .arg(ttl)
+                .arg(&generation);
+            async move { inv.invoke::<u8>(&mut c).await }
         });
         let remember = self.run(|mut c| {
             let mut cmd = redis::cmd("SET");
@@ -80,7 +105,12 @@ impl LogStore {
             async move { cmd.query_async::<()>(&mut c).await }
         });
         let (followed, ()) = tokio::try_join!(follow, remember)?;
-        Ok(followed)
+        match followed {
+            1 => Ok(Followed::Yes),
+            0 => Ok(Followed::JobGone),
+            2 => Ok(Followed::Revoked),
+            other => Err(StoreError::Corrupt(format!("follow answered {other}"))),
+        }
     }
 
     /// Forgets connection `connection` (its `$disconnect`); returns the job it followed,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use logstream_core::ids::{EntryId, JobId};
 use logstream_core::model::{JobStatus, now_ms};
 use logstream_shared::store::{
-    AppendOutcome, Appended, Cursor, LogStore, Retention, StatusOutcome,
+    AppendOutcome, Appended, Cursor, Followed, LogStore, Retention, StatusOutcome,
 };
 use logstream_testkit::fixtures::{seed_job, stdout_line};
 use logstream_testkit::redis_cluster::{RedisCluster, shared};
@@ -177,7 +177,10 @@ async fn websocket_connection_keys_outside_the_job_slot_work() {
         .collect();
     assert!(slots.len() > 1);
     for c in &conns {
-        assert!(store.add_connection(&id, c, None).await.unwrap());
+        assert_eq!(
+            store.add_connection(&id, c, None, None).await.unwrap(),
+            Followed::Yes
+        );
     }
     let mut following = store.connections(&id).await.unwrap();
     following.sort();

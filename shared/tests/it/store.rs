@@ -3,7 +3,8 @@
 use logstream_core::ids::JobId;
 use logstream_core::model::{JobStatus, now_ms};
 use logstream_shared::store::{
-    AppendBatch, AppendOutcome, Appended, Cursor, LogStore, Retention, StatusOutcome, ToAppend,
+    AppendBatch, AppendOutcome, Appended, Cursor, Followed, LogStore, Retention, StatusOutcome,
+    ToAppend,
 };
 use logstream_testkit::fixtures::{new_job, stdout_line};
 use logstream_testkit::redis_server::{RedisServer, shared};
@@ -484,4 +485,51 @@ async fn a_batch_that_fills_the_size_limit_exactly_goes_in_whole_and_the_next_li
     assert_eq!(append(vec!["z".into()]).await, (0, 1, true));
     let meta = store.job_meta(&id).await.unwrap().unwrap();
     assert_eq!((meta.bytes, meta.truncated), (100, true));
+}
+
+#[tokio::test]
+async fn revoking_share_links_takes_their_websockets_out_and_a_connect_racing_it_is_refused() {
+    let redis = shared().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    let id = job("revoke");
+    create(&store, &id, "g1").await;
+    let generation = store.share_generation(&id).await.unwrap();
+    assert_eq!(
+        store
+            .add_connection(&id, "link-1", Some(now_ms() + 60_000), Some(generation))
+            .await
+            .unwrap(),
+        Followed::Yes
+    );
+    assert_eq!(
+        store
+            .add_connection(&id, "owner-1", None, None)
+            .await
+            .unwrap(),
+        Followed::Yes
+    );
+
+    let (revoked, closed) = store.revoke_shares(&id).await.unwrap();
+    assert_eq!(revoked, generation + 1);
+    assert_eq!(closed, ["link-1"]);
+    assert_eq!(store.connections(&id).await.unwrap(), ["owner-1"]);
+
+    // A link checked before the revocation and registering after it stays out.
+    assert_eq!(
+        store
+            .add_connection(&id, "link-2", None, Some(generation))
+            .await
+            .unwrap(),
+        Followed::Revoked
+    );
+    // A link issued since is welcome, and the next revocation finds it.
+    assert_eq!(
+        store
+            .add_connection(&id, "link-3", None, Some(revoked))
+            .await
+            .unwrap(),
+        Followed::Yes
+    );
+    assert_eq!(store.revoke_shares(&id).await.unwrap().1, ["link-3"]);
+    assert_eq!(store.connections(&id).await.unwrap(), ["owner-1"]);
 }
