@@ -5,7 +5,10 @@
 //! speaking its real wire format (`GET /2018-06-01/runtime/invocation/next` hands out
 //! a sample event from `events/` with the request-id and deadline headers; the
 //! function POSTs `…/invocation/{id}/response`, streamed for the sse function). The
-//! binaries are the release builds next to this executable.
+//! binaries are the release builds next to this executable. The archive bucket is
+//! configured as on AWS and stands in as S3 answers for an object that was never
+//! written (a 404 `NoSuchKey`): creating the sample job asks it whether an archived
+//! job holds the id.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -105,9 +108,24 @@ fn events_dir() -> PathBuf {
     }
 }
 
+/// S3's answer for a key that does not exist, in its wire format.
+async fn no_such_key() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(axum::http::header::CONTENT_TYPE, "application/xml")],
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>\
+         <Message>The specified key does not exist.</Message></Error>",
+    )
+        .into_response()
+}
+
 /// Cold-starts every function binary found next to this executable.
 pub async fn run() -> anyhow::Result<Vec<ColdStart>> {
     let redis = RedisServer::start()?;
+    let s3 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let s3_url = format!("http://{}", s3.local_addr()?);
+    let s3_server =
+        tokio::spawn(async move { axum::serve(s3, Router::new().fallback(no_such_key)).await });
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("no executable directory")?
@@ -126,7 +144,7 @@ pub async fn run() -> anyhow::Result<Vec<ColdStart>> {
         let mut times = Vec::with_capacity(RUNS);
         let mut peak_rss_mb: f64 = 0.0;
         for _ in 0..RUNS {
-            let (ms, rss) = cold_start(&binary, function, &event, &redis.url()).await?;
+            let (ms, rss) = cold_start(&binary, function, &event, &redis.url(), &s3_url).await?;
             times.push(ms);
             peak_rss_mb = peak_rss_mb.max(rss);
         }
@@ -140,6 +158,7 @@ pub async fn run() -> anyhow::Result<Vec<ColdStart>> {
             binary_mb: std::fs::metadata(&binary)?.len() as f64 / (1024.0 * 1024.0),
         });
     }
+    s3_server.abort();
     Ok(out)
 }
 
@@ -150,6 +169,7 @@ async fn cold_start(
     function: &str,
     event: &[u8],
     redis_url: &str,
+    s3_url: &str,
 ) -> anyhow::Result<(f64, f64)> {
     let (tx, rx) = oneshot::channel();
     let api = Arc::new(Api {
@@ -188,13 +208,12 @@ async fn cold_start(
             "LOGSTREAM_JWT_SECRET",
             "example-jwt-secret-change-me-0123456789",
         )
-        // Configured as on AWS. The S3 client is made on first use; the sample's job is
-        // not in Redis, so nothing is sent to this (unreachable) endpoint.
+        // Configured as on AWS, with the stand-in above as the S3 endpoint.
         .env("LOGSTREAM_ARCHIVE_BUCKET", "logstream-cold-start")
         .env("AWS_REGION", "eu-west-1")
         .env("AWS_ACCESS_KEY_ID", "cold-start")
         .env("AWS_SECRET_ACCESS_KEY", "cold-start")
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ENDPOINT_URL", s3_url)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
