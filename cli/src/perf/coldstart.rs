@@ -6,9 +6,10 @@
 //! a sample event from `events/` with the request-id and deadline headers; the
 //! function POSTs `…/invocation/{id}/response`, streamed for the sse function). The
 //! binaries are the release builds next to this executable. The archive bucket is
-//! configured as on AWS and stands in as S3 answers for an object that was never
-//! written (a 404 `NoSuchKey`): creating the sample job asks it whether an archived
-//! job holds the id.
+//! configured as on AWS, its endpoint a stand-in answering as an empty bucket does
+//! (creating the sample job asks it whether an archived job holds the id; the
+//! archiver writes the job there). Ingest runs on an empty Redis each time, so each
+//! creates the sample job; the functions after it read that job.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +39,11 @@ pub struct ColdStart {
     pub peak_rss_mb: f64,
     /// Size of the (stripped, LTO) binary.
     pub binary_mb: f64,
+    /// What the function answered, each different answer once: the HTTP status of
+    /// its response (`statusCode`), `ok` for a response without one (an EventBridge
+    /// handler's), `error` for an invocation error. A cold start that only reaches an
+    /// error is not the cold start being measured.
+    pub answers: Vec<String>,
 }
 
 /// The functions and the sample each is cold-started with.
@@ -56,7 +62,7 @@ pub const RUNS: usize = 5;
 struct Api {
     event: Vec<u8>,
     handed_out: Mutex<bool>,
-    answered: Mutex<Option<oneshot::Sender<Instant>>>,
+    answered: Mutex<Option<oneshot::Sender<(Instant, String)>>>,
 }
 
 async fn next(State(api): State<Arc<Api>>) -> Response {
@@ -85,12 +91,52 @@ async fn next(State(api): State<Arc<Api>>) -> Response {
     (StatusCode::OK, headers, api.event.clone()).into_response()
 }
 
-async fn answered(State(api): State<Arc<Api>>) -> StatusCode {
+/// The function's response: timed when it starts to arrive, then read for its status
+/// (a streamed response's prelude, which comes first: up to its end, at most 1 s and
+/// 64 KiB; an SSE stream goes on after it).
+async fn answered(State(api): State<Arc<Api>>, body: axum::body::Body) -> StatusCode {
+    use futures_util::StreamExt;
     let at = Instant::now();
+    let mut head = Vec::new();
+    let mut chunks = body.into_data_stream();
+    let read = async {
+        while !head.contains(&0) && head.len() < 64 * 1024 {
+            match chunks.next().await {
+                Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+    };
+    let answer = match tokio::time::timeout(Duration::from_secs(1), read).await {
+        Ok(()) => response_status(&head),
+        Err(_) => "unread".to_owned(),
+    };
     if let Some(tx) = api.answered.lock().await.take() {
-        let _ = tx.send(at);
+        let _ = tx.send((at, answer));
     }
     StatusCode::ACCEPTED
+}
+
+async fn invocation_error(State(api): State<Arc<Api>>, body: String) -> StatusCode {
+    let at = Instant::now();
+    eprintln!("function invocation error: {body}");
+    if let Some(tx) = api.answered.lock().await.take() {
+        let _ = tx.send((at, "error".to_owned()));
+    }
+    StatusCode::ACCEPTED
+}
+
+/// The `statusCode` of a Lambda HTTP response (a streamed one's prelude ends at eight
+/// NUL bytes), or `ok` when it has none.
+fn response_status(body: &[u8]) -> String {
+    let prelude = body
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(body, |end| &body[..end]);
+    serde_json::from_slice::<serde_json::Value>(prelude)
+        .ok()
+        .and_then(|v| v.get("statusCode").and_then(serde_json::Value::as_u64))
+        .map_or_else(|| "ok".to_owned(), |code| code.to_string())
 }
 
 async fn init_error(body: String) -> StatusCode {
@@ -108,15 +154,38 @@ fn events_dir() -> PathBuf {
     }
 }
 
-/// S3's answer for a key that does not exist, in its wire format.
-async fn no_such_key() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        [(axum::http::header::CONTENT_TYPE, "application/xml")],
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>\
-         <Message>The specified key does not exist.</Message></Error>",
-    )
-        .into_response()
+/// S3 as a bucket that holds nothing the samples ask for, in S3's wire format: an
+/// object read is a 404 `NoSuchKey`, a listing is empty, a write or delete succeeds
+/// (and is forgotten), anything else is 501 `NotImplemented`.
+async fn empty_bucket(request: axum::extract::Request) -> Response {
+    let xml = [(axum::http::header::CONTENT_TYPE, "application/xml")];
+    let query = request.uri().query().unwrap_or_default();
+    match *request.method() {
+        axum::http::Method::GET if query.contains("list-type=2") => (
+            StatusCode::OK,
+            xml,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult>\
+             <Name>logstream-cold-start</Name><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys>\
+             <IsTruncated>false</IsTruncated></ListBucketResult>",
+        )
+            .into_response(),
+        axum::http::Method::GET | axum::http::Method::HEAD => (
+            StatusCode::NOT_FOUND,
+            xml,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>\
+             <Message>The specified key does not exist.</Message></Error>",
+        )
+            .into_response(),
+        axum::http::Method::PUT => (StatusCode::OK, [("etag", "\"cold-start\"")]).into_response(),
+        axum::http::Method::DELETE => StatusCode::NO_CONTENT.into_response(),
+        _ => (
+            StatusCode::NOT_IMPLEMENTED,
+            xml,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code>\
+             <Message>Not in the cold-start stand-in.</Message></Error>",
+        )
+            .into_response(),
+    }
 }
 
 /// Cold-starts every function binary found next to this executable.
@@ -125,7 +194,7 @@ pub async fn run() -> anyhow::Result<Vec<ColdStart>> {
     let s3 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let s3_url = format!("http://{}", s3.local_addr()?);
     let s3_server =
-        tokio::spawn(async move { axum::serve(s3, Router::new().fallback(no_such_key)).await });
+        tokio::spawn(async move { axum::serve(s3, Router::new().fallback(empty_bucket)).await });
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("no executable directory")?
@@ -143,10 +212,19 @@ pub async fn run() -> anyhow::Result<Vec<ColdStart>> {
             .with_context(|| format!("reading events/{sample}"))?;
         let mut times = Vec::with_capacity(RUNS);
         let mut peak_rss_mb: f64 = 0.0;
+        let mut answers = Vec::new();
         for _ in 0..RUNS {
-            let (ms, rss) = cold_start(&binary, function, &event, &redis.url(), &s3_url).await?;
+            if function == "logstream-ingest" {
+                // Each run creates the sample job anew (the runs after it read it).
+                forget_everything(&redis.url()).await?;
+            }
+            let (ms, rss, answer) =
+                cold_start(&binary, function, &event, &redis.url(), &s3_url).await?;
             times.push(ms);
             peak_rss_mb = peak_rss_mb.max(rss);
+            if !answers.contains(&answer) {
+                answers.push(answer);
+            }
         }
         times.sort_by(f64::total_cmp);
         out.push(ColdStart {
@@ -156,21 +234,31 @@ pub async fn run() -> anyhow::Result<Vec<ColdStart>> {
             first_answer_max_ms: times[times.len() - 1],
             peak_rss_mb,
             binary_mb: std::fs::metadata(&binary)?.len() as f64 / (1024.0 * 1024.0),
+            answers,
         });
     }
     s3_server.abort();
     Ok(out)
 }
 
+async fn forget_everything(redis_url: &str) -> anyhow::Result<()> {
+    let mut redis = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut redis).await?;
+    Ok(())
+}
+
 /// Starts `binary` once under a Runtime API of its own that hands it `event`; the time
-/// from exec to its answer (ms) and its peak RSS by then (MB).
+/// from exec to its answer (ms), its peak RSS by then (MB) and the answer (see
+/// [`ColdStart::answers`]).
 async fn cold_start(
     binary: &Path,
     function: &str,
     event: &[u8],
     redis_url: &str,
     s3_url: &str,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, String)> {
     let (tx, rx) = oneshot::channel();
     let api = Arc::new(Api {
         event: event.to_vec(),
@@ -183,7 +271,10 @@ async fn cold_start(
             "/2018-06-01/runtime/invocation/{id}/response",
             post(answered),
         )
-        .route("/2018-06-01/runtime/invocation/{id}/error", post(answered))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/error",
+            post(invocation_error),
+        )
         .route("/2018-06-01/runtime/init/error", post(init_error))
         .with_state(api);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -219,13 +310,13 @@ async fn cold_start(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    let at = tokio::time::timeout(Duration::from_secs(10), rx)
+    let (at, answer) = tokio::time::timeout(Duration::from_secs(10), rx)
         .await
         .with_context(|| format!("{function} did not answer within 10 s"))??;
     let peak_rss_mb = child.id().and_then(peak_rss_kb).unwrap_or(0) as f64 / 1024.0;
     let _ = child.kill().await;
     server.abort();
-    Ok(((at - started).as_secs_f64() * 1000.0, peak_rss_mb))
+    Ok(((at - started).as_secs_f64() * 1000.0, peak_rss_mb, answer))
 }
 
 /// VmHWM of a process, in KiB (Linux).
@@ -238,17 +329,18 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
 /// The figures as a table.
 pub fn table(rows: &[ColdStart]) -> String {
     let mut out = format!(
-        "cold start ({RUNS} runs)    exec->first answer  median    max   peak RSS   binary\n"
+        "cold start ({RUNS} runs)    exec->first answer  median    max   peak RSS   binary  answered\n"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<19} {:<26} {:>6.1} ms {:>6.1} ms {:>7.1} MB {:>5.1} MB\n",
+            "{:<19} {:<26} {:>6.1} ms {:>6.1} ms {:>7.1} MB {:>5.1} MB  {}\n",
             r.function,
             r.event,
             r.first_answer_ms,
             r.first_answer_max_ms,
             r.peak_rss_mb,
-            r.binary_mb
+            r.binary_mb,
+            r.answers.join(", ")
         ));
     }
     out
