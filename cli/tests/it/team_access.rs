@@ -416,3 +416,51 @@ async fn creating_a_job_while_the_archive_cannot_be_asked_is_503_and_a_retry_cre
     std::fs::remove_file(&blocker).unwrap();
     assert_eq!(create().await.unwrap().status(), StatusCode::CREATED);
 }
+
+/// Range reads (`XRANGE`, `XREVRANGE`) Redis has served so far.
+async fn range_reads(env: &Env) -> u64 {
+    let mut redis = redis::Client::open(env.server.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_xrange:") || l.starts_with("cmdstat_xrevrange:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_search_by_someone_who_cannot_read_the_job_reads_none_of_it() {
+    // A Redis of its own, and no segment due during the test: range reads are ours.
+    let env = env_with(&[("LOGSTREAM_SEGMENT_LINES", "1000000")]).await;
+    let (job, _) = env.create_job("alice").await;
+    for batch in 0..3 {
+        env.post_lines(&job, &format!("batch {batch}"), 5_000).await;
+    }
+    let path = format!("/jobs/{job}/logs?q=matches-nothing");
+    let before = range_reads(&env).await;
+    assert_eq!(env.get_as("mallory", &path).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        range_reads(&env).await,
+        before,
+        "mallory's search read the job"
+    );
+    // The owner's search does read it (what the count above would have shown).
+    let (code, found) = env.get_as("alice", &path).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(found["lines"].as_array().unwrap().is_empty(), "{found}");
+    assert!(range_reads(&env).await > before);
+}

@@ -342,6 +342,12 @@ async fn get_logs(
     if let Some(q) = query.q.as_deref() {
         let search =
             Query::new(q).map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+        // Asked first: a search may read up to SEARCH_BUDGET entries, which nobody but
+        // a reader of the job may cost the service (or time, to learn the job exists).
+        match state.log.info(&job).await? {
+            Some((info, _)) if viewer.can_read(&job, &info) => {}
+            _ => return Err(ApiError::job_not_found()),
+        }
         let found = state
             .log
             .search(&job, &search, cursor, limit, SEARCH_BUDGET)
