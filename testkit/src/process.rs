@@ -21,7 +21,13 @@ impl Guarded {
     /// Runs `command` (a shell command line, with its own redirections) in the
     /// background under the guard.
     pub fn spawn(command: &str) -> io::Result<Self> {
-        let script = format!("{command} & pid=$!; read _; kill $pid; wait $pid");
+        Self::spawn_then(command, "true")
+    }
+
+    /// [`Guarded::spawn`], and `then` (a shell command line) once the process has been
+    /// killed: on drop, on [`Guarded::stop`], and when the owner dies without either.
+    pub fn spawn_then(command: &str, then: &str) -> io::Result<Self> {
+        let script = format!("{command} & pid=$!; read _; kill $pid; wait $pid; {then}");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -54,6 +60,12 @@ impl Drop for Guarded {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Removes the folder `dir` when the returned guard is dropped or the process ends,
+/// however it ends: for folders held by statics, whose destructors never run.
+pub fn remove_on_exit(dir: &std::path::Path) -> io::Result<Guarded> {
+    Guarded::spawn_then("sleep 2147483647", &format!("rm -rf '{}'", dir.display()))
 }
 
 /// A free loopback port (free when asked: the caller binds it soon after).

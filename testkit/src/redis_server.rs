@@ -151,13 +151,22 @@ impl RedisServer {
         } else {
             "--appendonly no"
         };
-        self.guard = Some(Guarded::spawn(&format!(
+        std::fs::create_dir_all(&self.dir)?;
+        let command = format!(
             "redis-server --port {port} --bind 127.0.0.1 --save '' {persistence} --dir '{dir}' \
              --loglevel warning {extra} >'{dir}/redis.log' 2>&1",
             port = self.port,
             dir = self.dir.display(),
             extra = self.extra,
-        ))?);
+        );
+        // A server that starts empty takes its folder with it when it stops, also when
+        // it belongs to a test binary's static (never dropped); a persistent one keeps
+        // its data for the next start, and its owner's drop removes the folder.
+        self.guard = Some(if self.persistent {
+            Guarded::spawn(&command)?
+        } else {
+            Guarded::spawn_then(&command, &format!("rm -rf '{}'", self.dir.display()))?
+        });
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ping(self.port) {
             if Instant::now() > deadline {

@@ -86,9 +86,16 @@ pub async fn env_with(pairs: &[(&str, &str)]) -> Env {
 /// queue, so a job of one server may be archived (and its stream trimmed) by another's,
 /// and every server must read the archive that archiver wrote to.
 fn shared_archive_dir() -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| std::env::temp_dir().join(job_id("logstream-shared-archive")))
-        .clone()
+    static DIR: std::sync::OnceLock<(std::path::PathBuf, logstream_testkit::process::Guarded)> =
+        std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(job_id("logstream-shared-archive"));
+        // Removed when this test binary exits (a static is never dropped).
+        let guard = logstream_testkit::process::remove_on_exit(&dir).expect("sh");
+        (dir, guard)
+    })
+    .0
+    .clone()
 }
 
 /// Where a server started with `pairs` archives: `LOGSTREAM_ARCHIVE_DIR` when the test
