@@ -464,3 +464,41 @@ async fn a_search_by_someone_who_cannot_read_the_job_reads_none_of_it() {
     assert!(found["lines"].as_array().unwrap().is_empty(), "{found}");
     assert!(range_reads(&env).await > before);
 }
+
+#[tokio::test]
+async fn share_links_stop_working_when_redis_loses_their_record_and_revoked_ones_stay_dead() {
+    let env = env().await;
+    let (job, _) = env.create_job("alice").await;
+    let owner = viewer_token("alice", 60);
+    let (_, revoked) = share(&env, &job, &owner, json!({})).await;
+    assert_eq!(revoke(&env, &job, &owner).await, StatusCode::NO_CONTENT);
+    let (_, live) = share(&env, &job, &owner, json!({})).await;
+    let read = |link: &Value| {
+        let url = env.url(&format!(
+            "/jobs/{job}?access_token={}",
+            link["token"].as_str().unwrap()
+        ));
+        let http = env.http.clone();
+        async move { http.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(read(&revoked).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(read(&live).await, StatusCode::OK);
+
+    // The record is evicted: neither link reads the job; the revoked one is not back.
+    let mut redis = redis::Client::open(env.server.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("job:{{{job}}}:share"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(read(&revoked).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(read(&live).await, StatusCode::UNAUTHORIZED);
+    // A link made since works, and only it.
+    let (_, fresh) = share(&env, &job, &owner, json!({})).await;
+    assert_eq!(read(&fresh).await, StatusCode::OK);
+    assert_eq!(read(&live).await, StatusCode::UNAUTHORIZED);
+}

@@ -500,7 +500,7 @@ impl Follower {
         }
         let revoked = self
             .share_generation
-            .is_some_and(|generation| generation != presence.share_generation);
+            .is_some_and(|generation| Some(generation) != presence.share_generation);
         (!presence.live || revoked).then_some(Stop::HandOff)
     }
 

@@ -60,8 +60,8 @@ pub struct Presence {
     pub live: bool,
     /// It was deleted (its tombstone is there).
     pub deleted: bool,
-    /// Its share generation (see `crate::auth::share`).
-    pub share_generation: u64,
+    /// Its share generation (see `crate::auth::share`), when one is on record.
+    pub share_generation: Option<u64>,
 }
 
 impl LogStore {
@@ -147,7 +147,7 @@ impl LogStore {
         Ok(Presence {
             live,
             deleted,
-            share_generation: share.unwrap_or(0),
+            share_generation: share,
         })
     }
 }

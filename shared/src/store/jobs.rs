@@ -288,30 +288,31 @@ impl LogStore {
         }
     }
 
-    /// The job's share generation: share links issued under another one are revoked.
-    pub async fn share_generation(&self, job: &JobId) -> Result<u64, StoreError> {
+    /// The job's share generation: share links issued under another one are revoked,
+    /// and with none on record (no link was issued, or the record was lost) every link
+    /// is.
+    pub async fn share_generation(&self, job: &JobId) -> Result<Option<u64>, StoreError> {
         let key = JobKeys::new(job).share;
-        let value: Option<u64> = self
-            .run(|mut c| {
-                let key = key.clone();
-                async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
-            })
-            .await?;
-        Ok(value.unwrap_or(0))
+        self.run(|mut c| {
+            let key = key.clone();
+            async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
+        })
+        .await
     }
 
-    /// The share generation to issue a link under, keeping a revocation on record for
-    /// [`SHARE_RECORD_SECS`] from now (a link lives at most 7 days).
+    /// The share generation to issue a link under, on record for [`SHARE_RECORD_SECS`]
+    /// from now (a link lives at most 7 days): the job's, or a random one for its first
+    /// link.
     pub async fn issue_share(&self, job: &JobId) -> Result<u64, StoreError> {
         let key = JobKeys::new(job).share;
-        let value: Option<u64> = self
+        let value: u64 = self
             .run(|mut c| {
                 let mut inv = SHARE_ISSUE.key(&key);
-                inv.arg(SHARE_RECORD_SECS);
+                inv.arg(SHARE_RECORD_SECS).arg(random_generation());
                 async move { inv.invoke(&mut c).await }
             })
             .await?;
-        Ok(value.unwrap_or(0))
+        Ok(value)
     }
 
     /// Revokes every share link of the job: its share generation goes up by one, and
@@ -323,7 +324,9 @@ impl LogStore {
         let reply: Vec<String> = self
             .run(|mut c| {
                 let mut inv = REVOKE_SHARES.key(&keys.share);
-                inv.key(&keys.ws).arg(SHARE_RECORD_SECS);
+                inv.key(&keys.ws)
+                    .arg(SHARE_RECORD_SECS)
+                    .arg(random_generation());
                 async move { inv.invoke(&mut c).await }
             })
             .await?;
@@ -726,4 +729,11 @@ pub(super) fn parse_meta(values: Vec<Option<String>>) -> Result<Option<JobMeta>,
             .transpose()?,
         duration_ms: number("dur", duration_ms)?,
     }))
+}
+
+/// A share generation to start a job's record at: random, so that a record lost and
+/// made again does not take up a number links were issued under (below 2^32: it is a
+/// Lua number in the scripts).
+fn random_generation() -> u64 {
+    u64::from_str_radix(&logstream_core::ids::random_hex(4), 16).unwrap_or(1)
 }

@@ -7,7 +7,7 @@
 //! | `job:{ID}:idx` | hash | block `b` → the id of entry `n = 256·b + 1`: where entry numbers are found in the stream (`?at=N`) |
 //! | `job:{ID}:flush` | string | the lease of the archiver flushing the job's segments (a random token, with an expiry) |
 //! | `job:{ID}:deleted` | hash | the tombstone of a deleted job, its one key left: `owner`, `org`, `at` (ms); its id cannot be taken again while it lives (`LOGSTREAM_TTL_SECS`, at least 8 days), and readers and the archiver take it as "deleted", not "expired" |
-//! | `job:{ID}:share` | string | the job's share generation: revoking its share links increments it (8 days' TTL from its last use, beyond any link's life and the job's own keys) |
+//! | `job:{ID}:share` | string | the job's share generation, set (at random) by its first share link: revoking its share links increments it; a link verifies only while it holds the link's generation (8 days' TTL from its last use, beyond any link's life and the job's own keys) |
 //! | `job:{ID}:ws` | hash | WebSocket connection id → its token's expiry (ms, 0 for none; a share link's followed by `:` and its share generation), for every connection following the job |
 //! | `logstream:ws-conn:{CONNECTION}` | string | the job a WebSocket connection follows, for `$disconnect` (which only knows the connection id); 2 h TTL, API Gateway's longest connection |
 //! | `logstream:archive-queue` | sorted set | jobs the archiver must visit, scored by when (ms): every job from its creation while there is an archive, due at once when a segment is full or the job ends, else one segment period after the last visit |

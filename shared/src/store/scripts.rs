@@ -232,13 +232,20 @@ return {'ok', tostring(added)}
     )
 });
 
-/// The share generation a new link is issued under (nil: 0), and the record of it
-/// kept for `ARGV[1]` seconds more when there is one. KEYS: the job's share key.
+/// The share generation a new link is issued under, kept `ARGV[1]` seconds from now:
+/// the job's, or `ARGV[2]` (random) when it has none yet. A link verifies only while
+/// its generation is on record, so a record lost to eviction or a flush takes every
+/// link issued under it along rather than reviving revoked ones. KEYS: the job's share
+/// key.
 pub(super) static SHARE_ISSUE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local g = redis.call('GET', KEYS[1])
-if g then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+if not g then
+  g = ARGV[2]
+  redis.call('SET', KEYS[1], g)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return g
 ",
     )
@@ -354,7 +361,7 @@ pub(super) static FOLLOW: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-if ARGV[4] ~= '' and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[4] then return 2 end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return 2 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -362,14 +369,21 @@ return 1
     )
 });
 
-/// Revokes every share link of a job: its share generation goes up by one (kept
-/// `ARGV[1]` seconds), and the WebSocket connections that followed the job with a link
-/// (their recorded value has a `:`) leave its hash. KEYS: share, ws. Answers the new
-/// generation, then those connections, for the caller to close.
+/// Revokes every share link of a job: its share generation goes up by one, or is
+/// `ARGV[2]` (random) when none is on record (kept `ARGV[1]` seconds), and the
+/// WebSocket connections that followed the job with a link (their recorded value has a
+/// `:`) leave its hash. KEYS: share, ws. Answers the new generation, then those
+/// connections, for the caller to close.
 pub(super) static REVOKE_SHARES: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-local g = redis.call('INCR', KEYS[1])
+local g
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  g = redis.call('INCR', KEYS[1])
+else
+  g = ARGV[2]
+  redis.call('SET', KEYS[1], g)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 local r = {tostring(g)}
 local all = redis.call('HGETALL', KEYS[2])

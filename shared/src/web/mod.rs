@@ -155,8 +155,13 @@ pub async fn verify_reader(
     if &grant.job != job {
         return Err(ApiError::job_not_found());
     }
-    if store.share_generation(job).await? != grant.generation {
-        return Err(ApiError::unauthorized("share link revoked"));
+    match store.share_generation(job).await? {
+        Some(generation) if generation == grant.generation => {}
+        Some(_) => return Err(ApiError::unauthorized("share link revoked")),
+        // No record: the job was deleted (its links went with it, and its reads are
+        // 404 for everyone), or the record was lost, which ends every link.
+        None if store.tombstone(job).await?.is_some() => return Err(ApiError::job_not_found()),
+        None => return Err(ApiError::unauthorized("share link no longer valid")),
     }
     Ok(Viewer {
         user: String::new(),

@@ -493,7 +493,9 @@ async fn revoking_share_links_takes_their_websockets_out_and_a_connect_racing_it
     let store = LogStore::open(&redis.url(), RETENTION).unwrap();
     let id = job("revoke");
     create(&store, &id, "g1").await;
-    let generation = store.share_generation(&id).await.unwrap();
+    assert_eq!(store.share_generation(&id).await.unwrap(), None);
+    let generation = store.issue_share(&id).await.unwrap();
+    assert_eq!(store.share_generation(&id).await.unwrap(), Some(generation));
     assert_eq!(
         store
             .add_connection(&id, "link-1", Some(now_ms() + 60_000), Some(generation))
@@ -532,4 +534,55 @@ async fn revoking_share_links_takes_their_websockets_out_and_a_connect_racing_it
     );
     assert_eq!(store.revoke_shares(&id).await.unwrap().1, ["link-3"]);
     assert_eq!(store.connections(&id).await.unwrap(), ["owner-1"]);
+}
+
+#[tokio::test]
+async fn a_lost_share_record_takes_its_links_along_instead_of_reviving_revoked_ones() {
+    let redis = shared().unwrap();
+    let store = LogStore::open(&redis.url(), RETENTION).unwrap();
+    let id = job("lost-share");
+    create(&store, &id, "g1").await;
+    let first = store.issue_share(&id).await.unwrap();
+    assert_eq!(
+        store.issue_share(&id).await.unwrap(),
+        first,
+        "one generation"
+    );
+    let (revoked, _) = store.revoke_shares(&id).await.unwrap();
+    assert_eq!(revoked, first + 1);
+
+    // Evicted (or the cache flushed): no link verifies, the revoked ones included.
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("job:{{{id}}}:share"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(store.share_generation(&id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .add_connection(&id, "link-old", None, Some(first))
+            .await
+            .unwrap(),
+        Followed::Revoked
+    );
+    // A new record starts at a random generation, not at one links were issued under.
+    let again = store.issue_share(&id).await.unwrap();
+    assert!(again != first && again != revoked, "{again}");
+    let (after_loss, _) = {
+        let _: () = redis::cmd("DEL")
+            .arg(format!("job:{{{id}}}:share"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        store.revoke_shares(&id).await.unwrap()
+    };
+    assert!(
+        after_loss != again,
+        "a revocation without a record starts anew too"
+    );
 }
