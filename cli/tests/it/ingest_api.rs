@@ -751,3 +751,83 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(error_code(&res.json().await.unwrap()), "method_not_allowed");
 }
+
+#[tokio::test]
+async fn a_job_token_cannot_write_to_a_new_job_that_took_its_id() {
+    // Two service processes on one Redis, as two ingest instances: `here` holds the
+    // old job's settings when `there` creates the new job. The old job is not archived
+    // (its one line is no segment yet), so its id is free once Redis forgets it.
+    let here = env().await;
+    let there = env().await;
+    let job = job_id("reused");
+    let create = |env: &Env, owner: &str| {
+        env.http
+            .post(env.url("/jobs"))
+            .bearer_auth(INGEST_KEY)
+            .json(&json!({"job_id": job, "owner": owner}))
+            .send()
+    };
+    let token = |res: reqwest::Response| async move {
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json::<Value>().await.unwrap()["ingest_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let post = |token: &str, text: &str| {
+        here.http
+            .post(here.url(&format!("/jobs/{job}/logs")))
+            .bearer_auth(token)
+            .json(&json!({"lines": [{"text": text}]}))
+            .send()
+    };
+    let old = token(create(&here, "alice").await.unwrap()).await;
+    assert_eq!(
+        post(&old, "alice's").await.unwrap().status(),
+        StatusCode::OK
+    );
+    here.forget_in_redis(&job).await;
+    let new = token(create(&there, "mallory").await.unwrap()).await;
+
+    // `here` still has the old job's settings, and the old token matches them.
+    assert_eq!(
+        post(&old, "into mallory's").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let event = here
+        .http
+        .post(here.url(&format!("/jobs/{job}/events")))
+        .bearer_auth(&old)
+        .json(&json!({"type": "stage", "name": "x", "status": "started"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(event.status(), StatusCode::UNAUTHORIZED);
+    let status = here
+        .http
+        .put(here.url(&format!("/jobs/{job}/status")))
+        .bearer_auth(&old)
+        .json(&json!({"status": "running"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), StatusCode::UNAUTHORIZED);
+    let secrets = here
+        .http
+        .post(here.url(&format!("/jobs/{job}/secrets")))
+        .bearer_auth(&old)
+        .json(&json!({"secrets": ["hunter2hunter2"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(secrets.status(), StatusCode::UNAUTHORIZED);
+
+    // The new job's own token writes through either; nothing of the old token's is in it.
+    assert_eq!(
+        post(&new, "mallory's").await.unwrap().status(),
+        StatusCode::OK
+    );
+    let (_, page) = there.get_as("mallory", &format!("/jobs/{job}/logs")).await;
+    assert_eq!(texts(&page["lines"]), ["mallory's"]);
+    assert_eq!(page["status"], "queued");
+}

@@ -233,20 +233,29 @@ impl Env {
         }
     }
 
-    /// Deletes the job's Redis keys, as eviction or a flushed cache would.
+    /// Deletes the job's Redis keys, as eviction or a flushed cache would (one node, or
+    /// the node of the job's slot in a cluster).
     pub async fn forget_in_redis(&self, job: &str) {
-        let mut redis = redis::Client::open(self.server.redis_url.as_str())
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis");
-        let _: () = redis::cmd("DEL")
-            .arg(format!("job:{{{job}}}:logs"))
+        let mut del = redis::cmd("DEL");
+        del.arg(format!("job:{{{job}}}:logs"))
             .arg(format!("job:{{{job}}}:meta"))
-            .arg(format!("job:{{{job}}}:idx"))
-            .query_async(&mut redis)
-            .await
-            .expect("DEL");
+            .arg(format!("job:{{{job}}}:idx"));
+        let url = self.server.redis_url.as_str();
+        if url.contains(',') {
+            let mut redis = redis::cluster::ClusterClient::new(url.split(",").collect::<Vec<_>>())
+                .expect("cluster urls")
+                .get_async_connection()
+                .await
+                .expect("redis cluster");
+            del.query_async::<()>(&mut redis).await.expect("DEL");
+        } else {
+            let mut redis = redis::Client::open(url)
+                .expect("redis url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            del.query_async::<()>(&mut redis).await.expect("DEL");
+        }
     }
 
     /// GETs `path` as viewer `user`; returns status and JSON body.

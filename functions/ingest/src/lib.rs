@@ -49,7 +49,7 @@ use logstream_core::model::{
 use logstream_core::sanitize::Sanitizer;
 use logstream_shared::archive::{Archive, ArchiveError};
 use logstream_shared::auth::pipeline::{
-    IngestKey, bearer, new_ingest_token, token_hash, token_matches,
+    IngestKey, bearer, new_ingest_token, token_hash, token_hash_matches,
 };
 use logstream_shared::clients::Clients;
 use logstream_shared::config::ConfigError;
@@ -181,6 +181,43 @@ pub fn router(state: Arc<IngestState>, cors_origins: &[HeaderValue]) -> Router {
 /// What a job's writes need to know: fixed at its creation, but for the secrets that
 /// `POST /jobs/{id}/secrets` adds (the write check then changes, and a batch sanitized
 /// without them is refused by the append script and sanitized again).
+/// A write's credential and the job's settings it was checked against.
+struct Authorized {
+    settings: Arc<JobSettings>,
+    writer: Writer,
+}
+
+/// Who writes: the service (the ingest key, any job) or the holder of one job's token
+/// (its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Writer {
+    Service,
+    Job(String),
+}
+
+impl Writer {
+    fn may_write(&self, settings: &JobSettings) -> bool {
+        match self {
+            Self::Service => true,
+            Self::Job(hash) => token_hash_matches(hash, &settings.token_hash),
+        }
+    }
+
+    /// After a write found the job's settings changed and read them again: the token
+    /// must still be the job's (it is not when the id was taken by a new job).
+    fn still_valid(&self, settings: &JobSettings) -> Result<(), ApiError> {
+        if self.may_write(settings) {
+            Ok(())
+        } else {
+            Err(refused())
+        }
+    }
+}
+
+fn refused() -> ApiError {
+    ApiError::unauthorized("token is not valid for this job")
+}
+
 struct JobSettings {
     token_hash: String,
     /// The job's write check (`JobMeta::write_check`) when these settings were read.
@@ -427,28 +464,49 @@ impl IngestState {
 
     /// Checks the bearer credential against `job` and returns the job's settings.
     /// The ingest key may write to any job; a job token only to its own job. Someone
-    /// holding neither learns nothing about which jobs exist (401 either way).
-    async fn authorize(
+    /// holding neither learns nothing about which jobs exist (401 either way). A token
+    /// is checked against the settings this instance cached for the job when it has
+    /// them; a write that finds the job recreated since (its write check `stale`)
+    /// checks it again ([`Writer::still_valid`]).
+    async fn authorize(&self, headers: &HeaderMap, job: &JobId) -> Result<Authorized, ApiError> {
+        self.authorize_with(headers, job, true).await
+    }
+
+    /// [`IngestState::authorize`] against the job's settings as Redis has them now:
+    /// for the routes whose scripts have no write check (status, secrets), so that a
+    /// job recreated under the same id is not moved by the old job's token.
+    async fn authorize_fresh(
         &self,
         headers: &HeaderMap,
         job: &JobId,
-    ) -> Result<Arc<JobSettings>, ApiError> {
+    ) -> Result<Authorized, ApiError> {
+        self.authorize_with(headers, job, false).await
+    }
+
+    async fn authorize_with(
+        &self,
+        headers: &HeaderMap,
+        job: &JobId,
+        cached: bool,
+    ) -> Result<Authorized, ApiError> {
         let token =
             bearer(headers).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        let service = self.key.matches(token);
-        let refused = || ApiError::unauthorized("token is not valid for this job");
-        let cached = self.jobs.get(job);
-        if let Some(settings) = &cached
-            && (service || token_matches(token, &settings.token_hash))
+        let writer = if self.key.matches(token) {
+            Writer::Service
+        } else {
+            Writer::Job(token_hash(token))
+        };
+        if cached
+            && let Some(settings) = self.jobs.get(job)
+            && writer.may_write(&settings)
         {
-            return Ok(settings.clone());
+            return Ok(Authorized { settings, writer });
         }
         // Not cached, or the token did not match a possibly outdated entry: read again.
         match self.load_settings(job).await? {
-            Some(settings) if service || token_matches(token, &settings.token_hash) => Ok(settings),
-            Some(_) => Err(refused()),
-            None if service => Err(ApiError::job_not_found()),
-            None => Err(refused()),
+            Some(settings) if writer.may_write(&settings) => Ok(Authorized { settings, writer }),
+            None if writer == Writer::Service => Err(ApiError::job_not_found()),
+            _ => Err(refused()),
         }
     }
 
@@ -460,7 +518,10 @@ impl IngestState {
     async fn append_lines(
         &self,
         job: &JobId,
-        mut settings: Arc<JobSettings>,
+        Authorized {
+            mut settings,
+            writer,
+        }: Authorized,
         seq: Option<u64>,
         lines: &[RawLine<'_>],
     ) -> Result<(AppendOutcome, Vec<ToAppend>), ApiError> {
@@ -516,6 +577,7 @@ impl IngestState {
                         .load_settings(job)
                         .await?
                         .ok_or_else(ApiError::job_not_found)?;
+                    writer.still_valid(&settings)?;
                     open = settings.last_open();
                 }
                 outcome => {
@@ -708,7 +770,7 @@ async fn post_secrets(
     headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.authorize(&headers, &job).await?;
+    state.authorize_fresh(&headers, &job).await?;
     let req: AddSecrets = parse_json(&body)?;
     check_secrets(&req.secrets)?;
     if req.secrets.len() > MAX_SECRETS {
@@ -889,7 +951,7 @@ async fn post_logs(
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<Accepted>, ApiError> {
     let started = std::time::Instant::now();
-    let settings = state.authorize(&headers, &job).await?;
+    let authorized = state.authorize(&headers, &job).await?;
     let format = match body_kind(&headers)? {
         BodyKind::PlainText => BodyFormat::PlainText(match query.stream.as_deref() {
             None => LineStream::Stdout,
@@ -900,7 +962,7 @@ async fn post_logs(
         BodyKind::Json => BodyFormat::Json,
     };
     let LineBatch { lines, seq } = parse_body(&body, format)?;
-    let (outcome, batch) = state.append_lines(&job, settings, seq, &lines).await?;
+    let (outcome, batch) = state.append_lines(&job, authorized, seq, &lines).await?;
     match outcome {
         AppendOutcome::Appended(appended) => {
             if appended.segment_due {
@@ -1019,7 +1081,7 @@ async fn post_event(
     headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<EventStored>, ApiError> {
-    let settings = state.authorize(&headers, &job).await?;
+    let Authorized { settings, writer } = state.authorize(&headers, &job).await?;
     let event: EventIn = parse_json(&body)?;
     if event.kind != "stage" {
         return Err(ApiError::bad_request(
@@ -1063,6 +1125,7 @@ async fn post_event(
                     .load_settings(&job)
                     .await?
                     .ok_or_else(ApiError::job_not_found)?;
+                writer.still_valid(&settings)?;
             }
             outcome => break (entry, outcome),
         }
@@ -1137,7 +1200,7 @@ async fn put_status(
     headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<StatusOut>, ApiError> {
-    state.authorize(&headers, &job).await?;
+    state.authorize_fresh(&headers, &job).await?;
     let request: StatusIn = parse_json(&body)?;
     let status = request.status;
     if status == JobStatus::Queued {

@@ -24,9 +24,13 @@ pub fn token_hash(token: &str) -> String {
 
 /// Whether `presented` is the token whose hash is `stored_hash` (constant time).
 pub fn token_matches(presented: &str, stored_hash: &str) -> bool {
-    let presented = token_hash(presented);
-    presented.len() == stored_hash.len()
-        && bool::from(presented.as_bytes().ct_eq(stored_hash.as_bytes()))
+    token_hash_matches(&token_hash(presented), stored_hash)
+}
+
+/// Whether a presented token's hash ([`token_hash`]) is `stored_hash` (constant time).
+pub fn token_hash_matches(presented_hash: &str, stored_hash: &str) -> bool {
+    presented_hash.len() == stored_hash.len()
+        && bool::from(presented_hash.as_bytes().ct_eq(stored_hash.as_bytes()))
 }
 
 /// The deployment's ingest key, held as its digest.
