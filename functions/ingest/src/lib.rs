@@ -178,9 +178,6 @@ pub fn router(state: Arc<IngestState>, cors_origins: &[HeaderValue]) -> Router {
     finish(routes(state), cors_origins)
 }
 
-/// What a job's writes need to know: fixed at its creation, but for the secrets that
-/// `POST /jobs/{id}/secrets` adds (the write check then changes, and a batch sanitized
-/// without them is refused by the append script and sanitized again).
 /// A write's credential and the job's settings it was checked against.
 struct Authorized {
     settings: Arc<JobSettings>,
@@ -218,6 +215,9 @@ fn refused() -> ApiError {
     ApiError::unauthorized("token is not valid for this job")
 }
 
+/// What a job's writes need to know: fixed at its creation, but for the secrets that
+/// `POST /jobs/{id}/secrets` adds (the write check then changes, and a batch sanitized
+/// without them is refused by the append script and sanitized again).
 struct JobSettings {
     token_hash: String,
     /// The job's write check (`JobMeta::write_check`) when these settings were read.
@@ -507,6 +507,27 @@ impl IngestState {
             Some(settings) if writer.may_write(&settings) => Ok(Authorized { settings, writer }),
             None if writer == Writer::Service => Err(ApiError::job_not_found()),
             _ => Err(refused()),
+        }
+    }
+
+    /// Redis forgets a finished job after its TTL; the archive keeps it, and so its
+    /// id stays taken: a new job under it would hide the archived log from its readers,
+    /// have the archiver write a new manifest over it, and let the old job's share
+    /// links read the new one. An archive that cannot be asked is a 503 (a retry
+    /// creates the job), never a guess; one whose manifest is damaged holds the job.
+    async fn check_not_archived(&self, job: &JobId) -> Result<(), ApiError> {
+        let Some(archive) = &self.archive else {
+            return Ok(());
+        };
+        match archive.manifest(job).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) | Err(ArchiveError::Corrupt(_)) => Err(job_exists()),
+            Err(e) => {
+                tracing::warn!(error = %e, "the archive could not be asked whether the job id is free");
+                Err(ApiError::unavailable(
+                    "the archive is unavailable; the job id cannot be checked, retry",
+                ))
+            }
         }
     }
 
@@ -802,29 +823,6 @@ fn job_exists() -> ApiError {
         "job_exists",
         "a job with this id exists (or was deleted lately: its id stays taken for 8 days)",
     )
-}
-
-impl IngestState {
-    /// Redis forgets a finished job after its TTL; the archive keeps it, and so its
-    /// id stays taken: a new job under it would hide the archived log from its readers,
-    /// have the archiver write a new manifest over it, and let the old job's share
-    /// links read the new one. An archive that cannot be asked is a 503 (a retry
-    /// creates the job), never a guess; one whose manifest is damaged holds the job.
-    async fn check_not_archived(&self, job: &JobId) -> Result<(), ApiError> {
-        let Some(archive) = &self.archive else {
-            return Ok(());
-        };
-        match archive.manifest(job).await {
-            Ok(None) => Ok(()),
-            Ok(Some(_)) | Err(ArchiveError::Corrupt(_)) => Err(job_exists()),
-            Err(e) => {
-                tracing::warn!(error = %e, "the archive could not be asked whether the job id is free");
-                Err(ApiError::unavailable(
-                    "the archive is unavailable; the job id cannot be checked, retry",
-                ))
-            }
-        }
-    }
 }
 
 fn too_many_secrets() -> ApiError {
