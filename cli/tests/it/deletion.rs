@@ -142,14 +142,7 @@ async fn a_deleted_job_is_gone_from_both_tiers_and_its_streams_and_sockets_end()
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let (code, _) = env.set_status(&job, "ready").await;
     assert_eq!(code, StatusCode::NOT_FOUND);
-    let res = env
-        .http
-        .post(env.url("/jobs"))
-        .bearer_auth(INGEST_KEY)
-        .json(&json!({"job_id": job, "owner": "mallory"}))
-        .send()
-        .await
-        .unwrap();
+    let res = env.create_job_as(&job, "mallory").await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
     // A later archiver visit finds nothing to bring back.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -760,13 +760,6 @@ async fn a_job_token_cannot_write_to_a_new_job_that_took_its_id() {
     let here = env().await;
     let there = env().await;
     let job = job_id("reused");
-    let create = |env: &Env, owner: &str| {
-        env.http
-            .post(env.url("/jobs"))
-            .bearer_auth(INGEST_KEY)
-            .json(&json!({"job_id": job, "owner": owner}))
-            .send()
-    };
     let token = |res: reqwest::Response| async move {
         assert_eq!(res.status(), StatusCode::CREATED);
         res.json::<Value>().await.unwrap()["ingest_token"]
@@ -781,13 +774,13 @@ async fn a_job_token_cannot_write_to_a_new_job_that_took_its_id() {
             .json(&json!({"lines": [{"text": text}]}))
             .send()
     };
-    let old = token(create(&here, "alice").await.unwrap()).await;
+    let old = token(here.create_job_as(&job, "alice").await).await;
     assert_eq!(
         post(&old, "alice's").await.unwrap().status(),
         StatusCode::OK
     );
     here.forget_in_redis(&job).await;
-    let new = token(create(&there, "mallory").await.unwrap()).await;
+    let new = token(there.create_job_as(&job, "mallory").await).await;
 
     // `here` still has the old job's settings, and the old token matches them.
     assert_eq!(

@@ -163,6 +163,17 @@ impl Env {
         (id, body["ingest_token"].as_str().expect("token").to_owned())
     }
 
+    /// `POST /jobs` with the ingest key for job `job` of `owner`, answered as it is.
+    pub async fn create_job_as(&self, job: &str, owner: &str) -> Response {
+        self.http
+            .post(self.url("/jobs"))
+            .bearer_auth(INGEST_KEY)
+            .json(&json!({"job_id": job, "owner": owner}))
+            .send()
+            .await
+            .expect("POST /jobs")
+    }
+
     /// POSTs a JSON batch with the ingest key.
     pub async fn post_json(&self, job: &str, body: &Value) -> Response {
         self.http

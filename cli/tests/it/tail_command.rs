@@ -233,14 +233,7 @@ async fn tail_waits_for_a_job_that_does_not_exist_yet_then_follows_it() {
     let mut child = tail(&env.server.url(), "alice", &[&job]).spawn().unwrap();
     let (mut stdout, mut stderr) = readers(&mut child);
     stderr.until("does not exist yet", 30).await;
-    let res = env
-        .http
-        .post(env.url("/jobs"))
-        .bearer_auth(INGEST_KEY)
-        .json(&json!({"job_id": job, "owner": "alice"}))
-        .send()
-        .await
-        .unwrap();
+    let res = env.create_job_as(&job, "alice").await;
     assert_eq!(res.status(), reqwest::StatusCode::CREATED);
     env.set_status(&job, "running").await;
     // The job is followed live from when tail finds it: keep posting until a line

@@ -359,14 +359,7 @@ async fn an_archived_jobs_id_stays_taken_once_redis_forgets_it_and_its_share_lin
     env.forget_in_redis(&job).await;
 
     // The id is the archived job's: creating another job under it is refused.
-    let res = env
-        .http
-        .post(env.url("/jobs"))
-        .bearer_auth(INGEST_KEY)
-        .json(&json!({"job_id": job, "owner": "mallory"}))
-        .send()
-        .await
-        .unwrap();
+    let res = env.create_job_as(&job, "mallory").await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
     assert_eq!(
         res.json::<Value>().await.unwrap()["error"]["code"],
@@ -400,21 +393,15 @@ async fn creating_a_job_while_the_archive_cannot_be_asked_is_503_and_a_retry_cre
     let blocker = env.archive_dir.join("build-logs").join(&job);
     std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
     std::fs::write(&blocker, b"not a folder").unwrap();
-    let create = || {
-        env.http
-            .post(env.url("/jobs"))
-            .bearer_auth(INGEST_KEY)
-            .json(&json!({"job_id": job, "owner": "alice"}))
-            .send()
-    };
-    let res = create().await.unwrap();
+    let create = || env.create_job_as(&job, "alice");
+    let res = create().await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         res.json::<Value>().await.unwrap()["error"]["code"],
         "unavailable"
     );
     std::fs::remove_file(&blocker).unwrap();
-    assert_eq!(create().await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(create().await.status(), StatusCode::CREATED);
 }
 
 /// Range reads (`XRANGE`, `XREVRANGE`) Redis has served so far.

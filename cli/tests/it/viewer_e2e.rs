@@ -413,14 +413,7 @@ async fn a_page_opened_before_its_job_exists_waits_for_it_then_follows_it() {
         .await;
 
     // The pipeline starts: the page finds the job at its next look and follows it live.
-    let res = env
-        .http
-        .post(env.url("/jobs"))
-        .bearer_auth(INGEST_KEY)
-        .json(&json!({"job_id": job, "owner": "alice"}))
-        .send()
-        .await
-        .unwrap();
+    let res = env.create_job_as(&job, "alice").await;
     assert_eq!(res.status(), reqwest::StatusCode::CREATED);
     env.set_status(&job, "running").await;
     env.post_lines(&job, "first", 1).await;
